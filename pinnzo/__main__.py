@@ -1,0 +1,3 @@
+from pinnzo.cli import main
+
+main()
