@@ -104,6 +104,45 @@ def quadrature_list(cache_dir: CacheDir = None):
                        f"nodes {header['size']:>8}  degree {header['degree']:>3}  {path.name}")
 
 
+@app.command("check")
+def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")]):
+    """Validate a problem file and show what pinnzo read from it."""
+    import torch
+
+    from pinnzo.derivatives import Autodiff
+    from pinnzo.problem import load_problem
+
+    loaded = load_problem(problem)
+    box = [f"{c} in [{lo:g}, {hi:g}]" for c, lo, hi in zip(loaded.columns, loaded.lows, loaded.highs)]
+    box = ", ".join(box if len(box) <= 4 else [box[0], "...", box[-1]])
+    typer.echo(f"problem       {loaded.name}: {loaded.description}\n"
+               f"inputs        {loaded.dim}: {box}\n"
+               f"residual      {_short(loaded.residual)} = 0\n"
+               f"atoms         {', '.join(sorted(_atom_name(a, loaded) for a in loaded.atoms))}\n"
+               f"source        {'manufactured from the exact solution' if loaded.manufactured else 'as written'}\n"
+               f"ansatz        {_short(loaded.ansatz) if loaded.ansatz is not None else 'none'}\n"
+               f"exact         {_short(loaded.exact) if loaded.exact is not None else 'none'}")
+    for condition in loaded.conditions:
+        typer.echo(f"condition     {condition.name}: {condition.kind} at {condition.on}, "
+                   f"weight {condition.weight:g}, value {_short(condition.value)}")
+    if loaded.has_exact:
+        X = loaded.sample_interior(256, torch.Generator().manual_seed(0), torch.float64)
+        atoms = Autodiff()(loaded.exact_solution, X, loaded.atoms, loaded.spatial)
+        worst = loaded.residual_from_atoms(X, atoms).abs().max().item()
+        typer.echo(f"exact check   max |residual| of the exact solution at 256 points: {worst:.2e}")
+
+
+def _short(expression, limit: int = 90) -> str:
+    text = str(expression)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _atom_name(atom, problem) -> str:
+    from pinnzo.atoms import atom_symbol
+
+    return atom_symbol(atom, list(problem.columns)).name
+
+
 @bench_app.command("quadrature")
 def bench_quadrature(
     out: Annotated[Path, typer.Option("--out", help="JSON report to write.")] = Path("results/bench/quadrature.json"),

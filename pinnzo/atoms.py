@@ -1,0 +1,64 @@
+"""Derivative atoms: the quantities of u a residual needs (the problem <-> backend protocol).
+
+A problem reads its atoms off the equation's sympy expression and asks a
+derivative backend for exactly those; the backend returns one tensor (B,)
+per atom. Indices are input columns (spatial coordinates first, then time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+
+@dataclass(frozen=True, order=True)
+class Atom:
+    """One derivative quantity of u at a batch of points.
+
+    kind: "value" (u), "d1" (du/dz_i), "d2" (d2u/dz_i dz_j, i <= j),
+          "lap" (sum of d2u/dx_k2 over the spatial coordinates),
+          "gradsq" (sum of (du/dx_k)^2 over the spatial coordinates).
+    index: () for value/lap/gradsq, (i,) for d1, (i, j) for d2.
+    """
+
+    kind: str
+    index: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        arity = {"value": 0, "d1": 1, "d2": 2, "lap": 0, "gradsq": 0}
+        if arity.get(self.kind) != len(self.index):
+            raise ValueError(f"bad atom {self.kind}{self.index}")
+        if self.kind == "d2" and self.index[0] > self.index[1]:
+            raise ValueError("d2 atoms are stored with i <= j")
+
+
+VALUE = Atom("value")
+LAPLACIAN = Atom("lap")
+GRADIENT_SQUARED = Atom("gradsq")
+
+
+def d1(i: int) -> Atom:
+    return Atom("d1", (i,))
+
+
+def d2(i: int, j: int) -> Atom:
+    return Atom("d2", (min(i, j), max(i, j)))
+
+
+def atom_symbol(atom: Atom, columns: list[str]) -> sympy.Symbol:
+    """The sympy symbol standing for ``atom`` in an equation over ``columns``."""
+    if atom.kind == "value":
+        return sympy.Symbol("u")
+    if atom.kind in ("lap", "gradsq"):
+        return sympy.Symbol(f"{atom.kind}(u)")
+    return sympy.Symbol("u_" + "_".join(columns[i] for i in atom.index))
+
+
+def expand_atom(atom: Atom, spatial: list[int]) -> list[Atom]:
+    """The elementary atoms (value, d1, d2) that ``atom`` is made of."""
+    if atom.kind == "lap":
+        return [d2(i, i) for i in spatial]
+    if atom.kind == "gradsq":
+        return [d1(i) for i in spatial]
+    return [atom]

@@ -1,0 +1,430 @@
+"""Problem files: YAML + sympy -> a validated ``Problem`` with compiled torch functions.
+
+See docs/problems.md for the file format. Every malformed file is rejected
+with ``<file>: <key path>: <what was expected>; found <what was found>``.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import sympy
+import torch
+import yaml
+
+from pinnzo import atoms as A
+from pinnzo.errors import PinnzoError
+from pinnzo.expr import SCALAR_FUNCTIONS, CONSTANTS, VECTOR_REDUCTIONS, ExpressionError, Scope, compile_torch, parse
+from pinnzo.settings import Settings
+
+CONDITION_SETS = ("initial", "terminal", "boundary")
+CONDITION_TYPES = ("dirichlet", "neumann")
+RESERVED = {"u", "N", "d", "lap", "gradsq", *SCALAR_FUNCTIONS, *CONSTANTS, *VECTOR_REDUCTIONS}
+
+
+class ProblemError(PinnzoError):
+    """A problem file that is malformed; the message names file and key path."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A soft penalty term: weight * mean((B[u] - value)^2) on a set of points.
+
+    on: "initial" (t = t0), "terminal" (t = T) or "boundary" (faces of the box).
+    kind: "dirichlet" (B[u] = u) or "neumann" (B[u] = du/dn, outward normal).
+    """
+
+    name: str
+    on: str
+    kind: str
+    value: sympy.Expr
+    weight: float
+    value_fn: Callable = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """A PDE on a box (x in prod [lo_i, hi_i], optionally t in [t0, T]).
+
+    Inputs are batches X of shape (B, D) whose columns are the spatial
+    coordinates, then time (``columns``). ``residual`` is the equation in the
+    form residual = 0, a sympy expression in the columns, the parameters
+    (substituted) and the atom symbols of ``atoms``.
+    """
+
+    name: str
+    path: Path
+    description: str
+    space_name: str
+    columns: tuple[str, ...]
+    spatial: tuple[int, ...]  # column indices of the spatial coordinates
+    time_index: int | None
+    lows: tuple[float, ...]
+    highs: tuple[float, ...]
+    parameters: Mapping[str, float]
+    residual: sympy.Expr
+    atoms: frozenset
+    conditions: tuple[Condition, ...]
+    exact: sympy.Expr | None
+    ansatz: sympy.Expr | None
+    manufactured: bool
+    settings: Settings
+    _residual_fn: Callable = field(repr=False)
+    _exact_fn: Callable | None = field(repr=False)
+    _ansatz_fn: Callable | None = field(repr=False)
+
+    @property
+    def dim(self) -> int:
+        """Number of input columns D (spatial dimension plus one for time)."""
+        return len(self.columns)
+
+    def values(self, X: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Column name -> X[:, j]."""
+        return {name: X[..., j] for j, name in enumerate(self.columns)}
+
+    def solution(self, network: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """u(X) (B, D) -> (B,): the network output N passed through the ansatz."""
+        if self._ansatz_fn is None:
+            return network
+        ansatz = self._ansatz_fn
+
+        def u(X: torch.Tensor) -> torch.Tensor:
+            return ansatz({**self.values(X), "N": network(X)})
+        return u
+
+    def residual_from_atoms(self, X: torch.Tensor, atom_values: Mapping[A.Atom, torch.Tensor]) -> torch.Tensor:
+        """The equation's residual (B,) from the atoms a backend computed at X."""
+        values = self.values(X)
+        for atom in self.atoms:
+            values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
+        return self._residual_fn(values)
+
+    def exact_solution(self, X: torch.Tensor) -> torch.Tensor:
+        """The exact solution (B,) at X; ProblemError when the file declares none."""
+        if self._exact_fn is None:
+            raise ProblemError(f"{self.path}: exact: the problem declares no exact solution")
+        return self._exact_fn(self.values(X))
+
+    @property
+    def has_exact(self) -> bool:
+        return self._exact_fn is not None
+
+    def condition_atoms(self, condition: Condition) -> frozenset:
+        if condition.kind == "dirichlet":
+            return frozenset({A.VALUE})
+        return frozenset(A.d1(i) for i in self.spatial)
+
+    def condition_residual(self, condition: Condition, X: torch.Tensor, normals: torch.Tensor | None,
+                           atom_values: Mapping[A.Atom, torch.Tensor]) -> torch.Tensor:
+        """B[u] - value at the condition's points (B,)."""
+        target = condition.value_fn(self.values(X))
+        if condition.kind == "dirichlet":
+            return atom_values[A.VALUE] - target
+        gradient = torch.stack([atom_values[A.d1(i)] for i in self.spatial], dim=-1)
+        return (gradient * normals).sum(-1) - target
+
+    # ---- sampling -----------------------------------------------------------
+
+    def sample_interior(self, n: int, generator: torch.Generator, dtype=torch.float32, device="cpu") -> torch.Tensor:
+        """n uniform points in the box x time interval: (n, D)."""
+        lows = torch.tensor(self.lows, dtype=dtype)
+        highs = torch.tensor(self.highs, dtype=dtype)
+        X = lows + (highs - lows) * torch.rand(n, self.dim, generator=generator, dtype=dtype)
+        return X.to(device)
+
+    def sample_condition(self, condition: Condition, n: int, generator: torch.Generator,
+                         dtype=torch.float32, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n uniform points of the condition's set: X (n, D), outward normals (n, d) or None."""
+        X = self.sample_interior(n, generator, dtype)
+        normals = None
+        if condition.on in ("initial", "terminal"):
+            X[:, self.time_index] = self.lows[self.time_index] if condition.on == "initial" else self.highs[self.time_index]
+        else:
+            d = len(self.spatial)
+            face = torch.randint(0, 2 * d, (n,), generator=generator)
+            axis, upper = face // 2, (face % 2).bool()
+            columns = torch.tensor(self.spatial)[axis]
+            lows, highs = torch.tensor(self.lows, dtype=dtype), torch.tensor(self.highs, dtype=dtype)
+            X[torch.arange(n), columns] = torch.where(upper, highs[columns], lows[columns])
+            normals = torch.zeros(n, d, dtype=dtype)
+            normals[torch.arange(n), axis] = torch.where(upper, 1.0, -1.0).to(dtype)
+            normals = normals.to(device)
+        return X.to(device), normals
+
+
+# ------------------------------------------------------------------ loading
+
+TOP_KEYS = {"name", "description", "variables", "parameters", "equation", "conditions", "exact",
+            "ansatz", "source", "solve"}
+REQUIRED_KEYS = {"variables", "equation"}
+
+
+def load_problem(path: str | Path) -> Problem:
+    """Read, validate and compile a problem file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProblemError(f"{path}: problem file not found")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ProblemError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    except UnicodeDecodeError:
+        raise ProblemError(f"{path}: not a text file") from None
+    return _Loader(path).load(document)
+
+
+class _Loader:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, message: str):
+        raise ProblemError(f"{self.path}: {key}: {message}")
+
+    def mapping(self, value: Any, key: str, required: set[str], allowed: set[str]) -> dict:
+        if not isinstance(value, dict):
+            self.fail(key or "(top level)", f"expected a mapping; found {_kind(value)}")
+        for name in value:
+            if not isinstance(name, str):
+                self.fail(f"{key}.{name}" if key else str(name),
+                          f"keys must be names; found {_kind(name)} (quote it in YAML)")
+            if name not in allowed:
+                self.fail(f"{key}.{name}" if key else str(name),
+                          f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
+        for name in sorted(required - set(value)):
+            self.fail(f"{key}.{name}" if key else name, "missing required key")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(key, f"expected a number; found {_kind(value)}")
+        return float(value)
+
+    def string(self, value: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
+        if not isinstance(value, str):
+            self.fail(key, f"expected a string; found {_kind(value)}")
+        if choices and value not in choices:
+            self.fail(key, f"expected one of {', '.join(choices)}; found {value!r}")
+        return value
+
+    def identifier(self, value: Any, key: str) -> str:
+        name = self.string(value, key)
+        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+            self.fail(key, f"expected a plain identifier; found {name!r}")
+        if name in RESERVED:
+            self.fail(key, f"{name!r} is reserved (a function, constant or the unknown)")
+        return name
+
+    def interval(self, value: Any, key: str) -> tuple[float, float]:
+        if not isinstance(value, list) or len(value) != 2:
+            self.fail(key, f"expected [low, high]; found {value!r}")
+        low, high = self.number(value[0], f"{key}[0]"), self.number(value[1], f"{key}[1]")
+        if not low < high:
+            self.fail(key, f"expected low < high; found [{low}, {high}]")
+        return low, high
+
+    def expression(self, text: Any, key: str, scope: Scope) -> sympy.Expr:
+        try:
+            return parse(text, scope)
+        except ExpressionError as error:
+            self.fail(key, str(error))
+
+    # ---- the document -------------------------------------------------------
+
+    def load(self, document: Any) -> Problem:
+        doc = self.mapping(document, "", REQUIRED_KEYS, TOP_KEYS)
+        name = self.string(doc.get("name", self.path.stem), "name")
+        description = self.string(doc.get("description", ""), "description")
+        variables = self.mapping(doc["variables"], "variables", {"space"}, {"space", "time"})
+        space = self.mapping(variables["space"], "variables.space", {"name", "dim", "domain"},
+                             {"name", "dim", "domain"})
+        space_name = self.identifier(space["name"], "variables.space.name")
+        dim = space["dim"]
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            self.fail("variables.space.dim", f"expected an integer >= 1; found {dim!r}")
+        boxes = self.box(space["domain"], dim)
+        coordinates = [space_name] if dim == 1 else [f"{space_name}{i + 1}" for i in range(dim)]
+        columns = list(coordinates)
+        time_index = None
+        if "time" in variables:
+            time = self.mapping(variables["time"], "variables.time", {"name", "domain"}, {"name", "domain"})
+            time_name = self.identifier(time["name"], "variables.time.name")
+            if time_name in coordinates or time_name == space_name:
+                self.fail("variables.time.name", f"{time_name!r} is already a spatial coordinate")
+            boxes.append(self.interval(time["domain"], "variables.time.domain"))
+            columns.append(time_name)
+            time_index = dim
+        symbols = {c: sympy.Symbol(c, real=True) for c in columns}
+        parameters = self.parameters(doc.get("parameters", {}), set(columns) | {space_name})
+        base = {**symbols, **{k: sympy.Float(v) if not float(v).is_integer() else sympy.Integer(int(v))
+                              for k, v in parameters.items()}}
+        vector = tuple(symbols[c] for c in coordinates)
+        scope = Scope(base, space_name, vector)
+        names = {symbols[c]: c for c in columns}
+
+        residual, atoms = self.equation(doc["equation"], scope, columns, symbols, time_index, dim)
+        exact = self.expression(doc["exact"], "exact", scope) if "exact" in doc else None
+        manufactured = self.source(doc.get("source"), exact)
+        if manufactured:
+            residual = residual - _apply_atoms(residual, atoms, exact, columns, symbols, list(range(dim)))
+        ansatz = None
+        if "ansatz" in doc:
+            network = sympy.Symbol("N", real=True)
+            ansatz = self.expression(doc["ansatz"], "ansatz", Scope({**base, "N": network}, space_name, vector))
+            if network not in ansatz.free_symbols:
+                self.fail("ansatz", "the ansatz must use the network output N")
+        conditions = self.conditions(doc.get("conditions", {}), scope, names, time_index)
+        solve = self.mapping(doc.get("solve", {}), "solve", set(), set(Settings.names()))
+        try:
+            settings = Settings().replace(solve, f"{self.path}: solve.")
+        except PinnzoError as error:
+            raise ProblemError(str(error)) from None
+        atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
+        try:
+            residual_fn = compile_torch(residual, {**names, **atom_names})
+            exact_fn = compile_torch(exact, names) if exact is not None else None
+            ansatz_fn = (compile_torch(ansatz, {**names, sympy.Symbol("N", real=True): "N"})
+                         if ansatz is not None else None)
+        except ExpressionError as error:
+            self.fail("equation", str(error))
+        return Problem(
+            name=name, path=self.path, description=description, space_name=space_name,
+            columns=tuple(columns), spatial=tuple(range(dim)), time_index=time_index,
+            lows=tuple(b[0] for b in boxes), highs=tuple(b[1] for b in boxes), parameters=parameters,
+            residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
+            ansatz=ansatz, manufactured=manufactured, settings=settings, _residual_fn=residual_fn,
+            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn)
+
+    def box(self, domain: Any, dim: int) -> list[tuple[float, float]]:
+        key = "variables.space.domain"
+        if isinstance(domain, list) and len(domain) == 2 and not isinstance(domain[0], list):
+            return [self.interval(domain, key)] * dim
+        if not isinstance(domain, list) or not all(isinstance(d, list) for d in domain):
+            self.fail(key, f"expected [low, high] or a list of {dim} [low, high] pairs; found {domain!r}")
+        if len(domain) != dim:
+            self.fail(key, f"expected {dim} [low, high] pairs (dim is {dim}); found {len(domain)}")
+        return [self.interval(d, f"{key}[{i}]") for i, d in enumerate(domain)]
+
+    def parameters(self, value: Any, taken: set[str]) -> dict[str, float]:
+        if not isinstance(value, dict):
+            self.fail("parameters", f"expected a mapping of name: number; found {_kind(value)}")
+        parameters = {}
+        for name, number in value.items():
+            key = f"parameters.{name}"
+            name = self.identifier(name, key)
+            if name in taken:
+                self.fail(key, f"{name!r} is already a variable")
+            parameters[name] = self.number(number, key)
+        return parameters
+
+    def equation(self, text: Any, scope: Scope, columns, symbols, time_index, dim):
+        """Parse 'lhs' or 'lhs = rhs' into residual = lhs - rhs with atom symbols."""
+        found: set[A.Atom] = set()
+        index_of = {symbols[c]: j for j, c in enumerate(columns)}
+        u_symbol = A.atom_symbol(A.VALUE, columns)
+
+        def use(atom: A.Atom) -> sympy.Symbol:
+            found.add(atom)
+            return A.atom_symbol(atom, columns)
+
+        def derivative(*args):
+            if len(args) not in (2, 3) or args[0] != u_symbol:
+                raise ExpressionError("d() is written d(u, v) or d(u, v, w) with v, w among "
+                                      + ", ".join(columns))
+            indices = []
+            for arg in args[1:]:
+                if arg not in index_of:
+                    raise ExpressionError(f"d(u, ...) differentiates by a variable ({', '.join(columns)}); found {arg}")
+                indices.append(index_of[arg])
+            return use(A.d1(*indices) if len(indices) == 1 else A.d2(*indices))
+
+        def spatial_operator(atom):
+            def call(*args):
+                if len(args) != 1 or args[0] != u_symbol:
+                    raise ExpressionError(f"{atom.kind}() takes the unknown: {atom.kind}(u)")
+                return use(atom)
+            return call
+
+        equation_scope = Scope({**scope.symbols, "u": u_symbol}, scope.vector_name, scope.vector,
+                               {"d": derivative, "lap": spatial_operator(A.LAPLACIAN),
+                                "gradsq": spatial_operator(A.GRADIENT_SQUARED)})
+        if not isinstance(text, str):
+            self.fail("equation", f"expected an expression string; found {_kind(text)}")
+        sides = text.split("=")
+        if len(sides) > 2 or any(s.strip() == "" for s in sides) or any(c in text for c in "<>!"):
+            self.fail("equation", "expected 'expression' (= 0) or 'left = right'")
+        parts = [self.expression(side, "equation", equation_scope) for side in sides]
+        residual = parts[0] - parts[1] if len(parts) == 2 else parts[0]
+        if u_symbol in residual.free_symbols:
+            found.add(A.VALUE)
+        found = {atom for atom in found if A.atom_symbol(atom, columns) in residual.free_symbols}
+        if not found:
+            self.fail("equation", "the equation does not involve the unknown u")
+        if time_index is None and any(time_index in atom.index for atom in found):
+            self.fail("equation", "the equation uses a time derivative but no time variable is declared")
+        return residual, found
+
+    def source(self, value: Any, exact: sympy.Expr | None) -> bool:
+        if value is None:
+            return False
+        self.string(value, "source", ("manufactured",))
+        if exact is None:
+            self.fail("source", "a manufactured source needs an 'exact' solution")
+        return True
+
+    def conditions(self, value: Any, scope: Scope, names, time_index) -> list[Condition]:
+        if not isinstance(value, dict):
+            self.fail("conditions", f"expected a mapping of name: condition; found {_kind(value)}")
+        conditions = []
+        for name, spec in value.items():
+            key = f"conditions.{name}"
+            spec = self.mapping(spec, key, {"at", "value"}, {"at", "type", "value", "weight"})
+            on = self.string(spec["at"], f"{key}.at", CONDITION_SETS)
+            kind = self.string(spec.get("type", "dirichlet"), f"{key}.type", CONDITION_TYPES)
+            if on != "boundary" and time_index is None:
+                self.fail(f"{key}.at", f"an {on} condition needs a time variable")
+            if kind == "neumann" and on != "boundary":
+                self.fail(f"{key}.type", "neumann conditions apply on the boundary only")
+            weight = self.number(spec.get("weight", 1.0), f"{key}.weight")
+            if weight < 0:
+                self.fail(f"{key}.weight", f"expected a weight >= 0; found {weight}")
+            expression = self.expression(spec["value"], f"{key}.value", scope)
+            try:
+                compiled = compile_torch(expression, names)
+            except ExpressionError as error:
+                self.fail(f"{key}.value", str(error))
+            conditions.append(Condition(str(name), on, kind, expression, weight, compiled))
+        return conditions
+
+
+def _apply_atoms(residual, atoms, exact, columns, symbols, spatial) -> sympy.Expr:
+    """The residual with u and its derivatives replaced by those of ``exact``."""
+    variables = [symbols[c] for c in columns]
+    replacements = {}
+    for atom in atoms:
+        if atom.kind == "value":
+            value = exact
+        elif atom.kind == "d1":
+            value = sympy.diff(exact, variables[atom.index[0]])
+        elif atom.kind == "d2":
+            value = sympy.diff(exact, variables[atom.index[0]], variables[atom.index[1]])
+        elif atom.kind == "lap":
+            value = sympy.Add(*[sympy.diff(exact, variables[i], 2) for i in spatial])
+        else:
+            value = sympy.Add(*[sympy.diff(exact, variables[i]) ** 2 for i in spatial])
+        replacements[A.atom_symbol(atom, columns)] = value
+    return residual.xreplace(replacements)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list {value!r}"[:80]
+    return f"{type(value).__name__} {value!r}"[:80]

@@ -1,0 +1,108 @@
+"""Run settings: defaults, the problem file's ``solve:`` block, then flags.
+
+Every field can be set in a problem file's ``solve:`` block and overridden on
+the command line (``--steps 500`` or ``--set steps=500``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from pinnzo.errors import PinnzoError
+
+
+@dataclass(frozen=True)
+class Settings:
+    # network
+    network: str = "tt"  # mlp | tt
+    width: int = 64  # hidden width
+    depth: int = 2  # hidden layers (21 -> 512 -> 512 -> 1 is depth 2)
+    rank: int = 2  # TT rank of the compressed layers
+    activation: str = "sin"  # sin | tanh | relu | gelu
+    # derivatives
+    backend: str = "sparse-grid"  # ad | fd | stein | sparse-grid
+    sigma: float = 0.1  # Gaussian smoothing of the Stein backends
+    samples: int = 1024  # Monte-Carlo Stein samples
+    rule: str = "gauss-hermite"  # sparse-grid family
+    level: int = 3  # sparse-grid level
+    fd_step: float = 0.0  # finite-difference step (0: automatic for the dtype)
+    # optimizer
+    optimizer: str = "hybrid"  # adam | sgd | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam
+    lr: float = 1e-3
+    lr_decay: float = 1.0  # multiply lr by this every decay_every steps
+    decay_every: int = 1000
+    directions: int = 10  # N random directions of RGE / signRGE
+    mu: float = 0.01  # ZO perturbation radius
+    perturbation: str = "gaussian"  # gaussian | rademacher
+    difference: str = "forward"  # forward | central
+    momentum: float = 0.9  # CGE momentum
+    coordinates: int = 0  # CGE random coordinate subset per step (0: all)
+    patience: int = 50  # hybrid: steps without improvement of the smoothed loss before switching
+    cge_mu: float = 0.01  # hybrid: CGE perturbation radius after the switch
+    cge_lr: float = 0.0  # hybrid: CGE learning rate after the switch (0: lr)
+    # run
+    steps: int = 1000
+    batch: int = 100  # interior points per step
+    condition_batch: int = 100  # points per condition per step
+    eval_every: int = 100
+    eval_points: int = 10_000
+    seed: int = 0
+    dtype: str = "float32"  # float32 | float64
+    device: str = "cpu"  # cpu | cuda
+    memory_mb: int = 1024  # budget for one chunk of batched evaluations
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def replace(self, changes: Mapping[str, Any], prefix: str = "") -> "Settings":
+        """A copy with ``changes`` applied, each checked against the field's type.
+
+        ``prefix`` starts every error message (e.g. "problems/x.yaml: solve.").
+        """
+        checked = {}
+        types = {f.name: f.type for f in fields(self)}
+        for key, value in changes.items():
+            if key not in types:
+                raise PinnzoError(f"{prefix}{key}: unknown setting; must be one of {', '.join(self.names())}")
+            checked[key] = _coerce(value, types[key], f"{prefix}{key}", key)
+        return dataclasses.replace(self, **checked)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "network": ("mlp", "tt"),
+    "activation": ("sin", "tanh", "relu", "gelu"),
+    "perturbation": ("gaussian", "rademacher"),
+    "difference": ("forward", "central"),
+    "dtype": ("float32", "float64"),
+    "device": ("cpu", "cuda"),
+}
+
+
+def _coerce(value: Any, kind: str, where: str, name: str):
+    """Check/convert a YAML or command-line value to the field's type."""
+    if isinstance(value, str) and kind in ("int", "float"):
+        try:
+            value = int(value) if kind == "int" else float(value)
+        except ValueError:
+            raise PinnzoError(f"{where}: expected {kind}; found {value!r}") from None
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PinnzoError(f"{where}: expected an integer; found {value!r}")
+        if value < 0:
+            raise PinnzoError(f"{where}: expected a non-negative integer; found {value}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PinnzoError(f"{where}: expected a number; found {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise PinnzoError(f"{where}: expected a string; found {value!r}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise PinnzoError(f"{where}: unknown value {value!r}; must be one of {', '.join(CHOICES[name])}")
+    return value

@@ -1,0 +1,286 @@
+"""Problem files: every shipped problem is consistent, parsing is safe, errors are clear."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy
+import torch
+
+from helpers import run_cli
+from pinnzo.atoms import atom_symbol
+from pinnzo.derivatives import Autodiff
+from pinnzo.expr import ExpressionError, Scope, compile_torch, parse
+from pinnzo.problem import ProblemError, load_problem
+from pinnzo.residual import PINNLoss, sample_batch
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "problems").glob("*.yaml"))
+
+
+def test_at_least_six_problems_are_shipped():
+    names = {p.stem for p in SHIPPED}
+    assert {"hjb20", "heat10", "poisson2d", "burgers1d", "hjb10-lq", "black-scholes"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_exact_solution_satisfies_the_shipped_problem(path):
+    problem = load_problem(path)
+    generator = torch.Generator().manual_seed(1)
+    X = problem.sample_interior(200, generator, torch.float64)
+    atoms = Autodiff()(problem.exact_solution, X, problem.atoms, problem.spatial)
+    assert problem.residual_from_atoms(X, atoms).abs().max().item() < 1e-8
+    for condition in problem.conditions:
+        Xc, normals = problem.sample_condition(condition, 200, generator, torch.float64)
+        values = Autodiff()(problem.exact_solution, Xc, problem.condition_atoms(condition), problem.spatial)
+        assert problem.condition_residual(condition, Xc, normals, values).abs().max().item() < 1e-10
+    if problem.ansatz is not None:  # the ansatz must be able to represent the exact solution's data
+        assert problem.ansatz.has(sympy.Symbol("N", real=True))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_compiled_expressions_agree_with_sympy(path):
+    problem = load_problem(path)
+    X = problem.sample_interior(20, torch.Generator().manual_seed(2), torch.float64)
+    columns = list(problem.columns)
+    rng = np.random.default_rng(3)
+    atom_values = {atom: torch.tensor(rng.normal(size=20)) for atom in problem.atoms}
+    compiled = problem.residual_from_atoms(X, atom_values)
+    exact = problem.exact_solution(X)
+    for k in range(20):
+        subs = {sympy.Symbol(c, real=True): float(X[k, j]) for j, c in enumerate(columns)}
+        subs.update({atom_symbol(a, columns): float(v[k]) for a, v in atom_values.items()})
+        reference = float(problem.residual.evalf(30, subs=subs))
+        assert compiled[k].item() == pytest.approx(reference, rel=1e-12, abs=1e-12)
+        assert exact[k].item() == pytest.approx(float(problem.exact.evalf(30, subs=subs)), rel=1e-12, abs=1e-12)
+
+
+def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _random_closed_form(rng: random.Random, depth: int = 3) -> str:
+    leaves = ["x1", "x2", "t", "0.7", "1.3"]
+    if depth == 0:
+        return rng.choice(leaves)
+    choice = rng.randrange(4)
+    a, b = _random_closed_form(rng, depth - 1), _random_closed_form(rng, depth - 1)
+    if choice == 0:
+        return f"({a} + {b})"
+    if choice == 1:
+        return f"({a} * {b})"
+    return f"{rng.choice(['sin', 'cos', 'exp', 'tanh'])}({a} / 2)"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_manufactured_source_makes_any_closed_form_a_solution(tmp_path, seed):
+    exact = _random_closed_form(random.Random(seed)) + " + x1 * t"
+    path = _write(tmp_path, f"""
+variables:
+  space: {{name: x, dim: 2, domain: [-1, 1]}}
+  time: {{name: t, domain: [0, 1]}}
+equation: d(u, t) - lap(u) + u**3 + d(u, x1, x2) * gradsq(u)
+source: manufactured
+exact: "{exact}"
+""")
+    problem = load_problem(path)
+    assert problem.manufactured
+    X = problem.sample_interior(100, torch.Generator().manual_seed(seed), torch.float64)
+    atoms = Autodiff()(problem.exact_solution, X, problem.atoms, problem.spatial)
+    assert problem.residual_from_atoms(X, atoms).abs().max().item() < 1e-8
+    # and a different function does not satisfy it
+    wrong = lambda Z: problem.exact_solution(Z) + 0.1 * Z[:, 0] ** 2
+    atoms = Autodiff()(wrong, X, problem.atoms, problem.spatial)
+    assert problem.residual_from_atoms(X, atoms).abs().max().item() > 1e-3
+
+
+# ---- the residual builder, end to end with autodiff ------------------------
+
+def test_hjb20_loss_has_the_closed_form_values():
+    problem = load_problem(REPO / "problems" / "hjb20.yaml")
+    loss = PINNLoss(problem, Autodiff())
+    batch = sample_batch(problem, 64, 8, torch.Generator().manual_seed(0), torch.float64)
+    # N = 1 gives the exact solution; N = 0 gives u = sum(x): residual 0 + 0 - 0.05*20 + 2 = 1
+    ones = lambda X: torch.ones(X.shape[0], dtype=X.dtype)
+    zeros = lambda X: torch.zeros(X.shape[0], dtype=X.dtype)
+    assert loss(ones, batch).item() < 1e-24
+    assert loss(zeros, batch).item() == pytest.approx(1.0, abs=1e-12)
+    # N = c t: u = sum(x) + c t (1 - t), u_t = c (1 - 2t), residual = c (1 - 2t) - 0.05*20 + 2
+    c = 0.5
+    linear = lambda X: c * X[:, 20]
+    t = batch.interior[:, 20]
+    expected = ((c * (1 - 2 * t) + 1) ** 2).mean()
+    assert loss(linear, batch).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_poisson_loss_with_conditions_and_first_order_gradient():
+    problem = load_problem(REPO / "problems" / "poisson2d.yaml")
+    loss = PINNLoss(problem, Autodiff())
+    batch = sample_batch(problem, 128, 64, torch.Generator().manual_seed(0), torch.float64)
+    x1, x2 = batch.interior[:, 0], batch.interior[:, 1]
+    source = 2 * np.pi**2 * torch.sin(np.pi * x1) * torch.sin(np.pi * x2)
+    terms = loss.terms(lambda X: torch.zeros(X.shape[0], dtype=X.dtype), batch)
+    assert terms["residual"].item() == pytest.approx((source**2).mean().item(), rel=1e-12)
+    assert terms["walls"].item() == 0.0
+    shift = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    terms = loss.terms(lambda X: problem.exact_solution(X) + shift, batch)
+    assert terms["residual"].item() < 1e-20
+    assert terms["walls"].item() == pytest.approx(10 * 0.09, rel=1e-12)
+    (gradient,) = torch.autograd.grad(sum(terms.values()), shift)
+    assert gradient.item() == pytest.approx(10 * 2 * 0.3, rel=1e-12)
+
+
+def test_boundary_points_lie_on_faces_with_outward_normals():
+    problem = load_problem(REPO / "problems" / "heat10.yaml")
+    faces = next(c for c in problem.conditions if c.on == "boundary")
+    X, normals = problem.sample_condition(faces, 500, torch.Generator().manual_seed(0), torch.float64)
+    lows, highs = torch.tensor(problem.lows[:10]), torch.tensor(problem.highs[:10])
+    on_low, on_high = X[:, :10] == lows, X[:, :10] == highs
+    assert ((on_low | on_high).sum(1) == 1).all()
+    np.testing.assert_array_equal(normals.numpy(), (on_high.double() - on_low.double()).numpy())
+    initial = next(c for c in problem.conditions if c.on == "initial")
+    X, _ = problem.sample_condition(initial, 50, torch.Generator().manual_seed(0), torch.float64)
+    assert (X[:, 10] == 0).all() and ((X[:, :10] >= 0) & (X[:, :10] <= 1)).all()
+
+
+def test_neumann_condition_uses_the_outward_normal_derivative(tmp_path):
+    problem = load_problem(_write(tmp_path, """
+variables:
+  space: {name: x, dim: 2, domain: [0, 1]}
+equation: lap(u) - 2
+exact: x1**2
+conditions:
+  flux: {at: boundary, type: neumann, value: 2 * x1 * sign(x1 - 0.5) * (1 - abs(sign(x2 - 0.5)) + 1) / 2}
+"""))
+    flux = problem.conditions[0]
+    X, normals = problem.sample_condition(flux, 400, torch.Generator().manual_seed(0), torch.float64)
+    values = Autodiff()(problem.exact_solution, X, problem.condition_atoms(flux), problem.spatial)
+    got = problem.condition_residual(flux, X, normals, values) + flux.value_fn(problem.values(X))
+    expected = 2 * X[:, 0] * normals[:, 0]  # du/dn = grad(x1^2) . n
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
+
+
+# ---- validation and safety ------------------------------------------------
+
+GOOD = """
+variables:
+  space: {name: x, dim: 3, domain: [0, 1]}
+  time: {name: t, domain: [0, 1]}
+parameters: {nu: 0.5}
+equation: d(u, t) - nu * lap(u)
+exact: exp(-t) * sum(x)
+"""
+
+BAD_FILES = [
+    (GOOD + "colour: blue\n", "colour: unknown key"),
+    (GOOD.replace("equation: d(u, t) - nu * lap(u)\n", ""), "equation: missing required key"),
+    (GOOD.replace("dim: 3", "dim: three"), "variables.space.dim: expected an integer >= 1; found 'three'"),
+    (GOOD.replace("dim: 3", "dim: 0"), "variables.space.dim: expected an integer >= 1"),
+    (GOOD.replace("domain: [0, 1]}\n  time", "domain: [[0, 1], [0, 1]]}\n  time"),
+     "variables.space.domain: expected 3 [low, high] pairs (dim is 3); found 2"),
+    (GOOD.replace("sum(x)", "x4"), "exact: unknown name 'x4'"),
+    (GOOD.replace("nu: 0.5", "nu: fast"), "parameters.nu: expected a number; found str 'fast'"),
+    (GOOD.replace("nu: 0.5", "x2: 0.5"), "parameters.x2: 'x2' is already a variable"),
+    (GOOD.replace("domain: [0, 1]}\n  time", "domain: [1, 0]}\n  time"), "expected low < high"),
+    (GOOD + "solve: {steps: many}\n", "solve.steps: expected int; found 'many'"),
+    (GOOD + "solve: {colour: red}\n", "solve.colour: unknown key"),
+    (GOOD + "source: invented\n", "source: expected one of manufactured"),
+    (GOOD + "ansatz: sum(x)\n", "ansatz: the ansatz must use the network output N"),
+    (GOOD + "conditions:\n  c: {at: edge, value: 0}\n", "conditions.c.at: expected one of initial, terminal, boundary"),
+    (GOOD + "conditions:\n  c: {at: initial}\n", "conditions.c.value: missing required key"),
+    (GOOD + "conditions:\n  c: {at: initial, value: 0, weight: -1}\n", "expected a weight >= 0"),
+    (GOOD.replace("d(u, t) - nu * lap(u)", "d(u, y)"), "equation: unknown name 'y'"),
+    (GOOD.replace("d(u, t) - nu * lap(u)", "d(u, 2)"), "equation: d(u, ...) differentiates by a variable"),
+    (GOOD.replace("d(u, t) - nu * lap(u)", "d(u, t) = lap(u) = 0"), "expected 'expression' (= 0) or 'left = right'"),
+    (GOOD.replace("d(u, t) - nu * lap(u)", "x1 + t"), "does not involve the unknown u"),
+    (GOOD.replace("d(u, t) - nu * lap(u)", "d(u, t, t, t)"), "d() is written d(u, v) or d(u, v, w)"),
+    ("variables: [1, 2]\nequation: u\n", "variables: expected a mapping; found a list"),
+    ("just text", "(top level): expected a mapping; found str"),
+    ("variables: {space: {name: x, dim: 1, domain: [0, 1]}\nequation: u\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, needle", BAD_FILES)
+def test_bad_problem_files_give_file_key_expected_found_and_exit_2(tmp_path, text, needle):
+    path = _write(tmp_path, text)
+    with pytest.raises(ProblemError) as error:
+        load_problem(path)
+    message = str(error.value)
+    assert message.startswith(str(path)) and needle in message, message
+    result = run_cli(["check", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"pinnzo: error: {message}"
+
+
+def test_missing_problem_file(tmp_path):
+    result = run_cli(["check", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2 and "problem file not found" in result.output
+
+
+HOSTILE = [
+    ("__import__('os').system('touch pwned')", "only named functions may be called"),
+    ("().__class__.__bases__", "attribute access is not allowed"),
+    ("lambda: 0", "lambda is not allowed"),
+    ("x1.real", "attribute access is not allowed"),
+    ("'rm -rf /'", "str literal"),
+    ("9**9**9", "too large"),
+    ("(" * 100_000 + "1" + ")" * 100_000, "characters long"),
+    ("-" * 5_000 + "x1", "nested too deeply"),
+    ("-" * 150 + "x1", "nested deeper than 100"),
+    ("(" * 250 + "x1" + ")" * 250, "not a valid expression"),
+    ("undeclared + 1", "unknown name 'undeclared'"),
+    ("eval('1')", "unknown function 'eval'"),
+    ("x1[0]", "subscripting is not allowed"),
+    ("sin(x1, x2)", "takes 1 argument"),
+    ("sin(x=1)", "keyword arguments are not allowed"),
+    ("[x1 for x1 in range(9)]", "comprehension is not allowed"),
+    ("x1 if x2 else 0", "if-else is not allowed"),
+    ("__builtins__", "not allowed"),
+    ("1e999", "too large"),
+    ("2**2**2**2**2", "too large"),
+]
+
+
+@pytest.mark.parametrize("text, needle", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_expressions_are_refused_quickly_and_never_run(tmp_path, monkeypatch, text, needle):
+    monkeypatch.chdir(tmp_path)
+    x = sympy.symbols("x1:3", real=True)
+    scope = Scope({"x1": x[0], "x2": x[1]}, "x", x)
+    started = time.perf_counter()
+    with pytest.raises(ExpressionError) as error:
+        parse(text, scope)
+    assert time.perf_counter() - started < 1.0
+    assert needle in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "pwned").exists()
+    # the same through a problem file and the CLI: exit 2, one line
+    quoted = "'" + ("u + " + text).replace("'", "''") + "'"  # a YAML single-quoted string
+    path = _write(tmp_path, f"variables:\n  space: {{name: x, dim: 2, domain: [0, 1]}}\nequation: {quoted}\n")
+    started = time.perf_counter()
+    result = run_cli(["check", str(path)])
+    assert time.perf_counter() - started < 1.0
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_compiled_functions_run_in_float32_and_float64():
+    x = sympy.symbols("x1:3", real=True)
+    scope = Scope({"x1": x[0], "x2": x[1]}, "x", x)
+    expression = parse("erf(x1) * max(x2, 0.5) + norm2(x) - prod(cos(x)) + abs(x1 - x2)**1.5", scope)
+    function = compile_torch(expression, {x[0]: "x1", x[1]: "x2"})
+    for dtype in (torch.float32, torch.float64):
+        values = {"x1": torch.linspace(-1, 1, 7, dtype=dtype), "x2": torch.linspace(0, 2, 7, dtype=dtype)}
+        result = function(values)
+        assert result.dtype == dtype and result.shape == (7,)
+        for k in range(7):
+            subs = {x[0]: float(values["x1"][k]), x[1]: float(values["x2"][k])}
+            tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+            assert result[k].item() == pytest.approx(float(expression.evalf(subs=subs)), rel=tolerance, abs=tolerance)
+    constant = compile_torch(parse("2 * pi", scope), {})
+    assert torch.allclose(constant({"x1": torch.zeros(3)}), torch.full((3,), 2 * np.pi))
