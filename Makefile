@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pinnzo quadrature build --dim 21 --level 3
+	$(VENV)/bin/pinnzo solve problems/hjb20.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -104,6 +104,86 @@ def quadrature_list(cache_dir: CacheDir = None):
                        f"nodes {header['size']:>8}  degree {header['degree']:>3}  {path.name}")
 
 
+PRESETS = {
+    # the paper's HJB scale (section 5.2): a job for a GPU
+    "paper": {"network": "tt", "width": 512, "depth": 2, "rank": 2, "activation": "sin",
+              "backend": "sparse-grid", "sigma": 0.1, "optimizer": "zo-signrge", "lr": 1e-3,
+              "lr_decay": 1.0, "directions": 10, "mu": 0.01, "steps": 10000, "batch": 100,
+              "eval_every": 500, "eval_points": 10000, "device": "cuda", "memory_mb": 16384},
+}
+
+
+def _parse_assignments(assignments: list[str]) -> dict[str, str]:
+    changes = {}
+    for item in assignments:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise PinnzoError(f"--set expects key=value; found {item!r}")
+        changes[key.strip()] = value.strip()
+    return changes
+
+
+def resolve_settings(problem, preset: Optional[str], assignments: list[str], flags: dict):
+    """File defaults < preset < --set key=value < explicit flags."""
+    settings = problem.settings
+    if preset is not None:
+        if preset not in PRESETS:
+            raise PinnzoError(f"unknown preset {preset!r}; must be one of {', '.join(PRESETS)}")
+        settings = settings.replace(PRESETS[preset], f"--preset {preset}: ")
+    settings = settings.replace(_parse_assignments(assignments), "--set ")
+    given = {key: value for key, value in flags.items() if value is not None}
+    settings = settings.replace(given, "--")
+    from pinnzo.derivatives import BACKENDS
+    from pinnzo.optim import OPTIMIZERS
+
+    BACKENDS[settings.backend], OPTIMIZERS[settings.optimizer]  # one "must be one of" error each
+    return settings
+
+
+@app.command("solve")
+def solve(
+    problem: Annotated[Path, typer.Argument(help="Problem file (YAML), e.g. problems/hjb20.yaml.")],
+    backend: Annotated[Optional[str], typer.Option(help="Derivatives: ad | fd | stein | sparse-grid.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help="adam | sgd | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam.")] = None,
+    network: Annotated[Optional[str], typer.Option(help="mlp | tt.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Hidden width.")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="Hidden layers.")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="TT rank.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Interior points per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="Gaussian smoothing of the Stein backends.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of every random draw.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float32 | float64.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default results/<problem>/<time>-<backend>-<optimizer>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="Any setting: --set key=value (repeatable).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Named settings: paper (the paper's scale, for a GPU).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+):
+    """Train a PINN on a problem file and write a run folder."""
+    from pinnzo.problem import load_problem
+    from pinnzo.train import Interrupted, default_run_dir, train
+
+    loaded = load_problem(problem)
+    flags = dict(backend=backend, optimizer=optimizer, network=network, width=width, depth=depth, rank=rank,
+                 steps=steps, batch=batch, lr=lr, sigma=sigma, seed=seed, dtype=dtype, device=device)
+    settings = resolve_settings(loaded, preset, assignments or [], flags)
+    if resume is not None and out is not None and resume != out:
+        raise PinnzoError("--resume names the run folder; do not also give a different --out")
+    run_dir = resume or out or default_run_dir(loaded, settings)
+    try:
+        summary = train(loaded, settings, run_dir, resume=resume is not None, quiet=quiet)
+    except Interrupted:
+        raise typer.Exit(130)
+    typer.echo(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
+               f"MSE {summary['final_mse']:.3e}, {summary['total_queries']:,} loss queries, "
+               f"{summary['wall_time_s']:.0f} s")
+    typer.echo(f"results in {run_dir}")
+
+
 @app.command("check")
 def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")]):
     """Validate a problem file and show what pinnzo read from it."""

@@ -1,0 +1,82 @@
+"""Dense MLPs and TT-MLPs mapping (B, D) inputs to (B, out) outputs."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pinnzo.nets.tt import TTLinear
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sin": torch.sin, "tanh": torch.tanh, "relu": torch.relu, "gelu": nn.functional.gelu,
+}
+
+
+def dense_layer(in_features: int, out_features: int, dtype, generator) -> nn.Linear:
+    """nn.Linear with N(0, 1/in_features) weights (the TT layers' target) and zero bias."""
+    layer = nn.Linear(in_features, out_features, dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(out_features, in_features, generator=generator, dtype=dtype)
+                           / in_features**0.5)
+        layer.bias.zero_()
+    return layer
+
+
+class MLP(nn.Module):
+    """x -> act(L_1 x) -> ... -> L_out h: (B, D) -> (B,) when ``squeeze`` else (B, out).
+
+    Each layer is dense (nn.Linear) or TT (TTLinear); the activation is applied
+    between layers, not after the last.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], activation: str = "sin", squeeze: bool = True):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; must be one of {', '.join(ACTIVATIONS)}")
+        self.layers = nn.ModuleList(layers)
+        self.activation_name = activation
+        self.activation = ACTIVATIONS[activation]
+        self.squeeze = squeeze
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        x = self.layers[-1](x)
+        return x.squeeze(-1) if self.squeeze else x
+
+    def parameter_table(self) -> list[tuple[str, str, int]]:
+        """(layer name, description, parameter count) per layer."""
+        rows = []
+        for index, layer in enumerate(self.layers):
+            count = sum(p.numel() for p in layer.parameters())
+            if isinstance(layer, TTLinear):
+                description = f"TT {layer.extra_repr()}"
+            else:
+                description = f"dense {layer.in_features} -> {layer.out_features}"
+            rows.append((f"layer{index + 1}", description, count))
+        return rows
+
+
+def build_mlp(sizes: Sequence[int], network: str = "mlp", activation: str = "sin", rank=2,
+              tt_output: bool = False, shapes: Sequence[Sequence[int]] | None = None,
+              dtype=torch.float32, seed: int = 0, squeeze: bool = True) -> MLP:
+    """An MLP through ``sizes`` (e.g. [21, 512, 512, 1]).
+
+    ``network="tt"`` makes the hidden layers TT-matrix layers (paper: the two first
+    layers of the HJB network, rank 2); the output layer is TT too when
+    ``tt_output`` (MNIST: 1024 -> 10 = 1x5x2x1), else dense. ``shapes`` optionally
+    gives the factorisation of each size (same length as ``sizes``).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    layers = []
+    for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = index == len(sizes) - 2
+        if network == "tt" and (not last or tt_output):
+            in_shape = shapes[index] if shapes else None
+            out_shape = shapes[index + 1] if shapes else None
+            layers.append(TTLinear(n_in, n_out, rank, in_shape, out_shape, dtype=dtype, generator=generator))
+        else:
+            layers.append(dense_layer(n_in, n_out, dtype, generator))
+    return MLP(layers, activation, squeeze)

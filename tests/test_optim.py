@@ -1,0 +1,169 @@
+"""Zeroth-order estimators and optimizers on losses with known gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pinnzo.errors import PinnzoError
+from pinnzo.optim import OPTIMIZERS, Objective, make_optimizer
+from pinnzo.optim import estimators
+from pinnzo.settings import Settings
+
+D = 30
+
+
+class Vector(torch.nn.Module):
+    def __init__(self, dim=D):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1, 1, dim, dtype=torch.float64))
+
+    def forward(self, X):
+        return X @ self.w
+
+
+def quadratic_objective(chunk=8):
+    """L(w) = 1/2 w^T A w - c^T w with gradient A w - c (the network's outputs on the identity are w)."""
+    A = torch.diag(torch.linspace(1, 3, D, dtype=torch.float64))
+    c = torch.linspace(0, 1, D, dtype=torch.float64)
+    eye = torch.eye(D, dtype=torch.float64)
+
+    def loss(network, batch):
+        w = network(eye)
+        return 0.5 * w @ A @ w - c @ w
+    objective = Objective(Vector(), loss, chunk)
+    theta = objective.flatten()
+    return objective, theta, A @ theta - c
+
+
+@pytest.mark.parametrize("difference", ["forward", "central"])
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_rge_converges_to_the_true_gradient(kind, difference):
+    objective, theta, gradient = quadratic_objective()
+    cosines = []
+    for count in (10, 100, 3000):
+        g, _, _ = estimators.rge(objective, theta, torch.Generator().manual_seed(0), count, 1e-5, kind, difference)
+        cosines.append(torch.nn.functional.cosine_similarity(g, gradient, 0).item())
+    # E cos ~ sqrt(N / (N + d)) for isotropic directions: 0.5, 0.88, 0.995
+    assert cosines[0] > 0.3 and cosines[1] > 0.8 and cosines[2] > 0.99, cosines
+    assert cosines[0] < cosines[2]
+
+
+def test_query_counts_are_as_documented():
+    objective, theta, _ = quadratic_objective()
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        (lambda: estimators.rge(objective, theta, g, 7, 1e-3, "gaussian", "forward"), 8),
+        (lambda: estimators.rge(objective, theta, g, 7, 1e-3, "gaussian", "central"), 14),
+        (lambda: estimators.cge(objective, theta, g, 1e-3, "forward"), D + 1),
+        (lambda: estimators.cge(objective, theta, g, 1e-3, "central"), 2 * D),
+        (lambda: estimators.cge(objective, theta, g, 1e-3, "forward", coordinates=5), 6),
+    ]
+    for estimate, expected in cases:
+        before = objective.queries
+        _, _, reported = estimate()
+        assert reported == expected and objective.queries - before == expected
+
+
+def test_cge_equals_the_finite_difference_gradient():
+    objective, theta, gradient = quadratic_objective()
+    mu = 1e-4
+    g, loss, _ = estimators.cge(objective, theta, torch.Generator(), mu, "forward")
+    reference = torch.stack([(objective.loss(theta + mu * e) - objective.loss(theta)) / mu
+                             for e in torch.eye(D, dtype=torch.float64)])
+    # batched (vmap) and single evaluations round differently: ~eps |L| / mu = 1e-12 .. 1e-11
+    torch.testing.assert_close(g, reference, rtol=0, atol=1e-10)
+    central, _, _ = estimators.cge(objective, theta, torch.Generator(), mu, "central")
+    torch.testing.assert_close(central, gradient, rtol=0, atol=1e-9)  # exact for a quadratic
+    subset, _, _ = estimators.cge(objective, theta, torch.Generator().manual_seed(3), mu, "forward", coordinates=4)
+    assert int((subset != 0).sum()) == 4
+    torch.testing.assert_close(subset[subset != 0], reference[subset != 0], rtol=0, atol=1e-10)
+
+
+def test_batched_and_looped_evaluation_agree():
+    from pathlib import Path
+
+    from pinnzo.derivatives import Autodiff
+    from pinnzo.nets import build_mlp
+    from pinnzo.problem import load_problem
+    from pinnzo.residual import PINNLoss, sample_batch
+
+    problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "poisson2d.yaml")
+    model = build_mlp([2, 8, 8, 1], "tt", "tanh", rank=2)
+    objective = Objective(model, PINNLoss(problem, Autodiff()), queries_per_chunk=4)
+    objective.batch = sample_batch(problem, 32, 16, torch.Generator().manual_seed(0))
+    theta = objective.flatten()
+    thetas = theta + 0.1 * torch.randn(10, theta.numel(), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(objective.losses(thetas), objective.losses_looped(thetas), rtol=1e-6, atol=1e-6)
+    assert objective.queries == 20
+
+
+@pytest.mark.parametrize("name", ["zo-rge", "zo-signrge", "zo-cge", "hybrid", "zo-adam"])
+def test_zeroth_order_steps_build_no_autograd_graph(name):
+    objective, theta, _ = quadratic_objective()
+    optimizer = make_optimizer(Settings(optimizer=name, directions=4, patience=1))
+    state = optimizer.init(theta)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        for step in range(3):
+            theta, state, info = optimizer.step(step, theta, state, objective, torch.Generator().manual_seed(step))
+    assert saved == [], "a zeroth-order step saved tensors for back-propagation"
+    assert not theta.requires_grad
+    assert not any(p.grad is not None for p in objective.model.parameters())
+
+
+def test_first_order_steps_do_back_propagate():
+    objective, theta, gradient = quadratic_objective()
+    optimizer = make_optimizer(Settings(optimizer="sgd", lr=0.1, momentum=0.0))
+    new, _, info = optimizer.step(0, theta, optimizer.init(theta), objective, torch.Generator())
+    torch.testing.assert_close(new, theta - 0.1 * gradient, rtol=0, atol=1e-14)
+    assert info.queries == 1
+
+
+def test_signrge_moves_every_coordinate_by_lr():
+    objective, theta, _ = quadratic_objective()
+    optimizer = make_optimizer(Settings(optimizer="zo-signrge", lr=0.01, directions=10, mu=1e-4))
+    new, _, info = optimizer.step(0, theta, optimizer.init(theta), objective, torch.Generator().manual_seed(0))
+    torch.testing.assert_close((new - theta).abs(), torch.full_like(theta, 0.01), rtol=0, atol=1e-15)
+    assert info.queries == 11
+
+
+def test_hybrid_switches_to_cge_when_the_loss_stalls():
+    objective, theta, _ = quadratic_objective()
+    flat = Objective(objective.model, lambda network, batch: torch.tensor(1.0, dtype=torch.float64))
+    optimizer = make_optimizer(Settings(optimizer="hybrid", patience=5, directions=2))
+    state = optimizer.init(theta)
+    stages = []
+    for step in range(10):
+        theta, state, info = optimizer.step(step, theta, state, flat, torch.Generator().manual_seed(step))
+        stages.append(info.stage)
+        if info.events:
+            assert "switched from signRGE to CGE at step 5" in info.events[0]
+    assert stages[:6] == ["signrge"] * 6 and stages[6:] == ["cge"] * 4
+    assert state["switch_step"] == 5
+
+
+def test_learning_rate_schedule_and_registry():
+    from pinnzo.optim import learning_rate
+
+    settings = Settings(lr=0.1, lr_decay=0.9, decay_every=10)
+    assert learning_rate(settings, 9) == pytest.approx(0.1)
+    assert learning_rate(settings, 25) == pytest.approx(0.1 * 0.81)
+    with pytest.raises(PinnzoError, match="unknown optimizer 'lbfgs'; must be one of adam, sgd, zo-rge"):
+        make_optimizer(Settings(optimizer="lbfgs"))
+    assert {"adam", "sgd", "zo-rge", "zo-signrge", "zo-cge", "hybrid"} <= set(OPTIMIZERS.names())
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "zo-rge", "zo-signrge", "zo-cge", "hybrid", "zo-adam"])
+def test_every_optimizer_decreases_a_quadratic(name):
+    objective, theta, _ = quadratic_objective()
+    settings = Settings(optimizer=name, lr=0.05 if "sign" in name or name == "hybrid" else 0.1,
+                        directions=20, mu=1e-4, momentum=0.5, patience=1000, lr_decay=0.9, decay_every=20)
+    optimizer = make_optimizer(settings)
+    state = optimizer.init(theta)
+    start = objective.loss(theta).item()
+    for step in range(100):
+        theta, state, info = optimizer.step(step, theta, state, objective, torch.Generator().manual_seed(step))
+    minimum = -0.5 * (torch.linspace(0, 1, D) ** 2 / torch.linspace(1, 3, D)).sum().item()
+    end = objective.loss(theta).item()
+    assert end - minimum < 0.2 * (start - minimum), (start, end, minimum)

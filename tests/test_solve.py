@@ -1,0 +1,194 @@
+"""End-to-end solves, the run folder, resume, divergence, and the solve CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from helpers import run_cli
+from pinnzo.errors import PinnzoError
+from pinnzo.problem import load_problem
+from pinnzo.residual import PINNLoss
+from pinnzo.train import Diverged, Interrupted, train
+
+# A 2-D analogue of the paper's HJB: u_t + lap u - 0.5 |grad u|^2 = -2 on [0,1]^2 x [0,1],
+# exact u = x1 + x2 + 1 - t, terminal condition by the ansatz: the network must learn N = 1.
+SMALL = """
+name: small-hjb
+variables:
+  space: {name: x, dim: 2, domain: [0, 1]}
+  time: {name: t, domain: [0, 1]}
+equation: d(u, t) + lap(u) - 0.5 * gradsq(u) = -2
+exact: sum(x) + 1 - t
+ansatz: sum(x) + (1 - t) * N
+solve:
+  network: tt
+  width: 8
+  rank: 2
+  backend: sparse-grid
+  optimizer: zo-signrge
+  lr: 0.01
+  steps: 60
+  batch: 32
+  eval_every: 20
+  eval_points: 500
+  seed: 3
+"""
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return load_problem(path)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("changes, factor", [
+    ({"optimizer": "adam", "backend": "ad", "lr": 0.01}, 5),
+    ({"optimizer": "sgd", "backend": "fd", "lr": 0.01, "momentum": 0.5}, 3),
+    ({"optimizer": "zo-signrge"}, 3),
+    ({"optimizer": "zo-rge", "lr": 0.01, "directions": 20}, 2),
+    ({"optimizer": "zo-adam", "lr": 0.02, "backend": "stein", "samples": 64}, 2),
+    ({"optimizer": "zo-cge", "lr": 0.005, "momentum": 0.5, "steps": 40}, 2),
+    ({"optimizer": "hybrid", "patience": 10, "cge_lr": 0.002}, 3),
+])
+def test_short_solves_reduce_the_validation_error(small, tmp_path, changes, factor):
+    settings = small.settings.replace(changes)
+    summary = train(small, settings, tmp_path / "run", quiet=True)
+    rows = _rows(tmp_path / "run")
+    first, last = float(rows[0]["val_rel_l2"]), summary["final_rel_l2"]
+    assert last < first / factor, (first, last)
+    assert summary["total_queries"] == int(rows[-1]["queries"]) > 0
+    assert summary["steps"] == settings.steps
+
+
+def test_run_folder_contents(small, tmp_path):
+    summary = train(small, small.settings, tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "model.pt",
+                                               "best.pt", "checkpoint.pt"}
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["settings"]["optimizer"] == "zo-signrge" and config["problem_name"] == "small-hjb"
+    saved = json.loads((run / "summary.json").read_text())
+    for key in ("problem", "backend", "optimizer", "network", "parameters", "steps", "total_queries",
+                "final_loss", "best_loss", "final_mse", "final_rel_l2", "best_mse", "best_rel_l2",
+                "wall_time_s", "device", "dtype", "versions"):
+        assert key in saved, key
+    assert "smoothed" in saved["prediction"]  # sparse-grid: the paper's smoothed prediction
+    assert saved["queries_per_step"] == 11  # signRGE, N = 10 forward differences
+    state = torch.load(run / "model.pt", weights_only=True)
+    from pinnzo.train import build
+    components = build(small, small.settings)
+    components.model.load_state_dict(state)
+    # the saved model reproduces the summary's final error
+    from pinnzo.train import Validation, predict
+    validation = Validation.create(small, small.settings, torch.float32, "cpu")
+    theta = components.objective.flatten()
+    assert validation.errors(predict(components, theta, validation.X))[1] == pytest.approx(
+        summary["final_rel_l2"], rel=1e-5)
+    assert len(_rows(run)) == 4  # steps 1, 20, 40, 60
+
+
+def test_resume_after_interrupt_gives_the_uninterrupted_numbers(small, tmp_path):
+    settings = small.settings.replace({"steps": 50, "eval_every": 10})
+    train(small, settings, tmp_path / "straight", quiet=True)
+
+    def interrupt(step):
+        if step == 23:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        train(small, settings, tmp_path / "broken", quiet=True, on_step=interrupt)
+
+    def crash(step):  # like kill -9: no checkpoint is written at the crash
+        if step == 37:
+            raise SystemExit(137)
+    with pytest.raises(SystemExit):
+        train(small, settings, tmp_path / "broken", resume=True, quiet=True, on_step=crash)
+    train(small, settings, tmp_path / "broken", resume=True, quiet=True)
+    straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "broken")
+    drop = lambda rows: [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+    assert drop(straight) == drop(resumed)
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "broken" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mismatched_resume_is_refused(small, tmp_path):
+    settings = small.settings.replace({"steps": 20})
+    train(small, settings, tmp_path / "run", quiet=True)
+    with pytest.raises(PinnzoError, match=r"does not match the saved run: lr: saved 0.01, now 0.02"):
+        train(small, settings.replace({"lr": 0.02}), tmp_path / "run", resume=True, quiet=True)
+    with pytest.raises(PinnzoError, match="nothing to resume"):
+        train(small, settings, tmp_path / "empty", resume=True, quiet=True)
+    with pytest.raises(PinnzoError, match="exists and is not empty"):
+        train(small, settings, tmp_path / "run", quiet=True)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch):
+    settings = small.settings.replace({"steps": 40, "eval_every": 10, "optimizer": "adam", "backend": "ad"})
+    original = PINNLoss.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, network, batch):
+        calls["n"] += 1
+        value = original(self, network, batch)
+        return value * float("nan") if calls["n"] > 25 else value
+    monkeypatch.setattr(PINNLoss, "__call__", poisoned)
+    with pytest.raises(Diverged, match="at step 26; stopped, the last good checkpoint \\(step 20\\)"):
+        train(small, settings, tmp_path / "run", quiet=True)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 20 and torch.isfinite(checkpoint["theta"]).all()
+
+
+# ---- the CLI ----------------------------------------------------------------
+
+def test_cli_flags_override_the_file(tmp_path):
+    problem = tmp_path / "small.yaml"
+    problem.write_text(SMALL)
+    out = tmp_path / "run"
+    result = run_cli(["solve", str(problem), "--steps", "4", "--lr", "0.02", "--backend", "ad",
+                      "--set", "eval_every=2", "--set", "width=6", "--width", "5", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())["settings"]
+    assert (saved["steps"], saved["lr"], saved["backend"], saved["eval_every"], saved["width"]) == (4, 0.02, "ad", 2, 5)
+    assert saved["optimizer"] == "zo-signrge" and saved["rank"] == 2  # from the file
+    assert "relative L2" in result.output and str(out) in result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--backend", "magic"], "unknown backend 'magic'; must be one of ad, fd, stein, sparse-grid"),
+    (["--optimizer", "newton"], "unknown optimizer 'newton'; must be one of"),
+    (["--dtype", "float16"], "--dtype: unknown value 'float16'; must be one of float32, float64"),
+    (["--steps", "many"], "'--steps'"),
+    (["--set", "colour=red"], "--set colour: unknown setting"),
+    (["--set", "steps"], "--set expects key=value"),
+    (["--bogus"], "No such option"),
+    (["--preset", "huge"], "unknown preset 'huge'; must be one of paper"),
+    (["--resume", "nowhere"], "nothing to resume"),
+])
+def test_cli_bad_flags_give_exit_2_and_one_line(tmp_path, args, needle):
+    problem = tmp_path / "small.yaml"
+    problem.write_text(SMALL)
+    result = run_cli(["solve", str(problem), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pinnzo: error:") and needle in lines[0], result.output
+
+
+def test_cli_refuses_cuda_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")  # the refusal only exists without a GPU
+    problem = tmp_path / "small.yaml"
+    problem.write_text(SMALL)
+    result = run_cli(["solve", str(problem), "--device", "cuda", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
