@@ -80,3 +80,169 @@ def quadrature_benchmark() -> dict:
     return {"suite": "quadrature", "rules": rows,
             "targets": {"gauss-hermite d21 l5 build_s": 0.4, "gauss-hermite d100 l3 build_s": 0.5,
                         "cache_load_s": 0.02}}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _hjb20_components(width: int | None = None, backend: str = "sparse-grid", **changes):
+    from pinnzo.problem import load_problem
+    from pinnzo.residual import sample_batch
+    from pinnzo.train import build
+
+    problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "hjb20.yaml")
+    settings = problem.settings.replace({"backend": backend, **({"width": width} if width else {}), **changes})
+    components = build(problem, settings)
+    components.objective.batch = sample_batch(problem, settings.batch, settings.condition_batch,
+                                              __import__("torch").Generator().manual_seed(0))
+    return problem, settings, components
+
+
+def paper_sparse_grid_loss(problem, network, X, rule, sigma: float):
+    """The paper's way: f at x + delta_j and x - delta_j for every node, plus f(x),
+    one forward per perturbation, weighted node by node (eq. 13); the HJB residual."""
+    import torch
+
+    from pinnzo import atoms as A
+
+    u = problem.solution(network)
+    delta = torch.tensor(rule.nodes * sigma, dtype=X.dtype)
+    weights = torch.tensor(rule.weights, dtype=X.dtype)
+    spatial = list(problem.spatial)
+    f0 = u(X)
+    gradient = torch.zeros_like(X)
+    laplacian = torch.zeros(len(X), dtype=X.dtype)
+    for j in range(len(delta)):
+        plus, minus = u(X + delta[j]), u(X - delta[j])
+        gradient += weights[j] * delta[j] / (2 * sigma**2) * (plus - minus)[:, None]
+        radius = (delta[j, spatial] ** 2).sum()
+        laplacian += weights[j] * (radius - sigma**2 * len(spatial)) / (2 * sigma**4) * (plus + minus - 2 * f0)
+    atoms = {A.d1(problem.time_index): gradient[:, problem.time_index], A.LAPLACIAN: laplacian,
+             A.GRADIENT_SQUARED: (gradient[:, spatial] ** 2).sum(1)}
+    return problem.residual_from_atoms(X, atoms).square().mean()
+
+
+def _measure_backend(name: str, width: int | None) -> dict:
+    problem, settings, c = _hjb20_components(width, name)
+    theta = c.objective.flatten()
+    per_point = c.loss.backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
+    before = _peak_rss_mb()
+    loss_s = best_time(lambda: c.objective.loss(theta), repeats=5)
+    after_loss = _peak_rss_mb()
+    grad_s = best_time(lambda: c.objective.value_and_grad(theta), repeats=3)
+    return {"backend": name, "evaluations_per_point": per_point, "loss_s": loss_s, "loss_and_gradient_s": grad_s,
+            "peak_rss_growth_loss_mb": after_loss - before, "peak_rss_growth_gradient_mb": _peak_rss_mb() - before}
+
+
+def derivatives_benchmark(width: int | None = None) -> dict:
+    """Per backend on the hjb20 setting (21 inputs, default network, batch 100)."""
+    import torch
+
+    import multiprocessing
+
+    # each backend in a fresh process, so that its peak memory is its own
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for name in ("ad", "fd", "stein", "sparse-grid"):
+        with context.Pool(1) as pool:
+            rows.append(pool.apply(_measure_backend, (name, width)))
+    # the same sparse-grid rule evaluated the paper's way, and one plain forward of as many rows
+    problem, settings, c = _hjb20_components(width, "sparse-grid")
+    X = c.objective.batch.interior
+    theta = c.objective.flatten()
+    network = c.objective.network(theta)
+    rule = c.loss.backend.rule
+    with torch.no_grad():
+        ours = c.objective.loss(theta).item()
+        paper = paper_sparse_grid_loss(problem, network, X, rule, settings.sigma).item()
+        ours_s = best_time(lambda: c.objective.loss(theta), repeats=5)
+        paper_s = best_time(lambda: paper_sparse_grid_loss(problem, network, X, rule, settings.sigma), repeats=3)
+        points = (X[:, None, :] + torch.tensor(rule.nodes * 0.1, dtype=X.dtype)[None]).reshape(-1, X.shape[1])
+        forward_s = best_time(lambda: network(points), repeats=5)
+    return {
+        "suite": "derivatives", "setting": f"hjb20, width {settings.width}, batch {settings.batch}, float32",
+        "backends": rows,
+        "sparse_grid_vs_paper": {
+            "nodes": rule.size, "evaluations_per_point": {"pinnzo": rule.size, "paper": 2 * rule.size + 1},
+            "pinnzo_loss_s": ours_s, "paper_loss_s": paper_s, "speedup": paper_s / ours_s,
+            "loss_pinnzo": ours, "loss_paper": paper, "relative_difference": abs(ours - paper) / abs(paper),
+            "one_forward_of_the_same_rows_s": forward_s, "loss_over_forward": ours_s / forward_s,
+            "targets": {"speedup": 1.8, "loss_over_forward": 1.5},
+        },
+    }
+
+
+def zo_benchmark(widths=(32, 512)) -> dict:
+    """ZO steps on hjb20: time per step, queries per second, FLOP/s against a GEMM."""
+    import torch
+
+    from pinnzo.optim import make_optimizer
+
+    rows = []
+    for width in widths:
+        problem, settings, c = _hjb20_components(width, "sparse-grid")
+        objective = c.objective
+        theta = objective.flatten()
+        optimizer = make_optimizer(settings)
+        state = optimizer.init(theta)
+        generator = torch.Generator().manual_seed(0)
+        queries_before = objective.queries
+        step_s = best_time(lambda: optimizer.step(0, theta, state, objective, generator), repeats=2, budget_s=60)
+        queries_per_step = (objective.queries - queries_before) / max(1, len([0]))
+        queries_per_step = settings.directions + 1
+        rows_per_query = settings.batch * c.loss.backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
+        sizes = [problem.dim, width, width, 1]
+        flops = 2 * rows_per_query * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        A = torch.randn(rows_per_query, width)
+        B = torch.randn(width, width)
+        gemm_s = best_time(lambda: A @ B, repeats=5)
+        gemm_flops = 2 * rows_per_query * width * width / gemm_s
+        sin_s = best_time(lambda: torch.sin(A), repeats=5)
+        achieved = flops * queries_per_step / step_s
+        rows.append({"width": width, "parameters": objective.dim, "step_s": step_s,
+                     "queries_per_step": queries_per_step, "queries_per_s": queries_per_step / step_s,
+                     "network_flops_per_query": flops, "achieved_flop_s": achieved,
+                     "gemm_flop_s_same_shape": gemm_flops, "fraction_of_gemm": achieved / gemm_flops,
+                     "activation_share": 2 * sin_s * queries_per_step / step_s})
+    batching = []
+    for label, backend, batch in (("hjb20 sparse-grid, 92,500 rows per query", "sparse-grid", 100),
+                                  ("hjb20 autodiff, 100 rows per query", "ad", 100)):
+        problem, settings, c = _hjb20_components(32, backend, batch=batch)
+        objective = c.objective
+        theta = objective.flatten()
+        thetas = theta + 0.01 * torch.randn(11, theta.numel(), generator=torch.Generator().manual_seed(0))
+        objective.queries_per_chunk = 11
+        batched_s = best_time(lambda: objective.losses(thetas), repeats=3)
+        looped_s = best_time(lambda: objective.losses_looped(thetas), repeats=3)
+        batching.append({"case": label, "batched_s": batched_s, "looped_s": looped_s,
+                         "batched_speedup": looped_s / batched_s})
+    return {"suite": "zo", "steps": rows, "batched_vs_looped": batching,
+            "targets": {"fraction_of_gemm": 0.5, "batched_speedup": 2.0}}
+
+
+def tt_layer_benchmark() -> dict:
+    """TT forward by rebuilding W + GEMM vs core by core, against a dense layer of the same shape."""
+    import torch
+
+    from pinnzo.nets import TTLinear
+
+    rows = []
+    for n_in, n_out, rank in ((512, 512, 2), (784, 1024, 6), (21, 512, 2)):
+        layer = TTLinear(n_in, n_out, rank)
+        dense = torch.nn.Linear(n_in, n_out)
+        for batch in (1, 4, 16, 64, 256, 4096, 92500):
+            x = torch.randn(batch, n_in)
+            with torch.no_grad():
+                layer.mode = "dense"
+                rebuild_s = best_time(lambda: layer(x), repeats=5)
+                layer.mode = "cores"
+                cores_s = best_time(lambda: layer(x), repeats=5)
+                dense_s = best_time(lambda: dense(x), repeats=5)
+            rows.append({"layer": f"{n_in}->{n_out} r{rank}", "batch": batch, "rebuild_gemm_s": rebuild_s,
+                         "core_by_core_s": cores_s, "dense_layer_s": dense_s,
+                         "best": "cores" if cores_s < rebuild_s else "rebuild",
+                         "best_over_dense": min(rebuild_s, cores_s) / dense_s})
+    return {"suite": "tt-layer", "rows": rows, "auto_threshold_rows": TTLinear.CORES_BELOW}

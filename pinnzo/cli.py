@@ -162,8 +162,9 @@ def solve(
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="Any setting: --set key=value (repeatable).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Named settings: paper (the paper's scale, for a GPU).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw the figures at the end.")] = False,
 ):
-    """Train a PINN on a problem file and write a run folder."""
+    """Train a PINN on a problem file and write a run folder (with plots)."""
     from pinnzo.problem import load_problem
     from pinnzo.train import Interrupted, default_run_dir, train
 
@@ -181,7 +182,40 @@ def solve(
     typer.echo(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
                f"MSE {summary['final_mse']:.3e}, {summary['total_queries']:,} loss queries, "
                f"{summary['wall_time_s']:.0f} s")
+    if not no_plots:
+        from pinnzo.plots import plot_run
+
+        plot_run(run_dir)
     typer.echo(f"results in {run_dir}")
+
+
+@app.command("plot")
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by pinnzo solve.")],
+    format: Annotated[str, typer.Option("--format", help="png | pdf | svg.")] = "png",
+    slice_axes: Annotated[Optional[str], typer.Option("--slice", help="Two variables of the 2-D slice, e.g. x1,t.")] = None,
+    at: Annotated[Optional[list[str]], typer.Option("--at", help="Fix a variable of the slice: --at x2=0.5 (repeatable; default: the centre).")] = None,
+):
+    """Draw a run's figures into RUN_DIR/plots/ (each with a CSV of its numbers)."""
+    from pinnzo.plots import plot_run
+
+    for path in plot_run(run_dir, format, slice_axes, at or []):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("compare")
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders of one problem.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for compare.md, compare.csv and the curves.")] = Path("results/compare"),
+    format: Annotated[str, typer.Option("--format", help="png | pdf | svg.")] = "png",
+):
+    """Runs side by side: a table and overlaid error-vs-step / error-vs-queries curves."""
+    from pinnzo.plots import compare_runs, terminal_table
+
+    rows, written = compare_runs(run_dirs, out, format)
+    typer.echo(terminal_table(rows))
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 @app.command("check")
@@ -231,6 +265,46 @@ def bench_quadrature(
     from pinnzo.bench import quadrature_benchmark, write_report
 
     write_report(out, quadrature_benchmark())
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("derivatives")
+def bench_derivatives(
+    out: Annotated[Path, typer.Option("--out", help="JSON report to write.")] = Path("results/bench/derivatives.json"),
+    width: Annotated[Optional[int], typer.Option(help="Network width (default: hjb20's).")] = None,
+):
+    """Per backend on hjb20: evaluations per point, loss and loss+gradient time, memory;
+    sparse-grid against the paper's way of evaluating it."""
+    from pinnzo.bench import derivatives_benchmark, write_report
+
+    write_report(out, derivatives_benchmark(width))
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("zo")
+def bench_zo(
+    out: Annotated[Path, typer.Option("--out", help="JSON report to write.")] = Path("results/bench/zo.json"),
+    widths: Annotated[str, typer.Option(help="Comma-separated widths.")] = "32,512",
+):
+    """ZO steps on hjb20: time, queries/s, FLOP/s against a GEMM; batched vs looped queries."""
+    from pinnzo.bench import write_report, zo_benchmark
+
+    try:
+        sizes = tuple(int(w) for w in widths.split(","))
+    except ValueError:
+        raise PinnzoError(f"--widths expects integers like 32,512; found {widths!r}") from None
+    write_report(out, zo_benchmark(sizes))
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("tt-layer")
+def bench_tt_layer(
+    out: Annotated[Path, typer.Option("--out", help="JSON report to write.")] = Path("results/bench/tt-layer.json"),
+):
+    """TT layer forward: rebuild + GEMM vs core by core vs a dense layer."""
+    from pinnzo.bench import tt_layer_benchmark, write_report
+
+    write_report(out, tt_layer_benchmark())
     typer.echo(f"wrote {out}")
 
 

@@ -417,3 +417,72 @@ def _version() -> str:
     from pinnzo import __version__
 
     return __version__
+
+
+# ---------------------------------------------------------------- reading runs
+
+REQUIRED_RUN_FILES = ("config.yaml", "summary.json", "metrics.csv", "model.pt")
+
+
+@dataclass
+class LoadedRun:
+    """A finished run folder, with the model rebuilt."""
+
+    path: Path
+    config: dict
+    summary: dict
+    metrics: list[dict]
+    components: Components
+    theta: torch.Tensor
+
+    @property
+    def problem(self) -> Problem:
+        return self.components.problem
+
+
+def load_run(run_dir: Path | str) -> LoadedRun:
+    """Read a run folder and rebuild its trained model; PinnzoError when incomplete."""
+    from pinnzo.problem import load_problem
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PinnzoError(f"{run_dir}: no such run folder")
+    missing = [name for name in REQUIRED_RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        hint = " (the run did not finish: continue it with pinnzo solve ... --resume)" \
+            if (run_dir / "checkpoint.pt").is_file() else ""
+        raise PinnzoError(f"{run_dir}: not a finished pinnzo run: missing {', '.join(missing)}{hint}")
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        with open(run_dir / "metrics.csv") as file:
+            metrics = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(file)]
+        settings = Settings().replace(config["settings"], f"{run_dir / 'config.yaml'}: settings.")
+        problem_path = Path(config["problem"])
+    except (yaml.YAMLError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise PinnzoError(f"{run_dir}: run files from an older or damaged format ({type(error).__name__}: "
+                          f"{error})") from None
+    if not problem_path.is_file():
+        raise PinnzoError(f"{run_dir}: the run's problem file {problem_path} is missing")
+    if file_digest(problem_path) != config.get("problem_sha256"):
+        raise PinnzoError(f"{run_dir}: the problem file {problem_path} changed after the run")
+    if not metrics:
+        raise PinnzoError(f"{run_dir}: metrics.csv has no rows")
+    problem = load_problem(problem_path)
+    components = build(problem, settings.replace({"device": "cpu"}))
+    state = torch.load(run_dir / "model.pt", weights_only=True, map_location="cpu")
+    try:
+        components.model.load_state_dict(state)
+    except RuntimeError as error:
+        raise PinnzoError(f"{run_dir}: model.pt does not match config.yaml ({str(error).splitlines()[0]})") from None
+    return LoadedRun(run_dir, config, summary, metrics, components, components.objective.flatten())
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
