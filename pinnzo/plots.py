@@ -104,7 +104,7 @@ def line_points(run: LoadedRun, points: int = 201) -> list[tuple[str, float | No
     centre = (lows + highs) / 2
     s = np.linspace(0.0, 1.0, points)
     spatial = list(problem.spatial)
-    directions = [("diagonal", spatial)]
+    directions = [("diagonal", spatial)] if len(spatial) > 1 else []
     directions += [(f"{problem.columns[i]} axis", [i]) for i in dict.fromkeys([spatial[0], spatial[-1]])]
     times = [None]
     if problem.time_index is not None:
