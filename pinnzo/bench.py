@@ -245,4 +245,5 @@ def tt_layer_benchmark() -> dict:
                          "core_by_core_s": cores_s, "dense_layer_s": dense_s,
                          "best": "cores" if cores_s < rebuild_s else "rebuild",
                          "best_over_dense": min(rebuild_s, cores_s) / dense_s})
-    return {"suite": "tt-layer", "rows": rows, "auto_threshold_rows": TTLinear.CORES_BELOW}
+    return {"suite": "tt-layer", "rows": rows,
+            "auto_rule": "core by core when rows * (in + out) * 4 < in * out, else rebuild W + GEMM"}

@@ -36,11 +36,11 @@ class TTLinear(nn.Module):
 
     Forward: rebuild W and one GEMM (``mode="dense"``, fastest for the batches a
     PINN evaluates: hundreds of thousands of rows), or contract core by core
-    (``mode="cores"``, cheaper for a handful of rows); ``mode="auto"`` picks
-    "cores" below ``CORES_BELOW`` rows (from `pinnzo bench tt-layer`).
+    (``mode="cores"``, cheaper for a handful of rows); ``mode="auto"`` contracts
+    core by core when rows * (in + out) * 4 < in * out. That crossover matches
+    `pinnzo bench tt-layer` on 2 cores: ~100 rows for 784 -> 1024 (so MNIST's
+    mini-batch of 64 contracts), ~64 for 512 -> 512, ~5 for 21 -> 512.
     """
-
-    CORES_BELOW = 16
 
     def __init__(self, in_features: int, out_features: int, ranks: int | Sequence[int] = 2,
                  in_shape: Sequence[int] | None = None, out_shape: Sequence[int] | None = None,
@@ -79,7 +79,8 @@ class TTLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_features) -> (B, out_features)."""
         rows = x.shape[0] if x.dim() > 1 else 1
-        contract = self.mode == "cores" or (self.mode == "auto" and rows < self.CORES_BELOW)
+        small = 4 * rows * (self.in_features + self.out_features) < self.in_features * self.out_features
+        contract = self.mode == "cores" or (self.mode == "auto" and small)
         if not contract:
             return nn.functional.linear(x, self.weight(), self.bias)
         y = self._contract(x)
