@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/pinnzo bench quadrature --out results/bench/quadrature.json
+	$(VENV)/bin/pinnzo bench derivatives --out results/bench/derivatives.json
+	$(VENV)/bin/pinnzo bench zo --out results/bench/zo.json
+	$(VENV)/bin/pinnzo bench tt-layer --out results/bench/tt-layer.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -84,7 +84,13 @@ def quadrature_build(
     if out is not None:
         if out.suffix != ".npz":
             raise PinnzoError(f"--out must name an .npz file; found {out}")
-        _write_atomically(out, lambda handle: np.savez(handle, nodes=rule.nodes, weights=rule.weights))
+        import io
+
+        from pinnzo.fileio import atomic_write
+
+        buffer = io.BytesIO()
+        np.savez(buffer, nodes=rule.nodes, weights=rule.weights)
+        atomic_write(out, buffer.getvalue())
         typer.echo(f"wrote         {out}")
 
 
@@ -306,22 +312,6 @@ def bench_tt_layer(
 
     write_report(out, tt_layer_benchmark())
     typer.echo(f"wrote {out}")
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Call write(handle) on a temporary file next to ``path``, then rename it."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def main() -> None:

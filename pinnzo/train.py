@@ -22,10 +22,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import yaml
 
 from pinnzo.derivatives import make_backend
 from pinnzo.errors import PinnzoError
+from pinnzo.fileio import atomic_write
 from pinnzo.nets import build_mlp
 from pinnzo.optim import Objective, make_optimizer
 from pinnzo.problem import Problem
@@ -142,19 +141,6 @@ def predict(components: Components, theta: torch.Tensor, X: torch.Tensor, smooth
 
 
 # ---------------------------------------------------------------- run folder
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
 
 def _torch_bytes(obj) -> bytes:
     buffer = io.BytesIO()
@@ -281,7 +267,7 @@ def train(problem: Problem, settings: Settings, run_dir: Path, resume: bool = Fa
             raise PinnzoError(f"--out {run_dir}: the folder exists and is not empty; choose another "
                               f"(or --resume it)")
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
 
     generators = {name: torch.Generator().manual_seed(settings.seed + offset)
                   for name, offset in (("points", 0), ("zo", 1), ("stein", 2))}
@@ -308,7 +294,7 @@ def train(problem: Problem, settings: Settings, run_dir: Path, resume: bool = Fa
         state.elapsed = time.perf_counter() - started
         state.generators = {name: g.get_state() for name, g in generators.items()}
         state.queries = objective.queries
-        _atomic_write(run_dir / "checkpoint.pt", _torch_bytes(vars(state)))
+        atomic_write(run_dir / "checkpoint.pt", _torch_bytes(vars(state)))
         _write_metrics(run_dir / "metrics.csv", state.metrics)
 
     def evaluate(step: int, info_loss: float, stage: str, lr: float):
@@ -370,7 +356,7 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue().encode())
 
 
 def _state_dict(components: Components, theta: torch.Tensor) -> dict:
@@ -385,8 +371,8 @@ def finish(components: Components, state: TrainState, validation: Validation, ru
     best_theta = state.best_theta if state.best_theta is not None else state.theta
     best_mse, best_rel = validation.errors(predict(components, best_theta, validation.X, True))
     final = state.metrics[-1]
-    _atomic_write(run_dir / "best.pt", _torch_bytes(_state_dict(components, best_theta)))
-    _atomic_write(run_dir / "model.pt", _torch_bytes(_state_dict(components, state.theta)))
+    atomic_write(run_dir / "best.pt", _torch_bytes(_state_dict(components, best_theta)))
+    atomic_write(run_dir / "model.pt", _torch_bytes(_state_dict(components, state.theta)))
     losses = [row["loss"] for row in state.metrics]
     summary = {
         "problem": problem.name, "problem_file": str(problem.path),
@@ -409,7 +395,7 @@ def finish(components: Components, state: TrainState, validation: Validation, ru
         "versions": {"pinnzo": _version(), "torch": torch.__version__, "python": platform.python_version()},
         "status": "finished",
     }
-    _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
 
 

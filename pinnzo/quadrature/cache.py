@@ -22,11 +22,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pinnzo.fileio import atomic_write
 from pinnzo.quadrature.rule import Rule
 
 FORMAT_VERSION = 1
@@ -102,18 +102,7 @@ def load(path: Path) -> Rule | None:
 
 def save(rule: Rule, path: Path) -> None:
     """Write ``rule`` to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(encode(rule))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, encode(rule))
 
 
 def list_cached(cache_dir: Path) -> list[tuple[Path, dict | None]]:
