@@ -6,6 +6,7 @@ with ``<file>: <key path>: <what was expected>; found <what was found>``.
 
 from __future__ import annotations
 
+import functools
 import keyword
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,11 +96,16 @@ class Problem:
             return ansatz({**self.values(X), "N": network(X)})
         return u
 
+    @functools.cached_property
+    def _atom_names(self) -> dict:
+        """Atom -> the name its tensor has in the compiled residual (computed once)."""
+        return {atom: A.atom_symbol(atom, list(self.columns)).name for atom in self.atoms}
+
     def residual_from_atoms(self, X: torch.Tensor, atom_values: Mapping[A.Atom, torch.Tensor]) -> torch.Tensor:
         """The equation's residual (B,) from the atoms a backend computed at X."""
         values = self.values(X)
-        for atom in self.atoms:
-            values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
+        for atom, name in self._atom_names.items():
+            values[name] = atom_values[atom]
         return self._residual_fn(values)
 
     def exact_solution(self, X: torch.Tensor) -> torch.Tensor:
