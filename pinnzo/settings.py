@@ -21,6 +21,7 @@ class Settings:
     depth: int = 2  # hidden layers (21 -> 512 -> 512 -> 1 is depth 2)
     rank: int = 2  # TT rank of the compressed layers
     activation: str = "sin"  # sin | tanh | relu | gelu
+    shapes: str = ""  # TT factorisations "input,hidden", e.g. 1x1x3x7,8x4x4x4 (empty: automatic)
     # derivatives
     backend: str = "sparse-grid"  # ad | fd | stein | sparse-grid
     sigma: float = 0.1  # Gaussian smoothing of the Stein backends

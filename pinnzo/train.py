@@ -83,7 +83,7 @@ def build(problem: Problem, settings: Settings) -> Components:
     if settings.depth < 1 or settings.width < 1:
         raise PinnzoError("width and depth must be at least 1")
     model = build_mlp(sizes, settings.network, settings.activation, settings.rank or 1,
-                      dtype=dtype, seed=settings.seed).to(device)
+                      shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed).to(device)
     # memory: each network evaluation keeps about 3 activations per layer width
     row_bytes = 3 * sum(sizes) * torch.finfo(dtype).bits // 8
     budget = settings.memory_mb * 2**20
@@ -99,6 +99,25 @@ def build(problem: Problem, settings: Settings) -> Components:
     loss = PINNLoss(problem, backend)
     objective = Objective(model, loss, queries_per_chunk)
     return Components(problem, settings, model, loss, objective, make_optimizer(settings), dtype, device)
+
+
+def tt_shapes(settings: Settings, sizes: list[int]) -> list | None:
+    """Per-size factorisations from ``shapes`` = "input,hidden" (the output layer stays dense)."""
+    if not settings.shapes:
+        return None
+    from pinnzo.nets import parse_shape
+
+    try:
+        given = [parse_shape(part) for part in settings.shapes.split(",")]
+    except ValueError as error:
+        raise PinnzoError(f"shapes: {error}") from None
+    if len(given) != 2 or len(given[0]) != len(given[1]):
+        raise PinnzoError(f"shapes: expected 'input,hidden' with equally many factors, e.g. 1x1x3x7,8x4x4x4; "
+                          f"found {settings.shapes!r}")
+    for shape, size, what in ((given[0], sizes[0], "input"), (given[1], sizes[1], "hidden")):
+        if __import__("math").prod(shape) < size:
+            raise PinnzoError(f"shapes: the {what} factors {'x'.join(map(str, shape))} do not cover {size}")
+    return [given[0]] + [given[1]] * (len(sizes) - 2) + [None]
 
 
 # ---------------------------------------------------------------- evaluation

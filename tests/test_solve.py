@@ -191,3 +191,19 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path, monkeypatch):
     problem.write_text(SMALL)
     result = run_cli(["solve", str(problem), "--device", "cuda", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+def test_explicit_tt_shapes_give_the_papers_layers(small):
+    from pinnzo.train import build
+
+    problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "hjb20.yaml")
+    settings = problem.settings.replace({"width": 512, "shapes": "1x1x3x7,8x4x4x4"})
+    table = build(problem, settings).model.parameter_table()
+    assert [row[1] for row in table] == ["TT 21 -> 512 (1x1x3x7 -> 8x4x4x4), ranks=[1, 2, 2, 2, 1]",
+                                         "TT 512 -> 512 (8x4x4x4 -> 8x4x4x4), ranks=[1, 2, 2, 2, 1]",
+                                         "dense 512 -> 1"]
+    assert [row[2] for row in table] == [136 + 512, 288 + 512, 513]
+    with pytest.raises(PinnzoError, match="do not cover 512"):
+        build(problem, settings.replace({"shapes": "1x1x3x7,4x4x4x4"}))
+    with pytest.raises(PinnzoError, match="expected 'input,hidden'"):
+        build(problem, settings.replace({"shapes": "1x1x3x7"}))
