@@ -195,6 +195,54 @@ def solve(
     typer.echo(f"results in {run_dir}")
 
 
+@app.command("mnist")
+def mnist(
+    network: Annotated[Optional[str], typer.Option(help="mlp | tt (default tt: 784=7x4x4x7, 1024=8x4x4x8, 10=1x5x2x1).")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="TT rank r (ranks [1, r, r, r, 1]; default 6).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help="adam | sgd | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam (default adam).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 5).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Mini-batch size (default 64).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3, x0.9 every 10 epochs).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the four MNIST IDX files (default $PINNZO_MNIST_DIR, then data/mnist).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default results/mnist/<time>-<network>-<optimizer>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="Any MNIST setting: --set key=value.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw the accuracy curves.")] = False,
+):
+    """Classify MNIST with a (TT-)MLP trained by any optimizer (paper section 5.1)."""
+    from pinnzo.mnist import default_data_dir, default_run_dir, load_mnist, train_mnist
+    from pinnzo.optim import OPTIMIZERS
+    from pinnzo.settings import MnistSettings
+    from pinnzo.train import Interrupted
+
+    settings = MnistSettings().replace(_parse_assignments(assignments or []), "--set ")
+    flags = dict(network=network, rank=rank, optimizer=optimizer, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                 device=device)
+    settings = settings.replace({k: v for k, v in flags.items() if v is not None}, "--")
+    OPTIMIZERS[settings.optimizer]
+    folder = data_dir or default_data_dir()
+    data = load_mnist(folder, settings.validation)
+    if resume is not None and out is not None and resume != out:
+        raise PinnzoError("--resume names the run folder; do not also give a different --out")
+    run_dir = resume or out or default_run_dir(settings)
+    try:
+        summary = train_mnist(data, settings, run_dir, resume=resume is not None, quiet=quiet, data_dir=folder)
+    except Interrupted:
+        raise typer.Exit(130)
+    typer.echo(f"mnist {settings.network} ({summary['parameters']:,} parameters), {settings.optimizer}: "
+               f"test accuracy {100 * summary['test_accuracy']:.2f}%, {summary['total_queries']:,} loss queries, "
+               f"{summary['wall_time_s']:.0f} s")
+    if not no_plots:
+        from pinnzo.plots import plot_run
+
+        plot_run(run_dir)
+    typer.echo(f"results in {run_dir}")
+
+
 @app.command("plot")
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by pinnzo solve.")],

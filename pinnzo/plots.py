@@ -271,10 +271,54 @@ def error_histogram(run: LoadedRun, out: Path, fmt: str) -> Path:
     return _save(figure, out / "histogram", fmt, rows)
 
 
+def accuracy_curves(run_dir: Path, fmt: str) -> Path:
+    """An MNIST run: validation accuracy and losses against epoch and against loss queries."""
+    from pinnzo.train import _number
+
+    summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.csv"
+    missing = [p.name for p in (summary_path, metrics_path) if not p.is_file()]
+    if missing:
+        raise PinnzoError(f"{run_dir}: not a finished pinnzo mnist run: missing {', '.join(missing)}")
+    import json
+
+    summary = json.loads(summary_path.read_text())
+    with open(metrics_path) as file:
+        metrics = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(file)]
+    if not metrics:
+        raise PinnzoError(f"{run_dir}: metrics.csv has no rows")
+    figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE, constrained_layout=True)
+    for axis, key, label in ((axes[0], "epoch", "epoch"), (axes[1], "queries", "loss queries")):
+        x = [row[key] for row in metrics]
+        axis.plot(x, [100 * row["val_accuracy"] for row in metrics], color="#1b9e77", marker="o",
+                  label="validation accuracy")
+        axis.set_xlabel(label)
+        axis.set_ylabel("validation accuracy (%)")
+        axis.grid(True, alpha=0.3)
+        twin = axis.twinx()
+        twin.plot(x, [row["train_loss"] for row in metrics], color="0.5", linestyle="--", label="training loss")
+        twin.plot(x, [row["val_loss"] for row in metrics], color="#d95f02", linestyle=":", label="validation loss")
+        twin.set_ylabel("cross-entropy")
+        if key == "queries":
+            axis.set_xscale("log")
+        for event in summary.get("events", []):
+            if key == "epoch":
+                steps_per_epoch = metrics[0]["step"] / metrics[0]["epoch"]
+                axis.axvline(event["step"] / steps_per_epoch, color="black", linewidth=0.8, linestyle=":")
+    axes[0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(f"MNIST: {summary['network']} ({summary['parameters']:,} parameters) / {summary['optimizer']}: "
+                    f"test accuracy {100 * summary['test_accuracy']:.2f}%", fontsize=10)
+    rows = [{"epoch": r["epoch"], "queries": r["queries"], "train_loss": r["train_loss"], "val_loss": r["val_loss"],
+             "val_accuracy": r["val_accuracy"]} for r in metrics]
+    return _save(figure, run_dir / "plots" / "accuracy", fmt, rows)
+
+
 def plot_run(run_dir: Path | str, fmt: str = "png", axes: str | None = None, at: list[str] | None = None) -> list[Path]:
     """Every figure of a run folder, written to RUN_DIR/plots/."""
     if fmt not in FORMATS:
         raise PinnzoError(f"--format: unknown value {fmt!r}; must be one of {', '.join(FORMATS)}")
+    config = Path(run_dir) / "config.yaml"
+    if config.is_file() and "task: mnist" in config.read_text():
+        return [accuracy_curves(Path(run_dir), fmt)]
     run = load_run(run_dir)
     out = Path(run_dir) / "plots"
     written = [training_curves(run, out, fmt)]

@@ -13,8 +13,34 @@ from typing import Any, Mapping
 from pinnzo.errors import PinnzoError
 
 
+class SettingsBase:
+    """replace / names / as_dict for the frozen settings dataclasses below."""
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def replace(self, changes: Mapping[str, Any], prefix: str = ""):
+        """A copy with ``changes`` applied, each checked against the field's type.
+
+        ``prefix`` starts every error message (e.g. "problems/x.yaml: solve.").
+        """
+        checked = {}
+        types = {f.name: f.type for f in fields(self)}
+        for key, value in changes.items():
+            if key not in types:
+                raise PinnzoError(f"{prefix}{key}: unknown setting; must be one of {', '.join(self.names())}")
+            checked[key] = _coerce(value, types[key], f"{prefix}{key}", key)
+        return dataclasses.replace(self, **checked)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(SettingsBase):
+    """Settings of a PINN run (pinnzo solve)."""
+
     # network
     network: str = "tt"  # mlp | tt
     width: int = 64  # hidden width
@@ -54,25 +80,45 @@ class Settings:
     device: str = "cpu"  # cpu | cuda
     memory_mb: int = 1024  # budget for one chunk of batched evaluations
 
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
-    def replace(self, changes: Mapping[str, Any], prefix: str = "") -> "Settings":
-        """A copy with ``changes`` applied, each checked against the field's type.
 
-        ``prefix`` starts every error message (e.g. "problems/x.yaml: solve.").
-        """
-        checked = {}
-        types = {f.name: f.type for f in fields(self)}
-        for key, value in changes.items():
-            if key not in types:
-                raise PinnzoError(f"{prefix}{key}: unknown setting; must be one of {', '.join(self.names())}")
-            checked[key] = _coerce(value, types[key], f"{prefix}{key}", key)
-        return dataclasses.replace(self, **checked)
+@dataclass(frozen=True)
+class MnistSettings(SettingsBase):
+    """Settings of an MNIST run (pinnzo mnist); paper section 5.1."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    network: str = "tt"  # mlp | tt
+    rank: int = 6  # TT rank r: ranks [1, r, r, r, 1]
+    width: int = 1024  # hidden layer (1024 = 8x4x4x8 for TT)
+    activation: str = "relu"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_decay: float = 0.9  # the paper: x0.9 every 10 epochs
+    decay_epochs: int = 10
+    momentum: float = 0.9
+    directions: int = 10  # the paper: N = 10, mu = 0.1 for RGE / signRGE
+    mu: float = 0.1
+    perturbation: str = "gaussian"
+    difference: str = "forward"
+    coordinates: int = 0
+    patience: int = 2000  # hybrid, in steps
+    cge_mu: float = 0.01  # the paper: mu = 0.01, m = 0.9 in the fine-tuning stage
+    cge_lr: float = 0.0
+    epochs: int = 5
+    batch: int = 64
+    steps_per_epoch: int = 0  # 0: the whole training split
+    validation: int = 5000  # images held out of the training set for validation
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    memory_mb: int = 1024
+
+    def optimizer_settings(self, steps_per_epoch: int) -> Settings:
+        """The Settings the shared optimizers read."""
+        return Settings(optimizer=self.optimizer, lr=self.lr, lr_decay=self.lr_decay,
+                        decay_every=max(1, self.decay_epochs * steps_per_epoch), directions=self.directions,
+                        mu=self.mu, perturbation=self.perturbation, difference=self.difference,
+                        momentum=self.momentum, coordinates=self.coordinates, patience=self.patience,
+                        cge_mu=self.cge_mu, cge_lr=self.cge_lr, seed=self.seed)
 
 
 CHOICES = {

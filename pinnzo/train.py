@@ -208,8 +208,8 @@ def check_resume(run_dir: Path, config: dict) -> None:
 class Progress:
     """A one-line live progress display on stderr (a line per evaluation when not a terminal)."""
 
-    def __init__(self, total: int, quiet: bool, stream=None):
-        self.total, self.quiet = total, quiet
+    def __init__(self, total: int, quiet: bool, stream=None, metric: str = "val rel-L2"):
+        self.total, self.quiet, self.metric = total, quiet, metric
         self.stream = stream or sys.stderr
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started = time.perf_counter()
@@ -230,9 +230,9 @@ class Progress:
         width = 24
         filled = int(width * (step + 1) / self.total)
         bar = "#" * filled + "-" * (width - filled)
-        text = (f"[{bar}] step {step + 1}/{self.total}  loss {loss:.3e}  "
-                f"val rel-L2 {error:.3e}  " if error is not None and not math.isnan(error) else
-                f"[{bar}] step {step + 1}/{self.total}  loss {loss:.3e}  ")
+        text = f"[{bar}] step {step + 1}/{self.total}  loss {loss:.3e}  "
+        if error is not None and not math.isnan(error):
+            text += f"{self.metric} {error:.4g}  "
         text += f"queries {queries:,}  ETA {eta:5.0f}s"
         if self.live:
             self.stream.write("\r" + text + "\033[K")
@@ -369,9 +369,9 @@ def train(problem: Problem, settings: Settings, run_dir: Path, resume: bool = Fa
     return summary
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
+def _write_metrics(path: Path, rows: list[dict], fields: list[str] = METRIC_FIELDS) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS)
+    writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})

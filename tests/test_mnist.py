@@ -1,0 +1,154 @@
+"""MNIST: IDX reading (files written here with struct), TT-MLP sizes, short trainings."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import run_cli
+from pinnzo.errors import PinnzoError
+from pinnzo.mnist import (IMAGE_MAGIC, LABEL_MAGIC, MnistData, MnistDataError, build_classifier, load_mnist,
+                          read_idx, train_mnist)
+from pinnzo.settings import MnistSettings
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = False, dims=None) -> Path:
+    """An IDX file: big-endian magic, dimensions, then the bytes (independent of pinnzo)."""
+    dims = array.shape if dims is None else dims
+    data = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def tiny_mnist(folder: Path, n_train=120, n_test=40, compress=True, seed=0) -> Path:
+    """Separable fake digits: class k lights a 4x4 block at a class-dependent place."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, k in enumerate(labels):
+            row, col = 2 + 6 * (k // 4), 2 + 6 * (k % 4)
+            images[i, row:row + 4, col:col + 4] = 255
+        suffix = ".gz" if compress else ""
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images, IMAGE_MAGIC, compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels, LABEL_MAGIC, compress)
+    return folder
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_round_trip(tmp_path, compress):
+    images = np.random.default_rng(1).integers(0, 256, (7, 28, 28)).astype(np.uint8)
+    path = write_idx(tmp_path / "images", images, IMAGE_MAGIC, compress)
+    np.testing.assert_array_equal(read_idx(path, IMAGE_MAGIC, (28, 28)), images)
+    labels = np.arange(7, dtype=np.uint8)
+    path = write_idx(tmp_path / "labels", labels, LABEL_MAGIC, compress)
+    np.testing.assert_array_equal(read_idx(path, LABEL_MAGIC, ()), labels)
+
+
+def test_malformed_idx_files_are_named_with_what_was_expected(tmp_path):
+    images = np.zeros((5, 28, 28), np.uint8)
+    wrong_magic = write_idx(tmp_path / "a", images, 2049)
+    with pytest.raises(MnistDataError, match=r"a: magic number 2049 \(0x00000801\); expected 2051 \(0x00000803\)"):
+        read_idx(wrong_magic, IMAGE_MAGIC, (28, 28))
+    truncated = tmp_path / "b"
+    truncated.write_bytes(write_idx(tmp_path / "full", images, IMAGE_MAGIC).read_bytes()[:-100])
+    with pytest.raises(MnistDataError, match=r"b: 3820 data bytes; the header promises 5 items = 3920 bytes \(truncated\)"):
+        read_idx(truncated, IMAGE_MAGIC, (28, 28))
+    shape = write_idx(tmp_path / "c", np.zeros((5, 27, 28), np.uint8), IMAGE_MAGIC)
+    with pytest.raises(MnistDataError, match=r"c: item shape \(27, 28\); expected \(28, 28\)"):
+        read_idx(shape, IMAGE_MAGIC, (28, 28))
+    (tmp_path / "d").write_bytes(b"\x1f\x8bnot gzip")
+    with pytest.raises(MnistDataError, match="d: damaged gzip data"):
+        read_idx(tmp_path / "d", IMAGE_MAGIC, (28, 28))
+    with pytest.raises(MnistDataError, match="e: file not found"):
+        read_idx(tmp_path / "e", IMAGE_MAGIC, (28, 28))
+
+
+def test_mismatched_counts_and_missing_files(tmp_path):
+    folder = tiny_mnist(tmp_path / "m")
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(39, np.uint8), LABEL_MAGIC, True)
+    with pytest.raises(MnistDataError, match="test set has 40 images but 39 labels"):
+        load_mnist(folder, validation=20)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(MnistDataError, match="t10k-labels-idx1-ubyte.gz: file not found"):
+        load_mnist(folder, validation=20)
+    result = run_cli(["mnist", "--data-dir", str(folder), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "file not found" in result.output
+    result = run_cli(["mnist", "--data-dir", str(tmp_path / "absent")])
+    assert result.exit_code == 2 and "MNIST folder not found" in result.output
+
+
+def test_loader_reads_raw_and_gzip_and_holds_out_validation(tmp_path):
+    for compress in (True, False):
+        data = load_mnist(tiny_mnist(tmp_path / str(compress), compress=compress), validation=20)
+        assert data.train_x.shape == (100, 784) and data.val_x.shape == (20, 784) and data.test_x.shape == (40, 784)
+        assert data.train_y.dtype == torch.int64 and int(data.train_y.max()) <= 9
+
+
+@pytest.mark.parametrize("r", [1, 2, 6, 10])
+def test_tt_mlp_parameter_counts_follow_the_papers_formula(r):
+    model = build_classifier(MnistSettings(rank=r))
+    assert sum(p.numel() for p in model.parameters()) == 128 * r + 60 * r * r + 1034
+    assert model(torch.zeros(3, 784)).shape == (3, 10)
+    dense = build_classifier(MnistSettings(network="mlp"))
+    assert sum(p.numel() for p in dense.parameters()) == 814_090
+
+
+def _separable(n=600, seed=0) -> MnistData:
+    """Well separated Gaussian blobs in 784 dimensions, labels 0..9."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(10, 784, generator=g)
+    def make(count):
+        y = torch.randint(0, 10, (count,), generator=g)
+        return centres[y] + 0.5 * torch.randn(count, 784, generator=g), y
+    (tx, ty), (vx, vy), (sx, sy) = make(n), make(200), make(200)
+    return MnistData(tx, ty, vx, vy, sx, sy)
+
+
+@pytest.mark.parametrize("optimizer, changes, accuracy", [
+    ("adam", {"lr": 0.01}, 0.95),
+    ("zo-signrge", {"lr": 0.01, "mu": 0.01, "directions": 20}, 0.9),
+])
+def test_short_training_on_separable_data_reaches_the_stated_accuracy(tmp_path, optimizer, changes, accuracy):
+    settings = MnistSettings(optimizer=optimizer, rank=2, epochs=3, batch=32, seed=0).replace(changes)
+    summary = train_mnist(_separable(), settings, tmp_path / "run", quiet=True)
+    assert summary["test_accuracy"] >= accuracy, summary["test_accuracy"]
+    assert summary["total_queries"] == 3 * (600 // 32) * (1 if optimizer == "adam" else 21)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_mnist_run_folder_resume_and_plot(tmp_path):
+    folder = tiny_mnist(tmp_path / "data", n_train=300)
+    common = ["mnist", "--data-dir", str(folder), "--rank", "2", "--epochs", "4", "--batch", "16",
+              "--set", "validation=50", "--optimizer", "zo-signrge", "-q"]
+    straight = run_cli([*common, "--out", str(tmp_path / "a")])
+    assert straight.exit_code == 0, straight.output
+    run = tmp_path / "a"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "model.pt",
+                                               "checkpoint.pt", "plots"}
+    assert (run / "plots" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + 4
+    # interrupt after epoch 2 (the checkpoint), resume, and end with the same numbers
+    from pinnzo.mnist import load_mnist as load
+    data = load(folder, 50)
+    settings = MnistSettings(rank=2, epochs=4, batch=16, validation=50, optimizer="zo-signrge")
+
+    def stop(step):
+        if step == 2 * (250 // 16) + 3:
+            raise KeyboardInterrupt
+    from pinnzo.train import Interrupted
+    with pytest.raises(Interrupted):
+        train_mnist(data, settings, tmp_path / "b", quiet=True, on_step=stop)
+    resumed = train_mnist(data, settings, tmp_path / "b", resume=True, quiet=True)
+    assert resumed["test_accuracy"] == json.loads((run / "summary.json").read_text())["test_accuracy"]
+    drop = lambda path: [line.rsplit(",", 1)[0] for line in (path / "metrics.csv").read_text().splitlines()]
+    assert drop(tmp_path / "b") == drop(run)
+    with pytest.raises(PinnzoError, match="does not match the saved run: rank: saved 2, now 3"):
+        train_mnist(data, settings.replace({"rank": 3}), tmp_path / "b", resume=True, quiet=True)
