@@ -191,7 +191,11 @@ def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume:
         raise PinnzoError(f"batch {settings.batch} is larger than the training split ({len(data.train_y)} images)")
     optimizer_settings = settings.optimizer_settings(steps_per_epoch)
     optimizer = make_optimizer(optimizer_settings)
-    objective = Objective(model, cross_entropy, max(1, BATCH_ROWS // settings.batch))
+    # Loss queries of a TT classifier run one by one: vmap over per-query TT cores is
+    # 2.5x slower than a loop on the CPU (measured: 4.8 vs 1.9 ms per 64-row query);
+    # dense layers batch well (one bmm per layer).
+    per_chunk = 1 if settings.network == "tt" else max(1, BATCH_ROWS // settings.batch)
+    objective = Objective(model, cross_entropy, per_chunk)
     config = {"task": "mnist", "data_dir": str(data_dir), "settings": settings.as_dict()}
     run_dir = Path(run_dir)
     if resume:

@@ -67,6 +67,7 @@ class Settings(SettingsBase):
     momentum: float = 0.9  # CGE momentum
     coordinates: int = 0  # CGE random coordinate subset per step (0: all)
     patience: int = 50  # hybrid: steps without improvement of the smoothed loss before switching
+    switch_step: int = 0  # hybrid: switch at this step at the latest (0: the patience rule only)
     cge_mu: float = 0.01  # hybrid: CGE perturbation radius after the switch
     cge_lr: float = 0.0  # hybrid: CGE learning rate after the switch (0: lr)
     # run
@@ -101,6 +102,7 @@ class MnistSettings(SettingsBase):
     difference: str = "forward"
     coordinates: int = 0
     patience: int = 2000  # hybrid, in steps
+    switch_step: int = 0  # hybrid: switch at this step at the latest (0: the patience rule only)
     cge_mu: float = 0.01  # the paper: mu = 0.01, m = 0.9 in the fine-tuning stage
     cge_lr: float = 0.0
     epochs: int = 5
@@ -118,6 +120,7 @@ class MnistSettings(SettingsBase):
                         decay_every=max(1, self.decay_epochs * steps_per_epoch), directions=self.directions,
                         mu=self.mu, perturbation=self.perturbation, difference=self.difference,
                         momentum=self.momentum, coordinates=self.coordinates, patience=self.patience,
+                        switch_step=self.switch_step,
                         cge_mu=self.cge_mu, cge_lr=self.cge_lr, seed=self.seed)
 
 

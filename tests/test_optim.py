@@ -143,6 +143,17 @@ def test_hybrid_switches_to_cge_when_the_loss_stalls():
     assert state["switch_step"] == 5
 
 
+def test_hybrid_switch_step_forces_the_switch():
+    objective, theta, _ = quadratic_objective()
+    optimizer = make_optimizer(Settings(optimizer="hybrid", patience=10_000, switch_step=4, directions=2))
+    state = optimizer.init(theta)
+    stages = []
+    for step in range(6):
+        theta, state, info = optimizer.step(step, theta, state, objective, torch.Generator().manual_seed(step))
+        stages.append(info.stage)
+    assert stages == ["signrge"] * 4 + ["cge"] * 2 and state["switch_step"] == 3
+
+
 def test_learning_rate_schedule_and_registry():
     from pinnzo.optim import learning_rate
 

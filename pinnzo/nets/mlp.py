@@ -14,12 +14,16 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def dense_layer(in_features: int, out_features: int, dtype, generator) -> nn.Linear:
-    """nn.Linear with N(0, 1/in_features) weights (the TT layers' target) and zero bias."""
+# Var(W) = GAIN / in_features: LeCun for sin and tanh, He for the rectifiers.
+GAIN = {"sin": 1.0, "tanh": 1.0, "relu": 2.0, "gelu": 2.0}
+
+
+def dense_layer(in_features: int, out_features: int, dtype, generator, gain: float = 1.0) -> nn.Linear:
+    """nn.Linear with N(0, gain/in_features) weights (the TT layers' target) and zero bias."""
     layer = nn.Linear(in_features, out_features, dtype=dtype)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(out_features, in_features, generator=generator, dtype=dtype)
-                           / in_features**0.5)
+                           * (gain / in_features) ** 0.5)
         layer.bias.zero_()
     return layer
 
@@ -73,10 +77,13 @@ def build_mlp(sizes: Sequence[int], network: str = "mlp", activation: str = "sin
     layers = []
     for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         last = index == len(sizes) - 2
+        # the input layer sees the data (gain 1); later layers see activations
+        gain = GAIN.get(activation, 1.0) if index > 0 else 1.0
         if network == "tt" and (not last or tt_output):
             in_shape = shapes[index] if shapes else None
             out_shape = shapes[index + 1] if shapes else None
-            layers.append(TTLinear(n_in, n_out, rank, in_shape, out_shape, dtype=dtype, generator=generator))
+            layers.append(TTLinear(n_in, n_out, rank, in_shape, out_shape, target_variance=gain / n_in,
+                                   dtype=dtype, generator=generator))
         else:
-            layers.append(dense_layer(n_in, n_out, dtype, generator))
+            layers.append(dense_layer(n_in, n_out, dtype, generator, gain))
     return MLP(layers, activation, squeeze)

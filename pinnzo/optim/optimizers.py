@@ -147,7 +147,8 @@ class Hybrid(ZeroOrder):
     Patience rule: the smoothed loss s_t = 0.9 s_{t-1} + 0.1 L_t must improve on
     its best value by a relative 1e-3 at least once every ``patience`` steps;
     when it does not, the optimizer switches to CGE (``cge_mu``, ``cge_lr`` or lr)
-    for the rest of the run. The switch step is logged and kept in the state.
+    for the rest of the run. ``switch_step`` > 0 switches at that step at the
+    latest (a time budget). The switch step is logged and kept in the state.
     """
 
     def __init__(self, settings):
@@ -169,8 +170,10 @@ class Hybrid(ZeroOrder):
             state["best"], state["since"] = smoothed, 0
         else:
             state["since"] += 1
-        if state["since"] >= self.settings.patience:
+        budget = self.settings.switch_step and step + 1 >= self.settings.switch_step
+        if state["since"] >= self.settings.patience or budget:
             state["stage"], state["switch_step"] = 1, step
-            info.events.append(f"hybrid: switched from signRGE to CGE at step {step} "
-                               f"(smoothed loss {smoothed:.3e} did not improve for {self.settings.patience} steps)")
+            reason = (f"smoothed loss {smoothed:.3e} did not improve for {self.settings.patience} steps"
+                      if not budget else f"switch_step {self.settings.switch_step} reached")
+            info.events.append(f"hybrid: switched from signRGE to CGE at step {step} ({reason})")
         return theta, state, info
