@@ -69,8 +69,11 @@ class TTLinear(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """The dense W (out_features, in_features) the cores represent."""
+        # index the ParameterList: slicing it builds a new ParameterList that re-wraps
+        # each tensor as a Parameter, cutting the graph under torch.func.functional_call
         result = self.cores[0]  # (1, m1, n1, r1)
-        for core in self.cores[1:]:
+        for k in range(1, len(self.cores)):
+            core = self.cores[k]
             r0, M, N, _ = result.shape
             _, m, n, r = core.shape
             result = torch.einsum("aijb,bklc->aikjlc", result, core).reshape(r0, M * m, N * n, r)
