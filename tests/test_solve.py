@@ -54,7 +54,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("changes, factor", [
-    ({"optimizer": "adam", "backend": "ad", "lr": 0.01}, 5),
+    ({"optimizer": "adam", "backend": "ad", "lr": 0.02}, 5),
     ({"optimizer": "sgd", "backend": "fd", "lr": 0.01, "momentum": 0.5}, 3),
     ({"optimizer": "zo-signrge"}, 3),
     ({"optimizer": "zo-rge", "lr": 0.01, "directions": 20}, 2),
