@@ -113,7 +113,8 @@ def quadrature_list(cache_dir: CacheDir = None):
 PRESETS = {
     # the paper's HJB scale (section 5.2): a job for a GPU
     "paper": {"network": "tt", "width": 512, "depth": 2, "rank": 2, "activation": "sin",
-              "backend": "sparse-grid", "sigma": 0.1, "optimizer": "zo-signrge", "lr": 1e-3,
+              "backend": "sparse-grid", "rule": "gauss-hermite", "level": 3, "sigma": 0.1,
+              "optimizer": "zo-signrge", "lr": 1e-3,
               "lr_decay": 1.0, "directions": 10, "mu": 0.01, "steps": 10000, "batch": 100,
               "eval_every": 500, "eval_points": 10000, "device": "cuda", "memory_mb": 16384},
 }
