@@ -41,6 +41,18 @@ def best_time(function: Callable[[], object], repeats: int = 5, budget_s: float 
     return min(times)
 
 
+def interleaved_times(first: Callable[[], object], second: Callable[[], object], rounds: int = 7) -> tuple[float, float]:
+    """Least wall times of two functions timed alternately, so that both see the same
+    machine speed (on a shared machine it swings by 2x between moments)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for function, record in ((first, times[0]), (second, times[1])):
+            t0 = time.perf_counter()
+            function()
+            record.append(time.perf_counter() - t0)
+    return min(times[0]), min(times[1])
+
+
 def write_report(path: Path, report: dict) -> None:
     """Write ``{"machine": ..., **report}`` as JSON, atomically."""
     from pinnzo.fileio import atomic_write
@@ -122,15 +134,15 @@ def paper_sparse_grid_loss(problem, network, X, rule, sigma: float):
     return problem.residual_from_atoms(X, atoms).square().mean()
 
 
-def _measure_backend(name: str, width: int | None) -> dict:
-    problem, settings, c = _hjb20_components(width, name)
+def _measure_backend(name: str, width: int | None, rule: str | None = None) -> dict:
+    problem, settings, c = _hjb20_components(width, name, **({"rule": rule} if rule else {}))
     theta = c.objective.flatten()
     per_point = c.loss.backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
     before = _peak_rss_mb()
     loss_s = best_time(lambda: c.objective.loss(theta), repeats=5)
     after_loss = _peak_rss_mb()
     grad_s = best_time(lambda: c.objective.value_and_grad(theta), repeats=3)
-    return {"backend": name, "evaluations_per_point": per_point, "loss_s": loss_s, "loss_and_gradient_s": grad_s,
+    return {"backend": name + (f" ({rule})" if rule else ""), "evaluations_per_point": per_point, "loss_s": loss_s, "loss_and_gradient_s": grad_s,
             "peak_rss_growth_loss_mb": after_loss - before, "peak_rss_growth_gradient_mb": _peak_rss_mb() - before}
 
 
@@ -169,11 +181,12 @@ def derivatives_benchmark(width: int | None = None) -> dict:
     # each backend in a fresh process, so that its peak memory is its own
     context = multiprocessing.get_context("spawn")
     rows = []
-    for name in ("ad", "fd", "stein", "sparse-grid"):
+    for name, rule in (("ad", None), ("fd", None), ("stein", None), ("sparse-grid", "gauss-hermite"),
+                       ("sparse-grid", "lu-darmofal")):
         with context.Pool(1) as pool:
-            rows.append(pool.apply(_measure_backend, (name, width)))
-    # the same sparse-grid rule evaluated the paper's way, and one plain forward of as many rows
-    problem, settings, c = _hjb20_components(width, "sparse-grid")
+            rows.append(pool.apply(_measure_backend, (name, width, rule)))
+    # the paper's rule evaluated the paper's way, and one plain forward of as many rows
+    problem, settings, c = _hjb20_components(width, "sparse-grid", rule="gauss-hermite")
     X = c.objective.batch.interior
     theta = c.objective.flatten()
     network = c.objective.network(theta)
@@ -181,10 +194,12 @@ def derivatives_benchmark(width: int | None = None) -> dict:
     with torch.no_grad():
         ours = c.objective.loss(theta).item()
         paper = paper_sparse_grid_loss(problem, network, X, rule, settings.sigma).item()
-        ours_s = best_time(lambda: c.objective.loss(theta), repeats=5)
-        paper_s = best_time(lambda: paper_sparse_grid_loss(problem, network, X, rule, settings.sigma), repeats=3)
+        ours_s, paper_s = interleaved_times(lambda: c.objective.loss(theta),
+                                            lambda: paper_sparse_grid_loss(problem, network, X, rule, settings.sigma),
+                                            rounds=3)
         points = (X[:, None, :] + torch.tensor(rule.nodes * 0.1, dtype=X.dtype)[None]).reshape(-1, X.shape[1])
-        forward_s = best_time(lambda: network(points), repeats=5)
+        u = problem.solution(network)  # the network with its ansatz: the f the estimator evaluates
+        ours_s, forward_s = interleaved_times(lambda: c.objective.loss(theta), lambda: u(points))
     return {
         "suite": "derivatives", "setting": f"hjb20, width {settings.width}, batch {settings.batch}, float32",
         "backends": rows, "autodiff_laplacian": autodiff_laplacian_comparison(width),
@@ -206,22 +221,20 @@ def zo_benchmark(widths=(32, 512)) -> dict:
 
     rows = []
     for width in widths:
-        problem, settings, c = _hjb20_components(width, "sparse-grid")
+        problem, settings, c = _hjb20_components(width, "sparse-grid", rule="gauss-hermite")
         objective = c.objective
         theta = objective.flatten()
         optimizer = make_optimizer(settings)
         state = optimizer.init(theta)
         generator = torch.Generator().manual_seed(0)
-        queries_before = objective.queries
-        step_s = best_time(lambda: optimizer.step(0, theta, state, objective, generator), repeats=2, budget_s=60)
-        queries_per_step = (objective.queries - queries_before) / max(1, len([0]))
         queries_per_step = settings.directions + 1
         rows_per_query = settings.batch * c.loss.backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
         sizes = [problem.dim, width, width, 1]
         flops = 2 * rows_per_query * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         A = torch.randn(rows_per_query, width)
         B = torch.randn(width, width)
-        gemm_s = best_time(lambda: A @ B, repeats=5)
+        step_s, gemm_s = interleaved_times(lambda: optimizer.step(0, theta, state, objective, generator),
+                                           lambda: A @ B, rounds=3)
         gemm_flops = 2 * rows_per_query * width * width / gemm_s
         sin_s = best_time(lambda: torch.sin(A), repeats=5)
         achieved = flops * queries_per_step / step_s
@@ -233,13 +246,13 @@ def zo_benchmark(widths=(32, 512)) -> dict:
     batching = []
     for label, backend, batch in (("hjb20 sparse-grid, 92,500 rows per query", "sparse-grid", 100),
                                   ("hjb20 autodiff, 100 rows per query", "ad", 100)):
-        problem, settings, c = _hjb20_components(32, backend, batch=batch)
+        problem, settings, c = _hjb20_components(32, backend, batch=batch, rule="gauss-hermite")
         objective = c.objective
         theta = objective.flatten()
         thetas = theta + 0.01 * torch.randn(11, theta.numel(), generator=torch.Generator().manual_seed(0))
         objective.queries_per_chunk = 11
-        batched_s = best_time(lambda: objective.losses(thetas), repeats=3)
-        looped_s = best_time(lambda: objective.losses_looped(thetas), repeats=3)
+        batched_s, looped_s = interleaved_times(lambda: objective.losses(thetas),
+                                                lambda: objective.losses_looped(thetas), rounds=4)
         batching.append({"case": label, "batched_s": batched_s, "looped_s": looped_s,
                          "batched_speedup": looped_s / batched_s})
     return {"suite": "zo", "steps": rows, "batched_vs_looped": batching,
