@@ -7,6 +7,7 @@ the command line (``--steps 500`` or ``--set steps=500``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -134,6 +135,14 @@ CHOICES = {
 }
 
 
+# Smallest allowed value of the settings that have one (the others may be 0).
+MINIMUM = {"width": 1, "depth": 1, "rank": 1, "samples": 1, "level": 1, "decay_every": 1, "directions": 1,
+           "steps": 1, "batch": 1, "condition_batch": 1, "eval_every": 1, "eval_points": 2, "memory_mb": 1,
+           "decay_epochs": 1, "epochs": 1}
+POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay"}  # floats that must be > 0
+BELOW_ONE = {"momentum"}  # floats in [0, 1)
+
+
 def _coerce(value: Any, kind: str, where: str, name: str):
     """Check/convert a YAML or command-line value to the field's type."""
     if isinstance(value, str) and kind in ("int", "float"):
@@ -144,13 +153,20 @@ def _coerce(value: Any, kind: str, where: str, name: str):
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise PinnzoError(f"{where}: expected an integer; found {value!r}")
-        if value < 0:
-            raise PinnzoError(f"{where}: expected a non-negative integer; found {value}")
+        minimum = MINIMUM.get(name, 0)
+        if value < minimum:
+            raise PinnzoError(f"{where}: expected an integer >= {minimum}; found {value}")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PinnzoError(f"{where}: expected a number; found {value!r}")
-        return float(value)
+        value = float(value)
+        if not math.isfinite(value) or (name in POSITIVE and value <= 0) or value < 0:
+            raise PinnzoError(f"{where}: expected a {'positive' if name in POSITIVE else 'non-negative'} "
+                              f"finite number; found {value!r}")
+        if name in BELOW_ONE and not value < 1:
+            raise PinnzoError(f"{where}: expected a number in [0, 1); found {value!r}")
+        return value
     if not isinstance(value, str):
         raise PinnzoError(f"{where}: expected a string; found {value!r}")
     if name in CHOICES and value not in CHOICES[name]:

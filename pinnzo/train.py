@@ -82,7 +82,7 @@ def build(problem: Problem, settings: Settings) -> Components:
     sizes = [problem.dim] + [settings.width] * settings.depth + [1]
     if settings.depth < 1 or settings.width < 1:
         raise PinnzoError("width and depth must be at least 1")
-    model = build_mlp(sizes, settings.network, settings.activation, settings.rank or 1,
+    model = build_mlp(sizes, settings.network, settings.activation, settings.rank,
                       shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed).to(device)
     # memory: each network evaluation keeps about 3 activations per layer width
     row_bytes = 3 * sum(sizes) * torch.finfo(dtype).bits // 8

@@ -83,6 +83,8 @@ def test_mismatched_counts_and_missing_files(tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "file not found" in result.output
     result = run_cli(["mnist", "--data-dir", str(tmp_path / "absent")])
     assert result.exit_code == 2 and "MNIST folder not found" in result.output
+    result = run_cli(["mnist", "--data-dir", str(folder), "--epochs", "0"])
+    assert result.exit_code == 2 and "--epochs: expected an integer >= 1; found 0" in result.output
 
 
 def test_loader_reads_raw_and_gzip_and_holds_out_validation(tmp_path):

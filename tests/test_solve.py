@@ -175,6 +175,12 @@ def test_cli_flags_override_the_file(tmp_path):
     (["--bogus"], "No such option"),
     (["--preset", "huge"], "unknown preset 'huge'; must be one of paper"),
     (["--resume", "nowhere"], "nothing to resume"),
+    (["--steps", "0"], "--steps: expected an integer >= 1; found 0"),
+    (["--set", "eval_every=0"], "--set eval_every: expected an integer >= 1; found 0"),
+    (["--sigma", "0"], "--sigma: expected a positive finite number; found 0.0"),
+    (["--lr", "-1"], "--lr: expected a positive finite number; found -1.0"),
+    (["--set", "momentum=1"], "--set momentum: expected a number in [0, 1); found 1.0"),
+    (["--set", "mu=nan"], "--set mu: expected a positive finite number; found nan"),
 ])
 def test_cli_bad_flags_give_exit_2_and_one_line(tmp_path, args, needle):
     problem = tmp_path / "small.yaml"

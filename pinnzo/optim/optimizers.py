@@ -68,8 +68,7 @@ class SGD(Optimizer):
 
     def step(self, step, theta, state, objective, generator):
         loss, g = objective.value_and_grad(theta)
-        momentum = self.settings.momentum if self.settings.momentum else 0.0
-        state["b"] = momentum * state["b"] + g
+        state["b"] = self.settings.momentum * state["b"] + g
         return theta - learning_rate(self.settings, step) * state["b"], state, StepInfo(loss.item(), 1)
 
 
