@@ -256,10 +256,7 @@ def _compile(expr: sympy.Basic, names: Mapping[sympy.Symbol, str]):
     if expr.is_Symbol:
         key = names[expr]
         return lambda v: v[key]
-    if expr.is_Number or expr in (sympy.pi, sympy.E):
-        constant = float(expr)
-        return lambda v: constant
-    if expr.is_NumberSymbol or (expr.is_number and expr.is_real):
+    if expr.is_number and expr.is_real:  # numbers, pi, e and closed constant forms like sqrt(2)
         constant = float(expr)
         return lambda v: constant
     args = [_compile(a, names) for a in expr.args]

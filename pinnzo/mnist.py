@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from pinnzo.errors import PinnzoError
 from pinnzo.fileio import atomic_write
 from pinnzo.nets import build_mlp
 from pinnzo.optim import Objective, learning_rate, make_optimizer
 from pinnzo.settings import MnistSettings
-from pinnzo.train import BATCH_ROWS, DTYPES, Interrupted, Progress, _torch_bytes, _write_metrics
+from pinnzo.train import (BATCH_ROWS, DTYPES, Interrupted, Progress, _torch_bytes, numbered_run_dir, open_run_dir,
+                          write_checkpoint)
 
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -171,11 +171,8 @@ class MnistState:
 
 
 def default_run_dir(settings: MnistSettings, root: Path = Path("results")) -> Path:
-    base = root / "mnist" / f"{time.strftime('%Y%m%d-%H%M%S')}-{settings.network}-{settings.optimizer}"
-    path, suffix = base, 2
-    while path.exists():
-        path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
-    return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return numbered_run_dir(root / "mnist" / f"{stamp}-{settings.network}-{settings.optimizer}")
 
 
 def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume: bool = False,
@@ -198,21 +195,10 @@ def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume:
     objective = Objective(model, cross_entropy, per_chunk)
     config = {"task": "mnist", "data_dir": str(data_dir), "settings": settings.as_dict()}
     run_dir = Path(run_dir)
+    open_run_dir(run_dir, config, resume)
     if resume:
-        saved = run_dir / "config.yaml"
-        if not (run_dir / "checkpoint.pt").is_file() or not saved.is_file():
-            raise PinnzoError(f"--resume {run_dir}: no checkpoint.pt and config.yaml there; nothing to resume")
-        previous = yaml.safe_load(saved.read_text()).get("settings", {})
-        differences = [f"{k}: saved {previous.get(k)!r}, now {v!r}" for k, v in settings.as_dict().items()
-                       if previous.get(k) != v]
-        if differences:
-            raise PinnzoError(f"--resume {run_dir}: the configuration does not match the saved run: "
-                              + "; ".join(differences))
         state = MnistState(**torch.load(run_dir / "checkpoint.pt", weights_only=True, map_location=device))
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise PinnzoError(f"--out {run_dir}: the folder exists and is not empty; choose another (or --resume it)")
-        atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
         theta = objective.flatten()
         state = MnistState(theta=theta, optimizer=optimizer.init(theta))
     generators = {name: torch.Generator().manual_seed(settings.seed + offset)
@@ -255,7 +241,7 @@ def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume:
                                   "lr": learning_rate(optimizer_settings, step), "stage": info.stage,
                                   "wall_s": time.perf_counter() - started})
             state.epoch = epoch + 1
-            _checkpoint(run_dir, state, generators, objective, started)
+            write_checkpoint(run_dir, state, generators, objective.queries, started, METRIC_FIELDS)
             progress.update(step, info.loss, objective.queries, accuracy, force=True)
     except KeyboardInterrupt:
         progress.message(f"interrupted during epoch {state.epoch + 1}; the checkpoint of epoch {state.epoch} "
@@ -264,14 +250,6 @@ def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume:
     finally:
         progress.close()
     return _finish(run_dir, settings, model, objective, state, data, device, started)
-
-
-def _checkpoint(run_dir, state, generators, objective, started):
-    state.elapsed = time.perf_counter() - started
-    state.generators = {name: g.get_state() for name, g in generators.items()}
-    state.queries = objective.queries
-    atomic_write(run_dir / "checkpoint.pt", _torch_bytes(vars(state)))
-    _write_metrics(run_dir / "metrics.csv", state.metrics, METRIC_FIELDS)
 
 
 def _finish(run_dir, settings, model, objective, state, data, device, started) -> dict:

@@ -177,23 +177,35 @@ def run_config(problem: Problem, settings: Settings) -> dict:
             "problem_sha256": file_digest(problem.path), "settings": settings.as_dict()}
 
 
-def default_run_dir(problem: Problem, settings: Settings, root: Path = Path("results")) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = root / problem.name / f"{stamp}-{settings.backend}-{settings.optimizer}"
+def numbered_run_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... whichever does not exist yet."""
     path, suffix = base, 2
     while path.exists():
         path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
     return path
 
 
-def check_resume(run_dir: Path, config: dict) -> None:
-    """Refuse a resume whose problem or settings differ from the saved run."""
+def default_run_dir(problem: Problem, settings: Settings, root: Path = Path("results")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return numbered_run_dir(root / problem.name / f"{stamp}-{settings.backend}-{settings.optimizer}")
+
+
+def open_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
+    """Prepare a run folder: write config.yaml for a new run (refusing a non-empty
+    folder), or check that a resumed run's saved config.yaml matches ``config``."""
     saved_path = run_dir / "config.yaml"
+    if not resume:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise PinnzoError(f"--out {run_dir}: the folder exists and is not empty; choose another "
+                              f"(or --resume it)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(saved_path, yaml.safe_dump(config, sort_keys=False).encode())
+        return
     if not (run_dir / "checkpoint.pt").is_file() or not saved_path.is_file():
         raise PinnzoError(f"--resume {run_dir}: no checkpoint.pt and config.yaml there; nothing to resume")
     saved = yaml.safe_load(saved_path.read_text())
     differences = []
-    if saved.get("problem_sha256") != config["problem_sha256"]:
+    if saved.get("problem_sha256") != config.get("problem_sha256"):
         differences.append(f"problem file {config['problem']} differs from the one the run used ({saved.get('problem')})")
     for key, value in config["settings"].items():
         if saved.get("settings", {}).get(key) != value:
@@ -201,6 +213,16 @@ def check_resume(run_dir: Path, config: dict) -> None:
     if differences:
         raise PinnzoError(f"--resume {run_dir}: the configuration does not match the saved run: "
                           + "; ".join(differences))
+
+
+def write_checkpoint(run_dir: Path, state, generators: dict, queries: int, started: float,
+                     fields: list[str] = METRIC_FIELDS) -> None:
+    """checkpoint.pt (the state with every generator's state) and metrics.csv, atomically."""
+    state.elapsed = time.perf_counter() - started
+    state.generators = {name: g.get_state() for name, g in generators.items()}
+    state.queries = queries
+    atomic_write(run_dir / "checkpoint.pt", _torch_bytes(vars(state)))
+    _write_metrics(run_dir / "metrics.csv", state.metrics, fields)
 
 
 # ---------------------------------------------------------------- progress
@@ -279,14 +301,7 @@ def train(problem: Problem, settings: Settings, run_dir: Path, resume: bool = Fa
     components = build(problem, settings)
     config = run_config(problem, settings)
     run_dir = Path(run_dir)
-    if resume:
-        check_resume(run_dir, config)
-    else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise PinnzoError(f"--out {run_dir}: the folder exists and is not empty; choose another "
-                              f"(or --resume it)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    open_run_dir(run_dir, config, resume)
 
     generators = {name: torch.Generator().manual_seed(settings.seed + offset)
                   for name, offset in (("points", 0), ("zo", 1), ("stein", 2))}
@@ -310,11 +325,7 @@ def train(problem: Problem, settings: Settings, run_dir: Path, resume: bool = Fa
 
     def checkpoint():
         saved_step[0] = state.step
-        state.elapsed = time.perf_counter() - started
-        state.generators = {name: g.get_state() for name, g in generators.items()}
-        state.queries = objective.queries
-        atomic_write(run_dir / "checkpoint.pt", _torch_bytes(vars(state)))
-        _write_metrics(run_dir / "metrics.csv", state.metrics)
+        write_checkpoint(run_dir, state, generators, objective.queries, started)
 
     def evaluate(step: int, info_loss: float, stage: str, lr: float):
         smooth_mse, smooth_rel = validation.errors(predict(components, state.theta, validation.X, True))

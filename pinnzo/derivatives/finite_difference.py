@@ -27,6 +27,7 @@ class FiniteDifference(DerivativeBackend):
 
     def __init__(self, step: float = 0.0, step2: float = 0.0, rows_per_chunk: int = 1 << 20):
         self.step, self.step2, self.rows_per_chunk = step, step2, rows_per_chunk
+        self._stencils = {}  # (atoms, spatial, dim, dtype, device) -> (offsets, plan, coefficients)
 
     def steps(self, dtype) -> tuple[float, float]:
         h1, h2 = AUTO_STEPS.get(dtype, AUTO_STEPS[torch.float32])
@@ -62,14 +63,23 @@ class FiniteDifference(DerivativeBackend):
                 table[row, axis] += step
         return table, plan
 
+    def _prepared(self, atoms: frozenset, spatial, dim, dtype, device):
+        """The stencil as tensors, built once per atom set (the loss is evaluated many times)."""
+        key = (atoms, tuple(spatial), dim, dtype, device)
+        if key not in self._stencils:
+            table, plan = self._stencil(atoms, spatial, dim, dtype)
+            weights = {atom: (rows, torch.tensor(coefficients, dtype=dtype, device=device) / scale)
+                       for atom, (rows, coefficients, scale) in plan.items()}
+            self._stencils[key] = (table.to(dtype=dtype, device=device), weights)
+        return self._stencils[key]
+
     def __call__(self, f, X, atoms, spatial):
-        atoms = set(atoms)
+        atoms = frozenset(atoms)
         B, D = X.shape
-        table, plan = self._stencil(atoms, spatial, D, X.dtype)
-        points = (X[:, None, :] + table.to(X)[None]).reshape(-1, D)
+        table, weights = self._prepared(atoms, spatial, D, X.dtype, X.device)
+        points = (X[:, None, :] + table[None]).reshape(-1, D)
         F = evaluate_in_chunks(f, points, self.rows_per_chunk).reshape(B, len(table))
-        derived = {atom: (F[:, rows] * torch.tensor(coefficients, dtype=X.dtype, device=X.device)).sum(-1) / scale
-                   for atom, (rows, coefficients, scale) in plan.items()}
+        derived = {atom: F[:, rows] @ coefficients for atom, (rows, coefficients) in weights.items()}
         return _assemble(atoms, F[:, 0], derived, spatial)
 
     def evaluations_per_point(self, atoms, spatial, dim):

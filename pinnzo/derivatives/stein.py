@@ -106,7 +106,10 @@ class SteinEstimator(DerivativeBackend):
     def evaluate(self, f, X) -> torch.Tensor:
         """F[b, j] = f(X[b] + sigma z_j): (B, n), one forward over all B*n points."""
         B, D = X.shape
-        offsets = torch.as_tensor(self.sigma * self.nodes, dtype=X.dtype, device=X.device)
+        key = ("offsets", X.dtype, X.device)
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(self.sigma * self.nodes, dtype=X.dtype, device=X.device)
+        offsets = self._cache[key]
         points = (X[:, None, :] + offsets[None]).reshape(-1, D)
         return evaluate_in_chunks(f, points, self.rows_per_chunk).reshape(B, len(offsets))
 
