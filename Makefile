@@ -23,10 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(VENV)/bin/pinnzo bench quadrature --out results/bench/quadrature.json
-	$(VENV)/bin/pinnzo bench derivatives --out results/bench/derivatives.json
-	$(VENV)/bin/pinnzo bench zo --out results/bench/zo.json
-	$(VENV)/bin/pinnzo bench tt-layer --out results/bench/tt-layer.json
+	$(VENV)/bin/pinnzo bench all --out results/bench/report.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -283,3 +283,10 @@ def tt_layer_benchmark() -> dict:
                          "best_over_dense": min(rebuild_s, cores_s) / dense_s})
     return {"suite": "tt-layer", "rows": rows,
             "auto_rule": "core by core when rows * (in + out) * 4 < in * out, else rebuild W + GEMM"}
+
+
+# Every suite by name, with its default sizes (pinnzo bench all, make bench).
+SUITES: dict[str, Callable[[], dict]] = {
+    "quadrature": quadrature_benchmark, "derivatives": derivatives_benchmark, "zo": zo_benchmark,
+    "tt-layer": tt_layer_benchmark,
+}

@@ -273,6 +273,38 @@ def compare(
         typer.echo(f"wrote {path}")
 
 
+@app.command("reproduce")
+def reproduce(
+    table: Annotated[str, typer.Argument(help="The paper's table: 1 | 2 (MNIST) | 4 | 5 | 6 (20-dim HJB) | all.")],
+    scale: Annotated[str, typer.Option(help="cpu (this 2-core machine, minutes per cell) | paper (the paper's sizes, for a GPU).")] = "cpu",
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: the scale's, cpu).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder of the tables and their runs (default results/reproduce/<scale>).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="MNIST IDX files for tables 1 and 2 (default $PINNZO_MNIST_DIR, then data/mnist).")] = None,
+    problem: Annotated[Path, typer.Option(help="The HJB problem file of tables 4-6.")] = Path("problems/hjb20.yaml"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display inside each run.")] = False,
+):
+    """Run a table of the paper cell by cell (finished cells are skipped on a re-run) and write
+    OUT/table-N.md with pinnzo's figures beside the published ones, plus the compare plots."""
+    from pinnzo.reproduce import SCALES, TABLES, Context, reproduce as reproduce_table
+
+    if scale not in SCALES:
+        raise PinnzoError(f"--scale: unknown value {scale!r}; must be one of {', '.join(SCALES)}")
+    numbers = TABLES.names() if table == "all" else [table]
+    for number in numbers:
+        TABLES[number]  # one "must be one of" error before any work
+    context = Context(SCALES[scale], out or Path("results/reproduce") / scale, problem, data_dir, device, quiet,
+                      typer.echo)
+    from pinnzo.train import Interrupted
+
+    try:
+        for number in numbers:
+            for path in reproduce_table(number, context):
+                typer.echo(f"wrote {path}")
+    except Interrupted:
+        typer.echo("interrupted; run the same command again to continue (finished cells are kept)", err=True)
+        raise typer.Exit(130)
+
+
 @app.command("check")
 def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")]):
     """Validate a problem file and show what pinnzo read from it."""
@@ -360,6 +392,21 @@ def bench_tt_layer(
     from pinnzo.bench import tt_layer_benchmark, write_report
 
     write_report(out, tt_layer_benchmark())
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("all")
+def bench_all(
+    out: Annotated[Path, typer.Option("--out", help="The one JSON report to write.")] = Path("results/bench/report.json"),
+):
+    """Every suite (quadrature, derivatives, zo, tt-layer) into one JSON report with machine information."""
+    from pinnzo.bench import SUITES, write_report
+
+    report = {}
+    for name, suite in SUITES.items():
+        typer.echo(f"bench {name} ...")
+        report[name] = suite()
+    write_report(out, report)
     typer.echo(f"wrote {out}")
 
 

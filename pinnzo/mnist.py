@@ -25,7 +25,7 @@ from pinnzo.fileio import atomic_write
 from pinnzo.nets import build_mlp
 from pinnzo.optim import Objective, learning_rate, make_optimizer
 from pinnzo.settings import MnistSettings
-from pinnzo.train import (BATCH_ROWS, DTYPES, Interrupted, Progress, _torch_bytes, numbered_run_dir, open_run_dir,
+from pinnzo.train import (BATCH_ROWS, DTYPES, Diverged, Interrupted, Progress, _torch_bytes, numbered_run_dir, open_run_dir,
                           write_checkpoint)
 
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -140,9 +140,29 @@ def build_classifier(settings: MnistSettings, dtype=torch.float32) -> torch.nn.M
                      dtype=dtype, seed=settings.seed, squeeze=False)
 
 
-def cross_entropy(network, batch) -> torch.Tensor:
-    images, labels = batch
-    return torch.nn.functional.cross_entropy(network(images), labels)
+class CrossEntropy:
+    """The mean cross-entropy of a network on a batch (images (B, 784), labels (B,)).
+
+    Split into ``inputs`` and ``criterion`` so that ZO-CGE can query all
+    coordinates while re-running only the layers after each perturbed one
+    (optim/coordinates.py).
+    """
+
+    def inputs(self, batch) -> torch.Tensor:
+        return batch[0]
+
+    def criterion(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        """logits (..., B, 10) -> mean cross-entropy (...)."""
+        labels = batch[1].expand(logits.shape[:-1])
+        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                   reduction="none")
+        return losses.reshape(labels.shape).mean(-1)
+
+    def __call__(self, network, batch) -> torch.Tensor:
+        return self.criterion(network(self.inputs(batch)), batch)
+
+
+cross_entropy = CrossEntropy()
 
 
 def evaluate(network, images: torch.Tensor, labels: torch.Tensor, chunk: int = 5000) -> tuple[float, float]:
@@ -224,7 +244,7 @@ def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume:
                 theta, optimizer_state, info = optimizer.step(step, state.theta, state.optimizer, objective,
                                                               generators["zo"])
                 if not math.isfinite(info.loss) or not torch.isfinite(theta).all():
-                    raise PinnzoError(f"the loss became {info.loss} at step {step + 1} (epoch {epoch + 1}); "
+                    raise Diverged(f"the loss became {info.loss} at step {step + 1} (epoch {epoch + 1}); "
                                       f"stopped, the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}")
                 state.theta, state.optimizer = theta, optimizer_state
                 losses.append(info.loss)

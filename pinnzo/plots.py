@@ -271,21 +271,26 @@ def error_histogram(run: LoadedRun, out: Path, fmt: str) -> Path:
     return _save(figure, out / "histogram", fmt, rows)
 
 
-def accuracy_curves(run_dir: Path, fmt: str) -> Path:
-    """An MNIST run: validation accuracy and losses against epoch and against loss queries."""
+def _mnist_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """(summary, metric rows) of a finished MNIST run folder."""
+    import json
+
     from pinnzo.train import _number
 
     summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.csv"
     missing = [p.name for p in (summary_path, metrics_path) if not p.is_file()]
     if missing:
         raise PinnzoError(f"{run_dir}: not a finished pinnzo mnist run: missing {', '.join(missing)}")
-    import json
-
-    summary = json.loads(summary_path.read_text())
     with open(metrics_path) as file:
         metrics = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(file)]
     if not metrics:
         raise PinnzoError(f"{run_dir}: metrics.csv has no rows")
+    return json.loads(summary_path.read_text()), metrics
+
+
+def accuracy_curves(run_dir: Path, fmt: str) -> Path:
+    """An MNIST run: validation accuracy and losses against epoch and against loss queries."""
+    summary, metrics = _mnist_run(run_dir)
     figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE, constrained_layout=True)
     for axis, key, label in ((axes[0], "epoch", "epoch"), (axes[1], "queries", "loss queries")):
         x = [row[key] for row in metrics]
@@ -397,3 +402,26 @@ def compare_runs(run_dirs: list[Path], out: Path, fmt: str = "png") -> tuple[lis
     figure.suptitle(f"{rows[0]['problem']}: validation error of {len(runs)} runs", fontsize=10)
     path = _save(figure, out / "compare-curves", fmt, curve_rows)
     return rows, [out / "compare.md", out / "compare.csv", path]
+
+
+def compare_accuracy(run_dirs: list[Path], out: Path, fmt: str = "png") -> list[Path]:
+    """MNIST runs side by side: validation accuracy against epoch and against loss queries."""
+    runs = [(Path(folder), *_mnist_run(Path(folder))) for folder in run_dirs]
+    figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE, constrained_layout=True)
+    styles = ["-", "--", "-.", ":"]
+    rows = []
+    for k, (folder, summary, metrics) in enumerate(runs):
+        label = f"{summary['network']} ({summary['parameters']:,}) / {summary['optimizer']}"
+        for axis, key in ((axes[0], "epoch"), (axes[1], "queries")):
+            axis.plot([r[key] for r in metrics], [100 * r["val_accuracy"] for r in metrics],
+                      linestyle=styles[k % len(styles)], label=label)
+        rows += [{"run": folder.name, "epoch": r["epoch"], "queries": r["queries"],
+                  "val_accuracy": r["val_accuracy"]} for r in metrics]
+    for axis, label in ((axes[0], "epoch"), (axes[1], "loss queries")):
+        axis.set_xlabel(label)
+        axis.set_ylabel("validation accuracy (%)")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[1].legend(fontsize=7)
+    figure.suptitle(f"MNIST: validation accuracy of {len(runs)} runs", fontsize=10)
+    return [_save(figure, Path(out) / "compare-accuracy", fmt, rows)]

@@ -178,3 +178,42 @@ def test_every_optimizer_decreases_a_quadratic(name):
     minimum = -0.5 * (torch.linspace(0, 1, D) ** 2 / torch.linspace(1, 3, D)).sum().item()
     end = objective.loss(theta).item()
     assert end - minimum < 0.2 * (start - minimum), (start, end, minimum)
+
+
+@pytest.mark.parametrize("network, sizes, shapes, activation", [
+    ("tt", [784, 1024, 10], [(7, 4, 4, 7), (8, 4, 4, 8), (1, 5, 2, 1)], "relu"),  # the paper's MNIST TT-MLP
+    ("tt", [30, 20, 7], None, "relu"),  # padded factorisations (7 and 30 do not split evenly)
+    ("tt", [6, 12, 12, 3], None, "tanh"),  # a perturbed layer two layers before the output
+    ("mlp", [30, 20, 7], None, "gelu"),
+])
+def test_layered_coordinate_queries_equal_black_box_queries(network, sizes, shapes, activation):
+    """CGE's fast path returns the losses of the perturbed networks themselves."""
+    from pinnzo.mnist import cross_entropy
+    from pinnzo.nets import build_mlp
+
+    model = build_mlp(sizes, network, activation, 3, tt_output=True, shapes=shapes, dtype=torch.float64,
+                      squeeze=False)
+    objective = Objective(model, cross_entropy, 1)
+    generator = torch.Generator().manual_seed(1)
+    objective.batch = (torch.randn(9, sizes[0], generator=generator, dtype=torch.float64),
+                       torch.randint(0, sizes[-1], (9,), generator=generator))
+    theta = objective.flatten() + 0.1 * torch.randn(objective.dim, generator=generator, dtype=torch.float64)
+    chosen = torch.randperm(objective.dim, generator=generator)[:400]
+    mu = 0.01
+    steps = torch.zeros(len(chosen), objective.dim, dtype=torch.float64)
+    steps[torch.arange(len(chosen)), chosen] = mu
+    assert objective.layered
+    before = objective.queries
+    fast = objective.coordinate_losses(theta, chosen, mu)
+    assert objective.queries - before == len(chosen)
+    black_box = objective.losses_looped(theta + steps)
+    assert torch.allclose(fast, black_box, rtol=0, atol=1e-13)
+    base = objective.loss(theta)
+    assert ((black_box - base) / mu).abs().max() > 1e-3  # the coordinates do move the loss
+    # and the CGE estimate through the fast path is the black-box one
+    g_fast, _, queries = estimators.cge(objective, theta, torch.Generator().manual_seed(0), mu, coordinates=50)
+    objective.loss_fn = lambda network, batch: cross_entropy(network, batch)  # no layered form
+    assert not objective.layered
+    g_slow, _, _ = estimators.cge(objective, theta, torch.Generator().manual_seed(0), mu, coordinates=50)
+    assert queries == 51 and torch.allclose(g_fast, g_slow, rtol=0, atol=1e-10)
+    assert (g_fast != 0).sum() > 40

@@ -89,6 +89,24 @@ class Objective:
         with torch.no_grad():
             return torch.stack([self._single(theta) for theta in thetas])
 
+    @property
+    def layered(self) -> bool:
+        """Whether ``coordinate_losses`` can reuse the unperturbed layers (an MLP with a
+        loss of the form criterion(network(inputs(batch)), batch))."""
+        from pinnzo.optim.coordinates import supports
+
+        return supports(self.model, self.loss_fn)
+
+    def coordinate_losses(self, theta: torch.Tensor, chosen: torch.Tensor, mu: float) -> torch.Tensor:
+        """L(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E,): E queries, computed
+        by re-running only the layers after each perturbed one (optim/coordinates.py)."""
+        from pinnzo.optim.coordinates import coordinate_losses
+
+        self.queries += len(chosen)
+        with torch.no_grad():
+            return coordinate_losses(self.model, self.unflatten(theta), self.sizes, self.loss_fn, self.batch,
+                                     chosen, mu)
+
     def value_and_grad(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L(theta), dL/dtheta) by back-propagation (first-order training): one query."""
         self.queries += 1

@@ -1,0 +1,157 @@
+"""pinnzo reproduce: the table runner on tiny grids (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+from pinnzo.errors import PinnzoError
+from pinnzo.nets import build_mlp
+from pinnzo.reproduce import SCALES, TABLES, Context, Scale, dense_width, reproduce, run_cell
+from pinnzo.settings import Settings
+from pinnzo.train import Diverged
+from test_mnist import tiny_mnist
+
+TINY = Scale(
+    name="tiny", description="test", width=8, ranks=(2, 1),
+    pinn={"depth": 2, "activation": "sin", "batch": 4, "steps": 2, "eval_every": 1, "eval_points": 16,
+          "rule": "gauss-hermite", "level": 3, "sigma": 0.1, "samples": 8, "dtype": "float32", "seed": 0,
+          "condition_batch": 4},
+    fo={"optimizer": "adam", "lr": 1e-3}, zo={"optimizer": "zo-signrge", "lr": 1e-3, "directions": 2},
+    mnist_ranks=(3, 2, 1), mnist={"epochs": 1, "steps_per_epoch": 2, "batch": 8, "validation": 20},
+    mnist_fo={"optimizer": "sgd", "lr": 0.01}, mnist_zo={"lr": 1e-3, "directions": 2},
+    mnist_hybrid={"switch_step": 1, "coordinates": 3},
+)
+
+
+def markdown_rows(path: Path) -> list[list[str]]:
+    """The table's rows (header first) as lists of cell texts."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def context(tmp_path, lines, **changes) -> Context:
+    return Context(TINY, tmp_path / "out", quiet=True, echo=lines.append, **changes)
+
+
+def test_table5_runs_every_cell_then_skips_them_and_quotes_the_paper(tmp_path):
+    lines: list[str] = []
+    written = reproduce("5", context(tmp_path, lines))
+    assert len(lines) == 3 * 6 and all(": finished in" in line for line in lines)
+    markdown = tmp_path / "out" / "table-5.md"
+    assert markdown in written and (tmp_path / "out" / "table-5" / "compare.md") in written
+    header, *rows = markdown_rows(markdown)
+    assert header == ["Network", "Params (pinnzo / paper)", "FO+AD", "ZO+FD", "ZO+SE", "ZO+SG",
+                      "ZO+SG, Lu-Darmofal rule *", "ZO+SG, float64 *"]
+    assert [row[0] for row in rows] == ["MLP", "TT-MLP", "TT-MLP"]
+    # the published figures (paper, Table 5), copied by hand here
+    published = [["3.58e-04", "9.23e-02", "diverge", "1.62e-01", "—", "—"],
+                 ["4.28e-05", "3.79e-04", "4.35e-04", "4.79e-05", "—", "—"],
+                 ["1.63e-05", "3.82e-04", "2.75e-04", "1.44e-05", "—", "—"]]
+    assert [[cell.split(" / ")[1] for cell in row[2:]] for row in rows] == published
+    assert [row[1].split(" / ")[1] for row in rows] == ["608,257", "7,745", "3,209"]
+    # pinnzo's figures are the runs' final validation MSE and parameter counts
+    record = json.loads((tmp_path / "out" / "table-5.json").read_text())
+    for cell in record["cells"]:
+        summary = json.loads((Path(cell["run"]) / "summary.json").read_text())
+        assert cell["pinnzo"] == summary["final_mse"] and cell["parameters"] == summary["parameters"]
+    mlp = json.loads((tmp_path / "out" / "hjb20" / "mlp--zo-sg-f64" / "summary.json").read_text())
+    assert mlp["parameters"] == 21 * 8 + 8 + 8 * 8 + 8 + 8 + 1 and mlp["dtype"] == "float64"
+    assert rows[0][1] == f"{mlp['parameters']:,} / 608,257"
+
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "hjb20").glob("*/summary.json")}
+    lines.clear()
+    reproduce("5", context(tmp_path, lines))
+    assert len(lines) == 18 and all(": skipped, " in line for line in lines)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "hjb20").glob("*/summary.json")}
+    # Table 4 shares its FO+AD column with Table 5: those three cells are not run again
+    lines.clear()
+    reproduce("4", context(tmp_path, lines))
+    assert sum(": skipped, " in line for line in lines) == 3 and sum(": finished in" in line for line in lines) == 12
+
+
+def test_mnist_table1_runs_the_grid_and_marks_what_pinnzo_cannot_build(tmp_path):
+    data = tiny_mnist(tmp_path / "mnist", n_train=80, n_test=20)
+    lines: list[str] = []
+    reproduce("1", context(tmp_path, lines, data_dir=data))
+    assert len(lines) == 3 * 3
+    header, *rows = markdown_rows(tmp_path / "out" / "table-1.md")
+    assert header[2:] == ["FO", "ZO-signRGE", "Hybrid ZO"]
+    assert [row[2:] and [c.split(" / ")[1] for c in row[2:]] for row in rows] == [
+        ["97.43", "no conv.", "no conv."], ["93.69", "61.51", "86.47"], ["97.16", "88.48", "96.64"],
+        ["86.36", "83.39", "92.24"]]
+    assert rows[2][1] == "3,962 / 3,962"  # the paper's TT-MLP, r = 6
+    assert rows[3][2].startswith("not reproduced: pinnzo has no pruned")
+    record = json.loads((tmp_path / "out" / "table-1.json").read_text())
+    hybrid = next(c for c in record["cells"] if c["row"].startswith("TT") and c["column"] == "Hybrid ZO")
+    summary = json.loads((Path(hybrid["run"]) / "summary.json").read_text())
+    assert hybrid["pinnzo"] == pytest.approx(100 * summary["test_accuracy"])
+    assert any("switched from signRGE to CGE" in e["event"] for e in summary["events"])
+    assert (tmp_path / "out" / "table-1" / "compare-accuracy.png").is_file()
+
+
+def test_table2_rows_follow_the_scale_ranks_and_the_paper_values():
+    table = TABLES["2"](SCALES["cpu"])
+    assert [row.key for row in table.rows] == ["mlp-w1024", "tt-r10", "tt-r6", "tt-r4"]
+    assert [row.paper_params for row in table.rows] == [814090, 8314, 3962, 2698]
+    assert [c.label for c in table.columns] == ["FO", "ZO-RGE", "ZO-signRGE", "Hybrid ZO"]
+    assert table.rows[3].paper == (96.47, 89.67, 89.01, 95.83)
+
+
+def _settings(**changes) -> Settings:
+    return Settings().replace(changes)
+
+
+def test_a_cell_that_diverged_is_recorded_and_not_run_again(tmp_path):
+    folder = tmp_path / "cell"
+    settings = _settings(steps=3)
+
+    def diverge(resume):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(f"settings: {json.dumps(settings.as_dict())}\n")
+        raise Diverged("the loss became nan at step 2")
+
+    assert run_cell("hjb20", settings, folder, diverge).status == "diverged"
+
+    def must_not_run(resume):
+        raise AssertionError("a recorded cell was run again")
+
+    again = run_cell("hjb20", settings, folder, must_not_run)
+    assert again.status == "diverged" and "nan" in again.summary["message"]
+    with pytest.raises(PinnzoError, match="holds a run with other settings .*steps: saved 3, now 4"):
+        run_cell("hjb20", _settings(steps=4), folder, must_not_run)
+
+
+def test_a_cell_killed_before_its_first_checkpoint_starts_over_and_a_stray_folder_is_refused(tmp_path):
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("settings: {}\n")
+    calls = []
+    result = run_cell("hjb20", _settings(), folder, lambda resume: calls.append(resume) or {"parameters": 1})
+    assert calls == [False] and result.status == "finished" and not (folder / "config.yaml").exists()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(PinnzoError, match="not empty and holds no checkpoint"):
+        run_cell("hjb20", _settings(), folder, lambda resume: {})
+    assert (folder / "notes.txt").read_text() == "mine"
+    (folder / "checkpoint.pt").write_bytes(b"")
+    calls.clear()
+    run_cell("hjb20", _settings(), folder, lambda resume: calls.append(resume) or {})
+    assert calls == [True]
+
+
+def test_dense_width_matches_the_parameter_count():
+    for depth, width in ((2, 78), (1, 320), (2, 7)):
+        sizes = [21] + [width] * depth + [1]
+        count = sum(p.numel() for p in build_mlp(sizes, "mlp").parameters())
+        assert dense_width(count, depth) == width
+
+
+def test_reproduce_cli_refuses_unknown_tables_and_scales(tmp_path):
+    result = run_cli(["reproduce", "3", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "unknown table '3'; must be one of 1, 2, 4, 5, 6" in result.output
+    result = run_cli(["reproduce", "4", "--scale", "huge", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "must be one of cpu, paper" in result.output
+    assert not (tmp_path / "o").exists()
