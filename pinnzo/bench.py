@@ -255,8 +255,33 @@ def zo_benchmark(widths=(32, 512)) -> dict:
                                                 lambda: objective.losses_looped(thetas), rounds=4)
         batching.append({"case": label, "batched_s": batched_s, "looped_s": looped_s,
                          "batched_speedup": looped_s / batched_s})
-    return {"suite": "zo", "steps": rows, "batched_vs_looped": batching,
+    return {"suite": "zo", "steps": rows, "batched_vs_looped": batching, "cge_coordinates": cge_benchmark(),
             "targets": {"fraction_of_gemm": 0.5, "batched_speedup": 2.0}}
+
+
+def cge_benchmark(coordinates: int = 512) -> dict:
+    """CGE coordinate queries on the MNIST TT-MLP (r = 6, batch 64): all at once by
+    re-running only the later layers (optim/coordinates.py) vs one forward per query."""
+    import torch
+
+    from pinnzo.mnist import build_classifier, cross_entropy
+    from pinnzo.optim import Objective
+    from pinnzo.settings import MnistSettings
+
+    objective = Objective(build_classifier(MnistSettings()), cross_entropy, 1)
+    generator = torch.Generator().manual_seed(0)
+    objective.batch = (torch.rand(64, 784, generator=generator), torch.randint(0, 10, (64,), generator=generator))
+    theta = objective.flatten()
+    chosen = torch.randperm(objective.dim, generator=generator)[:coordinates]
+    steps = torch.zeros(len(chosen), objective.dim)
+    steps[torch.arange(len(chosen)), chosen] = 0.01
+    layered_s, looped_s = interleaved_times(lambda: objective.coordinate_losses(theta, chosen, 0.01),
+                                            lambda: objective.losses_looped(theta + steps), rounds=3)
+    full_s = best_time(lambda: objective.coordinate_losses(theta, torch.arange(objective.dim), 0.01), repeats=3)
+    return {"network": f"MNIST TT-MLP r = 6 ({objective.dim} parameters), batch 64", "coordinates": coordinates,
+            "layered_s": layered_s, "looped_s": looped_s, "layered_speedup": looped_s / layered_s,
+            "full_step_queries": objective.dim, "full_step_layered_s": full_s,
+            "full_step_looped_s_estimate": looped_s * objective.dim / coordinates}
 
 
 def tt_layer_benchmark() -> dict:

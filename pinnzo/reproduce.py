@@ -277,7 +277,7 @@ class CellResult:
     summary: dict = field(default_factory=dict)
 
 
-def run_cell(task: str, settings, folder: Path, run: Callable[[bool], dict]) -> CellResult:
+def run_cell(settings, folder: Path, run: Callable[[bool], dict]) -> CellResult:
     """Run one cell in ``folder`` unless it finished before. ``run(resume)`` trains it."""
     from pinnzo.train import Diverged
 
@@ -367,7 +367,7 @@ def run_table(table: Table, context: Context) -> dict[tuple[str, str], CellResul
         folder = context.out / table.task / f"{row.key}--{column.key}"
         settings = cell_settings(table, row, column, context)
         started = time.perf_counter()
-        result = run_cell(table.task, settings, folder, _runner(table, settings, folder, context))
+        result = run_cell(settings, folder, _runner(table, settings, folder, context))
         results[(row.key, column.key)] = result
         took = "" if result.status == "skipped" else f" in {time.perf_counter() - started:.0f} s"
         context.echo(f"table {table.number} [{index}/{len(cells)}] {row.label} / {column.label}: "

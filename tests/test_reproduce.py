@@ -114,15 +114,15 @@ def test_a_cell_that_diverged_is_recorded_and_not_run_again(tmp_path):
         (folder / "config.yaml").write_text(f"settings: {json.dumps(settings.as_dict())}\n")
         raise Diverged("the loss became nan at step 2")
 
-    assert run_cell("hjb20", settings, folder, diverge).status == "diverged"
+    assert run_cell(settings, folder, diverge).status == "diverged"
 
     def must_not_run(resume):
         raise AssertionError("a recorded cell was run again")
 
-    again = run_cell("hjb20", settings, folder, must_not_run)
+    again = run_cell(settings, folder, must_not_run)
     assert again.status == "diverged" and "nan" in again.summary["message"]
     with pytest.raises(PinnzoError, match="holds a run with other settings .*steps: saved 3, now 4"):
-        run_cell("hjb20", _settings(steps=4), folder, must_not_run)
+        run_cell(_settings(steps=4), folder, must_not_run)
 
 
 def test_a_cell_killed_before_its_first_checkpoint_starts_over_and_a_stray_folder_is_refused(tmp_path):
@@ -130,15 +130,15 @@ def test_a_cell_killed_before_its_first_checkpoint_starts_over_and_a_stray_folde
     folder.mkdir()
     (folder / "config.yaml").write_text("settings: {}\n")
     calls = []
-    result = run_cell("hjb20", _settings(), folder, lambda resume: calls.append(resume) or {"parameters": 1})
+    result = run_cell(_settings(), folder, lambda resume: calls.append(resume) or {"parameters": 1})
     assert calls == [False] and result.status == "finished" and not (folder / "config.yaml").exists()
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(PinnzoError, match="not empty and holds no checkpoint"):
-        run_cell("hjb20", _settings(), folder, lambda resume: {})
+        run_cell(_settings(), folder, lambda resume: {})
     assert (folder / "notes.txt").read_text() == "mine"
     (folder / "checkpoint.pt").write_bytes(b"")
     calls.clear()
-    run_cell("hjb20", _settings(), folder, lambda resume: calls.append(resume) or {})
+    run_cell(_settings(), folder, lambda resume: calls.append(resume) or {})
     assert calls == [True]
 
 
