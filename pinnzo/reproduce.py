@@ -404,19 +404,22 @@ def table_markdown(table: Table, scale: Scale, results: dict[tuple[str, str], Ce
              f"Each cell: pinnzo / paper; {metric}. Scale `{scale.name}`: {scale.description}. "
              f"Made by `pinnzo reproduce {table.number} --scale {scale.name}` on {time.strftime('%Y-%m-%d')}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = {row.missing for row in table.rows if row.changes is None}
+    marks = {note: "†" * (k + 1) for k, note in enumerate(sorted(notes))}
     for row in table.rows:
-        first = next((results.get((row.key, c.key)) for c in table.columns if results.get((row.key, c.key))), None)
-        params = f"{first.summary['parameters']:,}" if first and "parameters" in first.summary else "—"
-        if first is not None and first.status == "diverged":
-            params = "—"
-        cells = [row.label, f"{params} / {row.paper_params:,}" if row.paper_params else params]
+        row_results = [results[(row.key, c.key)] for c in table.columns if (row.key, c.key) in results]
+        counts = [r.summary["parameters"] for r in row_results if "parameters" in r.summary]
+        params = f"{counts[0]:,}" if counts else "—"
+        label = row.label + (f" {marks[row.missing]}" if row.changes is None else "")
+        cells = [label, f"{params} / {row.paper_params:,}" if row.paper_params else params]
         for column in table.columns:
-            paper = format_figure(table, table.paper_value(row, column))
-            ours = row.missing if row.changes is None else format_figure(table, cell_figure(table, results.get((row.key, column.key))))
-            cells.append(f"{ours} / {paper}")
+            ours = format_figure(table, cell_figure(table, results.get((row.key, column.key))))
+            cells.append(f"{ours} / {format_figure(table, table.paper_value(row, column))}")
         lines.append("| " + " | ".join(cells) + " |")
+    footnotes = [f"{mark} {note}." for note, mark in marks.items()]
     if any(column.beyond for column in table.columns):
-        lines += ["", "\\* beyond the paper: pinnzo's own column (no published figure)."]
+        footnotes.insert(0, "\\* beyond the paper: pinnzo's own column (no published figure).")
+    lines += [""] + footnotes if footnotes else []
     return "\n".join(lines) + "\n"
 
 

@@ -84,7 +84,9 @@ def test_mnist_table1_runs_the_grid_and_marks_what_pinnzo_cannot_build(tmp_path)
         ["97.43", "no conv.", "no conv."], ["93.69", "61.51", "86.47"], ["97.16", "88.48", "96.64"],
         ["86.36", "83.39", "92.24"]]
     assert rows[2][1] == "3,962 / 3,962"  # the paper's TT-MLP, r = 6
-    assert rows[3][2].startswith("not reproduced: pinnzo has no pruned")
+    assert rows[3][0] == "SP-MLP (pruned) †" and rows[3][1] == "— / 4,089"
+    assert [cell.split(" / ")[0] for cell in rows[3][2:]] == ["—", "—", "—"]
+    assert "† not reproduced: pinnzo has no pruned (GraSP) networks." in (tmp_path / "out" / "table-1.md").read_text()
     record = json.loads((tmp_path / "out" / "table-1.json").read_text())
     hybrid = next(c for c in record["cells"] if c["row"].startswith("TT") and c["column"] == "Hybrid ZO")
     summary = json.loads((Path(hybrid["run"]) / "summary.json").read_text())
