@@ -10,10 +10,12 @@ import pytest
 from helpers import run_cli
 from pinnzo.errors import PinnzoError
 from pinnzo.nets import build_mlp
-from pinnzo.reproduce import SCALES, TABLES, Context, Scale, dense_width, reproduce, run_cell
+from pinnzo.reproduce import SCALES, TABLES, Context, Scale, cell_settings, dense_width, reproduce, run_cell
 from pinnzo.settings import Settings
 from pinnzo.train import Diverged
 from test_mnist import tiny_mnist
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = Scale(
     name="tiny", description="test", width=8, ranks=(2, 1),
@@ -34,7 +36,8 @@ def markdown_rows(path: Path) -> list[list[str]]:
 
 
 def context(tmp_path, lines, **changes) -> Context:
-    return Context(TINY, tmp_path / "out", quiet=True, echo=lines.append, **changes)
+    return Context(TINY, tmp_path / "out", REPO / "problems" / "hjb20.yaml", quiet=True, echo=lines.append,
+                   **changes)
 
 
 def test_table5_runs_every_cell_then_skips_them_and_quotes_the_paper(tmp_path):
@@ -157,3 +160,37 @@ def test_reproduce_cli_refuses_unknown_tables_and_scales(tmp_path):
     result = run_cli(["reproduce", "4", "--scale", "huge", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "must be one of cpu, paper" in result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("scale", sorted(SCALES))
+def test_every_cell_of_every_table_has_valid_settings_at_both_scales(scale):
+    """The paper scale only runs on a GPU: at least its settings are checked here."""
+    context = Context(SCALES[scale], Path("unused"), REPO / "problems" / "hjb20.yaml")
+    for number in TABLES.names():
+        table = TABLES[number](context.scale)
+        for row in table.rows:
+            for column in table.columns:
+                if row.changes is None:
+                    continue
+                settings = cell_settings(table, row, column, context)
+                assert settings.network == row.changes["network"] and settings.optimizer == (
+                    column.changes.get("optimizer") or settings.optimizer)
+                if table.task == "hjb20":
+                    assert settings.backend == column.changes["backend"] and settings.rule in (
+                        "gauss-hermite", "lu-darmofal")
+    paper = TABLES["5"](SCALES["paper"])
+    settings = cell_settings(paper, paper.rows[1], paper.columns[3], Context(SCALES["paper"], Path("unused"),
+                                                                             REPO / "problems" / "hjb20.yaml"))
+    assert (settings.width, settings.rank, settings.steps, settings.rule, settings.mu) == (
+        768, 8, 10000, "gauss-hermite", 0.1)
+
+
+def test_paper_scale_networks_have_the_sizes_the_readme_quotes():
+    from pinnzo.problem import load_problem
+    from pinnzo.train import build
+
+    context = Context(SCALES["paper"], Path("unused"), REPO / "problems" / "hjb20.yaml")
+    table = TABLES["4"](context.scale)
+    sizes = [build(load_problem(context.problem_path), cell_settings(table, row, table.columns[0], context))
+             .objective.dim for row in table.rows]
+    assert sizes == [608257, 8161, 3391]  # the paper's MLP exactly; its TT-MLPs have 7,745 and 3,209
