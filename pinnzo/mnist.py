@@ -25,8 +25,8 @@ from pinnzo.fileio import atomic_write
 from pinnzo.nets import build_mlp
 from pinnzo.optim import Objective, learning_rate, make_optimizer
 from pinnzo.settings import MnistSettings
-from pinnzo.train import (BATCH_ROWS, DTYPES, Diverged, Interrupted, Progress, _torch_bytes, numbered_run_dir, open_run_dir,
-                          write_checkpoint)
+from pinnzo.train import (BATCH_ROWS, DTYPES, Diverged, Interrupted, Progress, _torch_bytes, numbered_run_dir,
+                          open_run_dir, write_checkpoint)
 
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -245,7 +245,7 @@ def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume:
                                                               generators["zo"])
                 if not math.isfinite(info.loss) or not torch.isfinite(theta).all():
                     raise Diverged(f"the loss became {info.loss} at step {step + 1} (epoch {epoch + 1}); "
-                                      f"stopped, the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}")
+                                   f"stopped, the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}")
                 state.theta, state.optimizer = theta, optimizer_state
                 losses.append(info.loss)
                 for event in info.events:
