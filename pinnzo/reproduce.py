@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -314,24 +315,22 @@ class Context:
     device: str | None = None
     quiet: bool = True
     echo: Callable[[str], None] = print
-    _problem: object = None
-    _mnist: object = None
 
+    @cached_property
     def problem(self):
-        if self._problem is None:
-            from pinnzo.problem import load_problem
+        """The HJB problem, loaded once."""
+        from pinnzo.problem import load_problem
 
-            self._problem = load_problem(self.problem_path)
-        return self._problem
+        return load_problem(self.problem_path)
 
+    @cached_property
     def mnist_data(self):
-        if self._mnist is None:
-            from pinnzo.mnist import default_data_dir, load_mnist
-            from pinnzo.settings import MnistSettings
+        """The MNIST split, read once (validation size from the scale)."""
+        from pinnzo.mnist import default_data_dir, load_mnist
+        from pinnzo.settings import MnistSettings
 
-            validation = self.scale.mnist.get("validation", MnistSettings.validation)
-            self._mnist = load_mnist(self.data_dir or default_data_dir(), validation)
-        return self._mnist
+        validation = self.scale.mnist.get("validation", MnistSettings.validation)
+        return load_mnist(self.data_dir or default_data_dir(), validation)
 
 
 def cell_settings(table: Table, row: Row, column: Column, context: Context):
@@ -340,7 +339,7 @@ def cell_settings(table: Table, row: Row, column: Column, context: Context):
 
     device = {"device": context.device} if context.device else {}
     if table.task == "hjb20":
-        base = context.problem().settings
+        base = context.problem.settings
         changes = {**context.scale.pinn, **row.changes, **column.changes, **device}
         return base.replace(changes, f"reproduce table {table.number}, {row.key}--{column.key}: ")
     changes = {**context.scale.mnist, **row.changes, **column.changes, **device}
@@ -351,11 +350,11 @@ def _runner(table: Table, settings, folder: Path, context: Context) -> Callable[
     if table.task == "hjb20":
         from pinnzo.train import train
 
-        return lambda resume: train(context.problem(), settings, folder, resume=resume, quiet=context.quiet)
+        return lambda resume: train(context.problem, settings, folder, resume=resume, quiet=context.quiet)
     from pinnzo.mnist import train_mnist
 
     data_dir = str(context.data_dir or "")
-    return lambda resume: train_mnist(context.mnist_data(), settings, folder, resume=resume, quiet=context.quiet,
+    return lambda resume: train_mnist(context.mnist_data, settings, folder, resume=resume, quiet=context.quiet,
                                       data_dir=data_dir)
 
 

@@ -49,7 +49,9 @@ def cge(objective: Objective, theta: torch.Tensor, generator: torch.Generator, m
 
     forward:  g_j = [L(theta + mu e_j) - L(theta)] / mu         (|S| + 1 queries)
     central:  g_j = [L(theta + mu e_j) - L(theta - mu e_j)] / (2 mu)   (2|S| queries)
-    Coordinates outside the subset S get g_j = 0.
+    Coordinates outside the subset S get g_j = 0. Forward differences on an MLP with a
+    criterion-of-the-output loss take the layered path (Objective.coordinate_losses):
+    the same values, without re-running the layers before each perturbed one.
     """
     d = theta.numel()
     if coordinates and coordinates < d:
