@@ -8,6 +8,7 @@ per atom. Indices are input columns (spatial coordinates first, then time).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import sympy
 
@@ -55,10 +56,33 @@ def atom_symbol(atom: Atom, columns: list[str]) -> sympy.Symbol:
     return sympy.Symbol("u_" + "_".join(columns[i] for i in atom.index))
 
 
-def expand_atom(atom: Atom, spatial: list[int]) -> list[Atom]:
-    """The elementary atoms (value, d1, d2) that ``atom`` is made of."""
-    if atom.kind == "lap":
-        return [d2(i, i) for i in spatial]
-    if atom.kind == "gradsq":
-        return [d1(i) for i in spatial]
-    return [atom]
+def elementary(atoms, spatial, direct: tuple[str, ...] = ()) -> frozenset[Atom]:
+    """The elementary atoms (value, d1, d2) that ``atoms`` are made of:
+    lap = sum_k d2(k, k) and gradsq = sum_k d1(k)^2 over the spatial columns.
+    Kinds in ``direct`` are kept whole (a backend that computes them in one go)."""
+    parts = set()
+    for atom in atoms:
+        if atom.kind in direct:
+            parts.add(atom)
+        elif atom.kind == "lap":
+            parts |= {d2(i, i) for i in spatial}
+        elif atom.kind == "gradsq":
+            parts |= {d1(i) for i in spatial}
+        else:
+            parts.add(atom)
+    return frozenset(parts)
+
+
+def assemble(atoms, parts: Mapping[Atom, "torch.Tensor"], spatial) -> dict:
+    """The requested ``atoms`` from their elementary ``parts`` ({atom: (..., B)})."""
+    out = {}
+    for atom in atoms:
+        if atom in parts:
+            out[atom] = parts[atom]
+        elif atom.kind == "lap":
+            out[atom] = sum(parts[d2(i, i)] for i in spatial)
+        elif atom.kind == "gradsq":
+            out[atom] = sum(parts[d1(i)] ** 2 for i in spatial)
+        else:
+            raise KeyError(f"atom {atom} was not computed")
+    return out

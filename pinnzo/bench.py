@@ -63,8 +63,8 @@ def write_report(path: Path, report: dict) -> None:
 def quadrature_benchmark() -> dict:
     """Build times (best of several) and cache-load times of the sparse grids.
 
-    Targets (DESIGN.md, 2-core machine): D = 21 level 5 under 0.4 s, D = 100
-    level 3 under 0.5 s, cache load under 20 ms.
+    Targets (2-core machine, from a C++ library's build times): D = 21 level 5
+    under 0.4 s, D = 100 level 3 under 0.5 s, cache load under 20 ms.
     """
     from pinnzo.quadrature import build_rule, cache
     from pinnzo.quadrature.families import FAMILIES
@@ -98,50 +98,40 @@ def _peak_rss_mb() -> float:
 
 
 def _hjb20_components(width: int | None = None, backend: str = "sparse-grid", **changes):
+    """(problem, settings, components, batch) of hjb20 with a fixed batch of points."""
+    import torch
+
+    from pinnzo.pinn import build, resolve_settings
     from pinnzo.problem import load_problem
     from pinnzo.residual import sample_batch
-    from pinnzo.train import build
 
     problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "hjb20.yaml")
-    settings = problem.settings.replace({"backend": backend, **({"width": width} if width else {}), **changes})
+    settings = resolve_settings(problem, {"backend": backend, **({"width": width} if width else {}), **changes})
     components = build(problem, settings)
-    components.objective.batch = sample_batch(problem, settings.batch, settings.condition_batch,
-                                              __import__("torch").Generator().manual_seed(0))
-    return problem, settings, components
+    batch = sample_batch(problem, settings.batch, settings.condition_batch, torch.Generator().manual_seed(0))
+    return problem, settings, components, batch
 
 
 def paper_sparse_grid_loss(problem, network, X, rule, sigma: float):
-    """The paper's way: f at x + delta_j and x - delta_j for every node, plus f(x),
-    one forward per perturbation, weighted node by node (eq. 13); the HJB residual."""
-    import torch
-
+    """The HJB loss with the sparse-grid Stein derivatives evaluated the paper's way (eq. 13)."""
     from pinnzo import atoms as A
+    from pinnzo.derivatives.reference import paper_sparse_grid
 
-    u = problem.solution(network)
-    delta = torch.tensor(rule.nodes * sigma, dtype=X.dtype)
-    weights = torch.tensor(rule.weights, dtype=X.dtype)
+    gradient, laplacian = paper_sparse_grid(problem.solution(network), X, rule, sigma, problem.spatial)
     spatial = list(problem.spatial)
-    f0 = u(X)
-    gradient = torch.zeros_like(X)
-    laplacian = torch.zeros(len(X), dtype=X.dtype)
-    for j in range(len(delta)):
-        plus, minus = u(X + delta[j]), u(X - delta[j])
-        gradient += weights[j] * delta[j] / (2 * sigma**2) * (plus - minus)[:, None]
-        radius = (delta[j, spatial] ** 2).sum()
-        laplacian += weights[j] * (radius - sigma**2 * len(spatial)) / (2 * sigma**4) * (plus + minus - 2 * f0)
     atoms = {A.d1(problem.time_index): gradient[:, problem.time_index], A.LAPLACIAN: laplacian,
              A.GRADIENT_SQUARED: (gradient[:, spatial] ** 2).sum(1)}
     return problem.residual_from_atoms(X, atoms).square().mean()
 
 
 def _measure_backend(name: str, width: int | None, rule: str | None = None) -> dict:
-    problem, settings, c = _hjb20_components(width, name, **({"rule": rule} if rule else {}))
+    problem, settings, c, batch = _hjb20_components(width, name, **({"rule": rule} if rule else {}))
     theta = c.objective.flatten()
     per_point = c.loss.backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
     before = _peak_rss_mb()
-    loss_s = best_time(lambda: c.objective.loss(theta), repeats=5)
+    loss_s = best_time(lambda: c.objective.loss(theta, batch), repeats=5)
     after_loss = _peak_rss_mb()
-    grad_s = best_time(lambda: c.objective.value_and_grad(theta), repeats=3)
+    grad_s = best_time(lambda: c.objective.value_and_grad(theta, batch), repeats=3)
     return {"backend": name + (f" ({rule})" if rule else ""), "evaluations_per_point": per_point, "loss_s": loss_s, "loss_and_gradient_s": grad_s,
             "peak_rss_growth_loss_mb": after_loss - before, "peak_rss_growth_gradient_mb": _peak_rss_mb() - before}
 
@@ -162,8 +152,8 @@ def autodiff_laplacian_comparison(width: int | None = None) -> dict:
     from pinnzo.atoms import LAPLACIAN
     from pinnzo.derivatives import Autodiff
 
-    problem, settings, c = _hjb20_components(width, "ad")
-    X = c.objective.batch.interior
+    problem, settings, c, batch = _hjb20_components(width, "ad")
+    X = batch.interior
     u = problem.solution(c.objective.network(c.objective.flatten()))
     vmapped = lambda: Autodiff()(u, X, {LAPLACIAN}, problem.spatial)[LAPLACIAN]
     looped = lambda: _laplacian_loop(u, X, problem.spatial)
@@ -186,20 +176,20 @@ def derivatives_benchmark(width: int | None = None) -> dict:
         with context.Pool(1) as pool:
             rows.append(pool.apply(_measure_backend, (name, width, rule)))
     # the paper's rule evaluated the paper's way, and one plain forward of as many rows
-    problem, settings, c = _hjb20_components(width, "sparse-grid", rule="gauss-hermite")
-    X = c.objective.batch.interior
+    problem, settings, c, batch = _hjb20_components(width, "sparse-grid", rule="gauss-hermite")
+    X = batch.interior
     theta = c.objective.flatten()
     network = c.objective.network(theta)
     rule = c.loss.backend.rule
     with torch.no_grad():
-        ours = c.objective.loss(theta).item()
+        ours = c.objective.loss(theta, batch).item()
         paper = paper_sparse_grid_loss(problem, network, X, rule, settings.sigma).item()
-        ours_s, paper_s = interleaved_times(lambda: c.objective.loss(theta),
+        ours_s, paper_s = interleaved_times(lambda: c.objective.loss(theta, batch),
                                             lambda: paper_sparse_grid_loss(problem, network, X, rule, settings.sigma),
                                             rounds=3)
         points = (X[:, None, :] + torch.tensor(rule.nodes * 0.1, dtype=X.dtype)[None]).reshape(-1, X.shape[1])
         u = problem.solution(network)  # the network with its ansatz: the f the estimator evaluates
-        ours_s, forward_s = interleaved_times(lambda: c.objective.loss(theta), lambda: u(points))
+        ours_s, forward_s = interleaved_times(lambda: c.objective.loss(theta, batch), lambda: u(points))
     return {
         "suite": "derivatives", "setting": f"hjb20, width {settings.width}, batch {settings.batch}, float32",
         "backends": rows, "autodiff_laplacian": autodiff_laplacian_comparison(width),
@@ -221,10 +211,10 @@ def zo_benchmark(widths=(32, 512)) -> dict:
 
     rows = []
     for width in widths:
-        problem, settings, c = _hjb20_components(width, "sparse-grid", rule="gauss-hermite")
+        problem, settings, c, batch = _hjb20_components(width, "sparse-grid", rule="gauss-hermite")
         objective = c.objective
         theta = objective.flatten()
-        optimizer = make_optimizer(settings)
+        optimizer = make_optimizer(settings.optimizer, **settings.as_dict())
         state = optimizer.init(theta)
         generator = torch.Generator().manual_seed(0)
         queries_per_step = settings.directions + 1
@@ -233,7 +223,7 @@ def zo_benchmark(widths=(32, 512)) -> dict:
         flops = 2 * rows_per_query * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         A = torch.randn(rows_per_query, width)
         B = torch.randn(width, width)
-        step_s, gemm_s = interleaved_times(lambda: optimizer.step(0, theta, state, objective, generator),
+        step_s, gemm_s = interleaved_times(lambda: optimizer.update(0, theta, state, objective, batch, generator),
                                            lambda: A @ B, rounds=3)
         gemm_flops = 2 * rows_per_query * width * width / gemm_s
         sin_s = best_time(lambda: torch.sin(A), repeats=5)
@@ -246,13 +236,13 @@ def zo_benchmark(widths=(32, 512)) -> dict:
     batching = []
     for label, backend, batch in (("hjb20 sparse-grid, 92,500 rows per query", "sparse-grid", 100),
                                   ("hjb20 autodiff, 100 rows per query", "ad", 100)):
-        problem, settings, c = _hjb20_components(32, backend, batch=batch, rule="gauss-hermite")
+        problem, settings, c, points = _hjb20_components(32, backend, batch=batch, rule="gauss-hermite")
         objective = c.objective
         theta = objective.flatten()
         thetas = theta + 0.01 * torch.randn(11, theta.numel(), generator=torch.Generator().manual_seed(0))
         objective.queries_per_chunk = 11
-        batched_s, looped_s = interleaved_times(lambda: objective.losses(thetas),
-                                                lambda: objective.losses_looped(thetas), rounds=4)
+        batched_s, looped_s = interleaved_times(lambda: objective.losses(thetas, points),
+                                                lambda: objective.losses_looped(thetas, points), rounds=4)
         batching.append({"case": label, "batched_s": batched_s, "looped_s": looped_s,
                          "batched_speedup": looped_s / batched_s})
     return {"suite": "zo", "steps": rows, "batched_vs_looped": batching, "cge_coordinates": cge_benchmark(),
@@ -270,14 +260,15 @@ def cge_benchmark(coordinates: int = 512) -> dict:
 
     objective = Objective(build_classifier(MnistSettings()), cross_entropy, 1)
     generator = torch.Generator().manual_seed(0)
-    objective.batch = (torch.rand(64, 784, generator=generator), torch.randint(0, 10, (64,), generator=generator))
+    batch = (torch.rand(64, 784, generator=generator), torch.randint(0, 10, (64,), generator=generator))
     theta = objective.flatten()
     chosen = torch.randperm(objective.dim, generator=generator)[:coordinates]
     steps = torch.zeros(len(chosen), objective.dim)
     steps[torch.arange(len(chosen)), chosen] = 0.01
-    layered_s, looped_s = interleaved_times(lambda: objective.coordinate_losses(theta, chosen, 0.01),
-                                            lambda: objective.losses_looped(theta + steps), rounds=3)
-    full_s = best_time(lambda: objective.coordinate_losses(theta, torch.arange(objective.dim), 0.01), repeats=3)
+    layered_s, looped_s = interleaved_times(lambda: objective.coordinate_losses(theta, batch, chosen, 0.01),
+                                            lambda: objective.losses_looped(theta + steps, batch), rounds=3)
+    full_s = best_time(lambda: objective.coordinate_losses(theta, batch, torch.arange(objective.dim), 0.01),
+                       repeats=3)
     return {"network": f"MNIST TT-MLP r = 6 ({objective.dim} parameters), batch 64", "coordinates": coordinates,
             "layered_s": layered_s, "looped_s": looped_s, "layered_speedup": looped_s / layered_s,
             "full_step_queries": objective.dim, "full_step_layered_s": full_s,

@@ -53,6 +53,9 @@ bench_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, rich_markup_mode=N
 app.add_typer(quadrature_app, name="quadrature")
 app.add_typer(bench_app, name="bench")
 
+OPTIMIZER_HELP = ("First order (back-propagation): adam | sgd. Zeroth order (loss queries only): zo-rge | "
+                  "zo-signrge | zo-cge | zo-adam | hybrid")
+
 CacheDir = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Rule cache folder (default: $PINNZO_QUADRATURE_DIR, else ./quadrature).")]
 
@@ -132,27 +135,40 @@ def _parse_assignments(assignments: list[str]) -> dict[str, str]:
 
 def resolve_settings(problem, preset: Optional[str], assignments: list[str], flags: dict):
     """File defaults < preset < --set key=value < explicit flags."""
-    settings = problem.settings
+    from pinnzo.pinn import resolve_settings as resolve
+    from pinnzo.settings import Settings
+
+    settings = Settings().replace(problem.solve)
     if preset is not None:
         if preset not in PRESETS:
             raise PinnzoError(f"unknown preset {preset!r}; must be one of {', '.join(PRESETS)}")
         settings = settings.replace(PRESETS[preset], f"--preset {preset}: ")
     settings = settings.replace(_parse_assignments(assignments), "--set ")
     given = {key: value for key, value in flags.items() if value is not None}
-    settings = settings.replace(given, "--")
-    from pinnzo.derivatives import BACKENDS
-    from pinnzo.optim import OPTIMIZERS
+    return resolve(problem, {**settings.as_dict(), **given}, "--")
 
-    BACKENDS[settings.backend], OPTIMIZERS[settings.optimizer]  # one "must be one of" error each
-    return settings
+
+def _report(line: str, run, run_dir: Path, no_plots: bool) -> None:
+    """The closing lines of a training command: its figures, the plots, where the run is."""
+    typer.echo(line)
+    if not no_plots:
+        from pinnzo.plots import plot_run
+
+        plot_run(run)
+    typer.echo(f"results in {run_dir}")
+
+
+def _run_folder(resume: Optional[Path], out: Optional[Path], default) -> Path:
+    if resume is not None and out is not None and resume != out:
+        raise PinnzoError("--resume names the run folder; do not also give a different --out")
+    return resume or out or default()
 
 
 @app.command("solve")
 def solve(
     problem: Annotated[Path, typer.Argument(help="Problem file (YAML), e.g. problems/hjb20.yaml.")],
     backend: Annotated[Optional[str], typer.Option(help="Derivatives: ad | fd | stein | sparse-grid.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(
-        help="adam | sgd | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help=f"{OPTIMIZER_HELP}.")] = None,
     network: Annotated[Optional[str], typer.Option(help="mlp | tt.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Hidden width.")] = None,
     depth: Annotated[Optional[int], typer.Option(help="Hidden layers.")] = None,
@@ -172,36 +188,30 @@ def solve(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw the figures at the end.")] = False,
 ):
     """Train a PINN on a problem file and write a run folder (with plots)."""
+    from pinnzo.loop import Interrupted
+    from pinnzo.pinn import default_run_dir, solve as solve_problem
     from pinnzo.problem import load_problem
-    from pinnzo.train import Interrupted, default_run_dir, train
 
     loaded = load_problem(problem)
     flags = dict(backend=backend, optimizer=optimizer, network=network, width=width, depth=depth, rank=rank,
                  steps=steps, batch=batch, lr=lr, sigma=sigma, seed=seed, dtype=dtype, device=device)
     settings = resolve_settings(loaded, preset, assignments or [], flags)
-    if resume is not None and out is not None and resume != out:
-        raise PinnzoError("--resume names the run folder; do not also give a different --out")
-    run_dir = resume or out or default_run_dir(loaded, settings)
+    run_dir = _run_folder(resume, out, lambda: default_run_dir(loaded, settings))
     try:
-        summary = train(loaded, settings, run_dir, resume=resume is not None, quiet=quiet)
+        run = solve_problem(loaded, settings, out=run_dir, resume=resume is not None, quiet=quiet)
     except Interrupted:
         raise typer.Exit(130)
-    typer.echo(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
-               f"MSE {summary['final_mse']:.3e}, {summary['total_queries']:,} loss queries, "
-               f"{summary['wall_time_s']:.0f} s")
-    if not no_plots:
-        from pinnzo.plots import plot_run
-
-        plot_run(run_dir)
-    typer.echo(f"results in {run_dir}")
+    summary = run.summary
+    _report(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
+            f"MSE {summary['final_mse']:.3e}, {summary['total_queries']:,} loss queries, "
+            f"{summary['wall_time_s']:.0f} s", run, run_dir, no_plots)
 
 
 @app.command("mnist")
 def mnist(
     network: Annotated[Optional[str], typer.Option(help="mlp | tt (default tt: 784=7x4x4x7, 1024=8x4x4x8, 10=1x5x2x1).")] = None,
     rank: Annotated[Optional[int], typer.Option(help="TT rank r (ranks [1, r, r, r, 1]; default 6).")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(
-        help="adam | sgd | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam (default adam).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help=f"{OPTIMIZER_HELP} (default adam).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 5).")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Mini-batch size (default 64).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-3, x0.9 every 10 epochs).")] = None,
@@ -215,33 +225,26 @@ def mnist(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw the accuracy curves.")] = False,
 ):
     """Classify MNIST with a (TT-)MLP trained by any optimizer (paper section 5.1)."""
+    from pinnzo.loop import Interrupted
     from pinnzo.mnist import default_data_dir, default_run_dir, load_mnist, train_mnist
     from pinnzo.optim import OPTIMIZERS
     from pinnzo.settings import MnistSettings
-    from pinnzo.train import Interrupted
 
     settings = MnistSettings().replace(_parse_assignments(assignments or []), "--set ")
     flags = dict(network=network, rank=rank, optimizer=optimizer, epochs=epochs, batch=batch, lr=lr, seed=seed,
                  device=device)
     settings = settings.replace({k: v for k, v in flags.items() if v is not None}, "--")
     OPTIMIZERS[settings.optimizer]
+    run_dir = _run_folder(resume, out, lambda: default_run_dir(settings))
     folder = data_dir or default_data_dir()
     data = load_mnist(folder, settings.validation)
-    if resume is not None and out is not None and resume != out:
-        raise PinnzoError("--resume names the run folder; do not also give a different --out")
-    run_dir = resume or out or default_run_dir(settings)
     try:
         summary = train_mnist(data, settings, run_dir, resume=resume is not None, quiet=quiet, data_dir=folder)
     except Interrupted:
         raise typer.Exit(130)
-    typer.echo(f"mnist {settings.network} ({summary['parameters']:,} parameters), {settings.optimizer}: "
-               f"test accuracy {100 * summary['test_accuracy']:.2f}%, {summary['total_queries']:,} loss queries, "
-               f"{summary['wall_time_s']:.0f} s")
-    if not no_plots:
-        from pinnzo.plots import plot_run
-
-        plot_run(run_dir)
-    typer.echo(f"results in {run_dir}")
+    _report(f"mnist {settings.network} ({summary['parameters']:,} parameters), {settings.optimizer}: "
+            f"test accuracy {100 * summary['test_accuracy']:.2f}%, {summary['total_queries']:,} loss queries, "
+            f"{summary['wall_time_s']:.0f} s", run_dir, run_dir, no_plots)
 
 
 @app.command("plot")
@@ -294,7 +297,7 @@ def reproduce(
         TABLES[number]  # one "must be one of" error before any work
     context = Context(SCALES[scale], out or Path("results/reproduce") / scale, problem, data_dir, device, quiet,
                       typer.echo)
-    from pinnzo.train import Interrupted
+    from pinnzo.loop import Interrupted
 
     try:
         for number in numbers:
@@ -348,7 +351,7 @@ def _atom_name(atom, problem) -> str:
 def bench_quadrature(
     out: Annotated[Path, typer.Option("--out", help="JSON report to write.")] = Path("results/bench/quadrature.json"),
 ):
-    """Build and cache-load times of the sparse grids (DESIGN.md section 2)."""
+    """Build and cache-load times of the sparse grids (docs/method.md, "Sparse-grid rules")."""
     from pinnzo.bench import quadrature_benchmark, write_report
 
     write_report(out, quadrature_benchmark())

@@ -235,7 +235,8 @@ def compile_torch(expression: sympy.Expr, names: Mapping[sympy.Symbol, str]) -> 
     """Compile a sympy expression to ``fn(values) -> Tensor``.
 
     ``names`` maps each free symbol to the key under which ``values`` holds its
-    tensor. All tensors share one batch shape; the result has that shape.
+    tensor. The tensors broadcast together (e.g. point coordinates (B,) with
+    network values (E, B) for E parameter vectors); the result has their shape.
     """
     missing = expression.free_symbols - set(names)
     if missing:
@@ -246,7 +247,9 @@ def compile_torch(expression: sympy.Expr, names: Mapping[sympy.Symbol, str]) -> 
         reference = next(iter(values.values()))
         result = node(values)
         if not isinstance(result, torch.Tensor) or result.shape != reference.shape:
-            result = torch.as_tensor(result, dtype=reference.dtype, device=reference.device).expand(reference.shape)
+            shape = torch.broadcast_shapes(*(value.shape for value in values.values()))
+            if not isinstance(result, torch.Tensor) or result.shape != shape:
+                result = torch.as_tensor(result, dtype=reference.dtype, device=reference.device).expand(shape)
         return result
 
     return evaluate

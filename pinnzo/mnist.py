@@ -1,32 +1,30 @@
 """MNIST with (TT-)MLPs: the paper's secondary task (section 5.1, Tables 1-3).
 
-Reuses the TT layers (pinnzo.nets), the flat-parameter Objective and every
-optimizer of the registry (pinnzo.optim), and the run-folder conventions of
-``pinnzo solve``: results/mnist/<time>-<network>-<optimizer>/ with config.yaml,
-metrics.csv (one row per epoch), summary.json (test accuracy), model.pt,
-checkpoint.pt (resumable) and plots/.
+Reuses the TT layers (pinnzo.nets), the flat-parameter Objective, every
+optimizer of the registry (pinnzo.optim), the training loop (loop.py) and the
+run folders (runs.py): results/mnist/<time>-<network>-<optimizer>/ with
+config.yaml, metrics.csv (one row per epoch), summary.json (test accuracy),
+model.pt, checkpoint.pt (resumable) and plots/.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pinnzo import loop, runs
+from pinnzo.derivatives.memory import BATCH_ROWS
 from pinnzo.errors import PinnzoError
-from pinnzo.fileio import atomic_write
 from pinnzo.nets import build_mlp
-from pinnzo.optim import Objective, learning_rate, make_optimizer
+from pinnzo.optim import Objective, make_optimizer
+from pinnzo.pinn import DTYPES, device_of
 from pinnzo.settings import MnistSettings
-from pinnzo.train import (BATCH_ROWS, DTYPES, Diverged, Interrupted, Progress, _torch_bytes, numbered_run_dir,
-                          open_run_dir, write_checkpoint)
 
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -148,6 +146,8 @@ class CrossEntropy:
     (optim/coordinates.py).
     """
 
+    layered = True
+
     def inputs(self, batch) -> torch.Tensor:
         return batch[0]
 
@@ -178,113 +178,91 @@ def evaluate(network, images: torch.Tensor, labels: torch.Tensor, chunk: int = 5
 
 # ---------------------------------------------------------------- training
 
-@dataclass
-class MnistState:
-    theta: torch.Tensor
-    optimizer: dict
-    epoch: int = 0  # next epoch to run
-    queries: int = 0
-    metrics: list = field(default_factory=list)
-    elapsed: float = 0.0
-    events: list = field(default_factory=list)
-    generators: dict = field(default_factory=dict)
+class MnistTask:
+    """MNIST classification as a task of the training loop: an epoch is a fresh shuffle of
+    the training split in mini-batches; evaluation on the validation split after each."""
+
+    kind = "mnist"
+    generator_names = ("shuffle", "zo")
+    metric_fields = METRIC_FIELDS
+    progress_metric = ("val acc", "val_accuracy")
+
+    def __init__(self, data: MnistData, settings: MnistSettings):
+        self.settings, self.data = settings, data
+        self.device = device_of(settings.device)
+        model = build_classifier(settings, DTYPES[settings.dtype]).to(self.device)
+        self.steps_per_epoch = settings.steps_per_epoch or len(data.train_y) // settings.batch
+        if self.steps_per_epoch < 1:
+            raise PinnzoError(f"batch {settings.batch} is larger than the training split ({len(data.train_y)} images)")
+        if self.steps_per_epoch * settings.batch > len(data.train_y):
+            raise PinnzoError(f"steps_per_epoch: {self.steps_per_epoch} steps of {settings.batch} images need "
+                              f"{self.steps_per_epoch * settings.batch} images; the training split has "
+                              f"{len(data.train_y)} (at most {len(data.train_y) // settings.batch} steps per epoch)")
+        self.steps = settings.epochs * self.steps_per_epoch
+        self.optimizer = make_optimizer(settings.optimizer, **{
+            **settings.as_dict(), "decay_every": max(1, settings.decay_epochs * self.steps_per_epoch)})
+        # Loss queries of a TT classifier run one by one: vmap over per-query TT cores is
+        # slower than a loop on the CPU; dense layers batch well (one bmm per layer).
+        per_chunk = 1 if settings.network == "tt" else max(1, BATCH_ROWS // settings.batch)
+        self.objective = Objective(model, cross_entropy, per_chunk)
+        self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
+        self.order = None
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"pinnzo mnist: {s.network} 784-{s.width}-10 ({self.objective.dim:,} parameters), {s.optimizer}, "
+                f"{s.epochs} epochs of {self.steps_per_epoch} steps x {s.batch}")
+
+    def sample(self, step: int, generators):
+        k = step % self.steps_per_epoch
+        if k == 0 or self.order is None:
+            self.order = torch.randperm(len(self.train_y), generator=generators["shuffle"]).to(self.device)
+        index = self.order[k * self.settings.batch:(k + 1) * self.settings.batch]
+        return self.train_x[index], self.train_y[index]
+
+    def should_evaluate(self, step: int) -> bool:
+        return (step + 1) % self.steps_per_epoch == 0
+
+    def evaluate(self, theta, step: int, info, state) -> dict:
+        network = self.objective.network(theta)
+        val_loss, accuracy = evaluate(network, self.data.val_x.to(self.device), self.data.val_y.to(self.device))
+        return {"epoch": (step + 1) // self.steps_per_epoch, "step": step + 1, "queries": state.queries,
+                "train_loss": float(np.mean(state.window)), "val_loss": val_loss, "val_accuracy": accuracy,
+                "lr": self.optimizer.schedule(step), "stage": info.stage}
+
+    def score(self, row: dict) -> None:
+        return None  # the final model is the result
+
+    def state_dict(self) -> dict:
+        return {"order": self.order}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.order = saved.get("order")
+
+    def finish(self, state, run_dir: Path) -> dict:
+        s = self.settings
+        test_loss, test_accuracy = evaluate(self.objective.network(state.theta), self.data.test_x.to(self.device),
+                                            self.data.test_y.to(self.device))
+        runs.write_model(run_dir, runs.MODEL, self.objective.state_dict(state.theta))
+        return {
+            "task": "mnist", "network": s.network, "rank": s.rank, "optimizer": s.optimizer,
+            "parameters": self.objective.dim,
+            "parameters_per_layer": [list(r) for r in self.objective.model.parameter_table()],
+            "epochs": state.step // self.steps_per_epoch, "test_accuracy": test_accuracy, "test_loss": test_loss,
+            "final_val_accuracy": state.metrics[-1]["val_accuracy"],
+            "best_val_accuracy": max(row["val_accuracy"] for row in state.metrics),
+            "dtype": s.dtype, "seed": s.seed,
+        }
 
 
 def default_run_dir(settings: MnistSettings, root: Path = Path("results")) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return numbered_run_dir(root / "mnist" / f"{stamp}-{settings.network}-{settings.optimizer}")
+    return runs.default_run_dir("mnist", f"{settings.network}-{settings.optimizer}", root)
 
 
 def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume: bool = False,
-                quiet: bool = False, data_dir: str = "", on_step=None) -> dict:
+                quiet: bool = False, data_dir: str = "", callbacks=()) -> dict:
     """Train a classifier with any optimizer of the registry; returns the summary."""
-    dtype = DTYPES[settings.dtype]
-    device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PinnzoError("--device cuda: CUDA is not available on this machine")
-    model = build_classifier(settings, dtype).to(device)
-    steps_per_epoch = settings.steps_per_epoch or len(data.train_y) // settings.batch
-    if steps_per_epoch < 1:
-        raise PinnzoError(f"batch {settings.batch} is larger than the training split ({len(data.train_y)} images)")
-    optimizer_settings = settings.optimizer_settings(steps_per_epoch)
-    optimizer = make_optimizer(optimizer_settings)
-    # Loss queries of a TT classifier run one by one: vmap over per-query TT cores is
-    # 2.5x slower than a loop on the CPU (measured: 4.8 vs 1.9 ms per 64-row query);
-    # dense layers batch well (one bmm per layer).
-    per_chunk = 1 if settings.network == "tt" else max(1, BATCH_ROWS // settings.batch)
-    objective = Objective(model, cross_entropy, per_chunk)
-    config = {"task": "mnist", "data_dir": str(data_dir), "settings": settings.as_dict()}
-    run_dir = Path(run_dir)
-    open_run_dir(run_dir, config, resume)
-    if resume:
-        state = MnistState(**torch.load(run_dir / "checkpoint.pt", weights_only=True, map_location=device))
-    else:
-        theta = objective.flatten()
-        state = MnistState(theta=theta, optimizer=optimizer.init(theta))
-    generators = {name: torch.Generator().manual_seed(settings.seed + offset)
-                  for name, offset in (("shuffle", 0), ("zo", 1))}
-    for name, saved_state in state.generators.items():
-        generators[name].set_state(saved_state)
-    objective.queries = state.queries
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    total_steps = settings.epochs * steps_per_epoch
-    progress = Progress(total_steps, quiet, metric="val acc")
-    progress.message(f"pinnzo mnist: {settings.network} 784-{settings.width}-10 ({objective.dim:,} parameters), "
-                     f"{settings.optimizer}, {settings.epochs} epochs of {steps_per_epoch} steps x {settings.batch}")
-    started = time.perf_counter() - state.elapsed
-    accuracy = state.metrics[-1]["val_accuracy"] if state.metrics else None
-    try:
-        for epoch in range(state.epoch, settings.epochs):
-            order = torch.randperm(len(train_y), generator=generators["shuffle"]).to(device)
-            losses = []
-            for k in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + k
-                index = order[k * settings.batch:(k + 1) * settings.batch]
-                objective.batch = (train_x[index], train_y[index])
-                theta, optimizer_state, info = optimizer.step(step, state.theta, state.optimizer, objective,
-                                                              generators["zo"])
-                if not math.isfinite(info.loss) or not torch.isfinite(theta).all():
-                    raise Diverged(f"the loss became {info.loss} at step {step + 1} (epoch {epoch + 1}); "
-                                   f"stopped, the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}")
-                state.theta, state.optimizer = theta, optimizer_state
-                losses.append(info.loss)
-                for event in info.events:
-                    state.events.append({"step": step + 1, "event": event})
-                    progress.message(event)
-                progress.update(step, info.loss, objective.queries, accuracy)
-                if on_step is not None:
-                    on_step(step)
-            val_loss, accuracy = evaluate(objective.network(state.theta), data.val_x.to(device), data.val_y.to(device))
-            state.metrics.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                                  "queries": objective.queries, "train_loss": float(np.mean(losses)),
-                                  "val_loss": val_loss, "val_accuracy": accuracy,
-                                  "lr": learning_rate(optimizer_settings, step), "stage": info.stage,
-                                  "wall_s": time.perf_counter() - started})
-            state.epoch = epoch + 1
-            write_checkpoint(run_dir, state, generators, objective.queries, started, METRIC_FIELDS)
-            progress.update(step, info.loss, objective.queries, accuracy, force=True)
-    except KeyboardInterrupt:
-        progress.message(f"interrupted during epoch {state.epoch + 1}; the checkpoint of epoch {state.epoch} "
-                         f"is in {run_dir}; continue with --resume {run_dir}")
-        raise Interrupted(str(run_dir)) from None
-    finally:
-        progress.close()
-    return _finish(run_dir, settings, model, objective, state, data, device, started)
-
-
-def _finish(run_dir, settings, model, objective, state, data, device, started) -> dict:
-    test_loss, test_accuracy = evaluate(objective.network(state.theta), data.test_x.to(device), data.test_y.to(device))
-    objective.load(state.theta)
-    atomic_write(run_dir / "model.pt", _torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}))
-    summary = {
-        "task": "mnist", "network": settings.network, "rank": settings.rank, "optimizer": settings.optimizer,
-        "parameters": objective.dim, "parameters_per_layer": [list(r) for r in model.parameter_table()],
-        "epochs": state.epoch, "steps": state.epoch * (state.metrics[-1]["step"] // max(1, state.metrics[-1]["epoch"])),
-        "total_queries": objective.queries, "test_accuracy": test_accuracy, "test_loss": test_loss,
-        "final_val_accuracy": state.metrics[-1]["val_accuracy"],
-        "best_val_accuracy": max(row["val_accuracy"] for row in state.metrics), "events": state.events,
-        "wall_time_s": time.perf_counter() - started, "device": str(device), "dtype": settings.dtype,
-        "seed": settings.seed, "versions": {"torch": torch.__version__}, "status": "finished",
-    }
-    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    task = MnistTask(data, settings)
+    config = {"data_dir": str(data_dir), "settings": settings.as_dict()}
+    summary, _ = loop.train(task, run_dir, config, resume, quiet, callbacks, seed=settings.seed)
     return summary

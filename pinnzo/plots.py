@@ -21,8 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pinnzo import runs  # noqa: E402
 from pinnzo.errors import PinnzoError  # noqa: E402
-from pinnzo.train import LoadedRun, Validation, load_run, predict  # noqa: E402
+from pinnzo.pinn import Run, load_run  # noqa: E402
 
 BACKEND_COLORS = {"ad": "#1b9e77", "fd": "#d95f02", "stein": "#7570b3", "sparse-grid": "#e7298a"}
 TIME_COLORS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
@@ -31,7 +32,7 @@ FIGURE_SIZE = (11.0, 4.2)
 DPI = 110
 
 
-def _title(run: LoadedRun, what: str) -> str:
+def _title(run: Run, what: str) -> str:
     s = run.summary
     return f"{s['problem']}: {what}\n{s['backend']} / {s['optimizer']} / {s['network']} ({s['parameters']:,} parameters)"
 
@@ -48,17 +49,17 @@ def _save(figure, path: Path, fmt: str, rows: list[dict]) -> Path:
     return path.with_suffix(f".{fmt}")
 
 
-def _prediction(run: LoadedRun, X: torch.Tensor) -> np.ndarray:
-    return predict(run.components, run.theta, X.to(run.components.dtype)).double().numpy()
+def _prediction(run: Run, X: torch.Tensor) -> np.ndarray:
+    return run.predict(X).double().cpu().numpy()
 
 
-def _exact(run: LoadedRun, X: torch.Tensor) -> np.ndarray:
+def _exact(run: Run, X: torch.Tensor) -> np.ndarray:
     return run.problem.exact_solution(X.double()).numpy()
 
 
 # ------------------------------------------------------------ training curves
 
-def training_curves(run: LoadedRun, out: Path, fmt: str) -> Path:
+def training_curves(run: Run, out: Path, fmt: str) -> Path:
     """Loss and validation errors against step and against loss queries (log scale)."""
     metrics = run.metrics
     figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE, constrained_layout=True)
@@ -92,7 +93,7 @@ def _queries_at(metrics: list[dict], step: int) -> float:
 
 # ------------------------------------------------------------ lines
 
-def line_points(run: LoadedRun, points: int = 201) -> list[tuple[str, float | None, torch.Tensor, np.ndarray]]:
+def line_points(run: Run, points: int = 201) -> list[tuple[str, float | None, torch.Tensor, np.ndarray]]:
     """(line name, time, X (points, D), parameter s in [0, 1]) for the lines drawn.
 
     Lines run through the box's centre: the main diagonal from the low corner to
@@ -122,7 +123,7 @@ def line_points(run: LoadedRun, points: int = 201) -> list[tuple[str, float | No
     return result
 
 
-def error_lines(run: LoadedRun, out: Path, fmt: str) -> Path:
+def error_lines(run: Run, out: Path, fmt: str) -> Path:
     """Predicted and exact solution, and |error|, along lines through the domain."""
     lines = line_points(run)
     names = list(dict.fromkeys(name for name, *_ in lines))
@@ -167,7 +168,7 @@ class SliceSpec:
     fixed: dict[int, float]
 
 
-def slice_spec(run: LoadedRun, axes: str | None = None, at: list[str] | None = None) -> SliceSpec:
+def slice_spec(run: Run, axes: str | None = None, at: list[str] | None = None) -> SliceSpec:
     """Parse ``--slice x1,t`` and ``--at x2=0.5`` against the problem's columns."""
     problem = run.problem
     columns = list(problem.columns)
@@ -202,7 +203,7 @@ def slice_spec(run: LoadedRun, axes: str | None = None, at: list[str] | None = N
     return SliceSpec(chosen, fixed)
 
 
-def slice_points(run: LoadedRun, spec: SliceSpec, resolution: int = 81) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def slice_points(run: Run, spec: SliceSpec, resolution: int = 81) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """X (resolution^2, D), and the grid values a (resolution,), b (resolution,)."""
     problem = run.problem
     lows, highs = np.array(problem.lows), np.array(problem.highs)
@@ -217,7 +218,7 @@ def slice_points(run: LoadedRun, spec: SliceSpec, resolution: int = 81) -> tuple
     return torch.tensor(X), a, b
 
 
-def error_slice(run: LoadedRun, out: Path, fmt: str, spec: SliceSpec) -> Path:
+def error_slice(run: Run, out: Path, fmt: str, spec: SliceSpec) -> Path:
     """Heatmaps of predicted, exact and |error| over two coordinates, the others fixed."""
     X, a, b = slice_points(run, spec)
     predicted, exact = _prediction(run, X), _exact(run, X)
@@ -249,11 +250,11 @@ def error_slice(run: LoadedRun, out: Path, fmt: str, spec: SliceSpec) -> Path:
 
 # ------------------------------------------------------------ histogram
 
-def error_histogram(run: LoadedRun, out: Path, fmt: str) -> Path:
+def error_histogram(run: Run, out: Path, fmt: str) -> Path:
     """Histogram of the pointwise errors on the run's validation set."""
-    validation = Validation.create(run.problem, run.components.settings, run.components.dtype, "cpu")
-    predicted = _prediction(run, validation.X)
-    exact = validation.exact.double().numpy()
+    validation = run.validation
+    predicted = _prediction(run, validation.X.cpu())
+    exact = validation.exact.double().cpu().numpy()
     error = np.abs(predicted - exact)
     figure, axis = plt.subplots(figsize=(6.5, 4.3), constrained_layout=True)
     floor = max(np.quantile(error, 0.001), 1e-16)  # one tiny outlier must not stretch the axis
@@ -271,21 +272,13 @@ def error_histogram(run: LoadedRun, out: Path, fmt: str) -> Path:
     return _save(figure, out / "histogram", fmt, rows)
 
 
+MNIST_SUMMARY = ("network", "parameters", "optimizer", "test_accuracy")
+MNIST_METRICS = ("epoch", "step", "queries", "train_loss", "val_loss", "val_accuracy")
+
+
 def _mnist_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(summary, metric rows) of a finished MNIST run folder."""
-    import json
-
-    from pinnzo.train import _number
-
-    summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.csv"
-    missing = [p.name for p in (summary_path, metrics_path) if not p.is_file()]
-    if missing:
-        raise PinnzoError(f"{run_dir}: not a finished pinnzo mnist run: missing {', '.join(missing)}")
-    with open(metrics_path) as file:
-        metrics = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(file)]
-    if not metrics:
-        raise PinnzoError(f"{run_dir}: metrics.csv has no rows")
-    return json.loads(summary_path.read_text()), metrics
+    return runs.read_summary(run_dir, MNIST_SUMMARY), runs.read_metrics(run_dir, MNIST_METRICS)
 
 
 def accuracy_curves(run_dir: Path, fmt: str) -> Path:
@@ -317,15 +310,17 @@ def accuracy_curves(run_dir: Path, fmt: str) -> Path:
     return _save(figure, run_dir / "plots" / "accuracy", fmt, rows)
 
 
-def plot_run(run_dir: Path | str, fmt: str = "png", axes: str | None = None, at: list[str] | None = None) -> list[Path]:
-    """Every figure of a run folder, written to RUN_DIR/plots/."""
+def plot_run(run: Run | Path | str, fmt: str = "png", axes: str | None = None, at: list[str] | None = None) -> list[Path]:
+    """Every figure of a run (a trained Run, or a run folder), written to RUN_DIR/plots/."""
     if fmt not in FORMATS:
         raise PinnzoError(f"--format: unknown value {fmt!r}; must be one of {', '.join(FORMATS)}")
-    config = Path(run_dir) / "config.yaml"
-    if config.is_file() and "task: mnist" in config.read_text():
-        return [accuracy_curves(Path(run_dir), fmt)]
-    run = load_run(run_dir)
-    out = Path(run_dir) / "plots"
+    if not isinstance(run, Run):
+        if not Path(run).is_dir():
+            raise PinnzoError(f"{run}: no such run folder")
+        if runs.run_task(Path(run)) == "mnist":
+            return [accuracy_curves(Path(run), fmt)]
+        run = load_run(run)
+    out = run.path / "plots"
     written = [training_curves(run, out, fmt)]
     if run.problem.has_exact:
         written.append(error_lines(run, out, fmt))
@@ -341,7 +336,7 @@ COMPARE_COLUMNS = ["run", "problem", "backend", "optimizer", "network", "paramet
                    "wall_s", "mse", "rel_l2"]
 
 
-def compare_rows(runs: list[LoadedRun]) -> list[dict]:
+def compare_rows(runs: list[Run]) -> list[dict]:
     problems = {run.summary["problem"] for run in runs}
     if len(problems) > 1:
         raise PinnzoError(f"cannot compare runs of different problems ({', '.join(sorted(problems))})")

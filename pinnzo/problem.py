@@ -57,22 +57,21 @@ class Problem:
     """
 
     name: str
-    path: Path
+    path: Path | None  # the file it was read from (None: built from a mapping)
+    text: str  # the problem as YAML text (a run folder keeps a copy)
     description: str
-    space_name: str
     columns: tuple[str, ...]
     spatial: tuple[int, ...]  # column indices of the spatial coordinates
     time_index: int | None
     lows: tuple[float, ...]
     highs: tuple[float, ...]
-    parameters: Mapping[str, float]
     residual: sympy.Expr
     atoms: frozenset
     conditions: tuple[Condition, ...]
     exact: sympy.Expr | None
     ansatz: sympy.Expr | None
     manufactured: bool
-    settings: Settings
+    solve: Mapping[str, Any]  # the file's solve: block (validated setting names and values)
     _residual_fn: Callable = field(repr=False)
     _exact_fn: Callable | None = field(repr=False)
     _ansatz_fn: Callable | None = field(repr=False)
@@ -90,11 +89,13 @@ class Problem:
         """u(X) (B, D) -> (B,): the network output N passed through the ansatz."""
         if self._ansatz_fn is None:
             return network
-        ansatz = self._ansatz_fn
+        return lambda X: self.apply_ansatz(X, network(X))
 
-        def u(X: torch.Tensor) -> torch.Tensor:
-            return ansatz({**self.values(X), "N": network(X)})
-        return u
+    def apply_ansatz(self, X: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+        """u from the network values N (..., B) at X (B, D) (N itself without an ansatz)."""
+        if self._ansatz_fn is None:
+            return N
+        return self._ansatz_fn({**self.values(X), "N": N})
 
     @functools.cached_property
     def _atom_names(self) -> dict:
@@ -111,7 +112,7 @@ class Problem:
     def exact_solution(self, X: torch.Tensor) -> torch.Tensor:
         """The exact solution (B,) at X; ProblemError when the file declares none."""
         if self._exact_fn is None:
-            raise ProblemError(f"{self.path}: exact: the problem declares no exact solution")
+            raise ProblemError(f"{self.path or self.name}: exact: the problem declares no exact solution")
         return self._exact_fn(self.values(X))
 
     @property
@@ -168,28 +169,37 @@ TOP_KEYS = {"name", "description", "variables", "parameters", "equation", "condi
 REQUIRED_KEYS = {"variables", "equation"}
 
 
-def load_problem(path: str | Path) -> Problem:
-    """Read, validate and compile a problem file."""
-    path = Path(path)
+def load_problem(source: str | Path | Mapping) -> Problem:
+    """Read, validate and compile a problem file, or a problem given as a mapping (the
+    same keys as a file, the same validation)."""
+    if isinstance(source, Mapping):
+        try:
+            text = yaml.safe_dump(dict(source), sort_keys=False)
+        except yaml.YAMLError as error:
+            raise ProblemError(f"<mapping>: not representable as YAML: {error}") from None
+        return _Loader(None, text).load(dict(source))
+    path = Path(source)
     if not path.is_file():
         raise ProblemError(f"{path}: problem file not found")
     try:
-        document = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ProblemError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
     except UnicodeDecodeError:
         raise ProblemError(f"{path}: not a text file") from None
-    return _Loader(path).load(document)
+    return _Loader(path, text).load(document)
 
 
 class _Loader:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path | None, text: str):
+        self.path, self.text = path, text
+        self.where = str(path) if path is not None else "<mapping>"
 
     def fail(self, key: str, message: str):
-        raise ProblemError(f"{self.path}: {key}: {message}")
+        raise ProblemError(f"{self.where}: {key}: {message}")
 
     def mapping(self, value: Any, key: str, required: set[str], allowed: set[str]) -> dict:
         if not isinstance(value, dict):
@@ -243,7 +253,9 @@ class _Loader:
 
     def load(self, document: Any) -> Problem:
         doc = self.mapping(document, "", REQUIRED_KEYS, TOP_KEYS)
-        name = self.string(doc.get("name", self.path.stem), "name")
+        if "name" not in doc and self.path is None:
+            self.fail("name", "missing required key (a problem given as a mapping needs a name)")
+        name = self.string(doc.get("name", self.path.stem if self.path else ""), "name")
         description = self.string(doc.get("description", ""), "description")
         variables = self.mapping(doc["variables"], "variables", {"space"}, {"space", "time"})
         space = self.mapping(variables["space"], "variables.space", {"name", "dim", "domain"},
@@ -286,7 +298,7 @@ class _Loader:
         conditions = self.conditions(doc.get("conditions", {}), scope, names, time_index)
         solve = self.mapping(doc.get("solve", {}), "solve", set(), set(Settings.names()))
         try:
-            settings = Settings().replace(solve, f"{self.path}: solve.")
+            Settings().replace(solve, f"{self.where}: solve.")  # names and values checked here
         except PinnzoError as error:
             raise ProblemError(str(error)) from None
         atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
@@ -298,11 +310,11 @@ class _Loader:
         except ExpressionError as error:
             self.fail("equation", str(error))
         return Problem(
-            name=name, path=self.path, description=description, space_name=space_name,
+            name=name, path=self.path, text=self.text, description=description,
             columns=tuple(columns), spatial=tuple(range(dim)), time_index=time_index,
-            lows=tuple(b[0] for b in boxes), highs=tuple(b[1] for b in boxes), parameters=parameters,
+            lows=tuple(b[0] for b in boxes), highs=tuple(b[1] for b in boxes),
             residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
-            ansatz=ansatz, manufactured=manufactured, settings=settings, _residual_fn=residual_fn,
+            ansatz=ansatz, manufactured=manufactured, solve=dict(solve), _residual_fn=residual_fn,
             _exact_fn=exact_fn, _ansatz_fn=ansatz_fn)
 
     def box(self, domain: Any, dim: int) -> list[tuple[float, float]]:

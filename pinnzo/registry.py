@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from pinnzo.errors import PinnzoError
 
@@ -39,12 +39,6 @@ class Registry(Generic[T]):
             raise PinnzoError(
                 f"unknown {self.kind} {name!r}; must be one of {', '.join(self.names())}"
             ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
 
     def names(self) -> list[str]:
         return list(self._items)

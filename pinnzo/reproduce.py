@@ -27,8 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping
 
-import yaml
-
+from pinnzo import runs
 from pinnzo.errors import PinnzoError
 from pinnzo.fileio import atomic_write
 from pinnzo.registry import Registry
@@ -263,7 +262,7 @@ def _diverged_record(folder: Path) -> dict | None:
 
 def _check_saved(folder: Path, settings: dict) -> None:
     """Refuse a folder whose saved run used other settings."""
-    saved = yaml.safe_load((folder / "config.yaml").read_text()).get("settings", {})
+    saved = runs.read_config(folder)["settings"]
     differences = [f"{key}: saved {saved.get(key)!r}, now {value!r}" for key, value in settings.items()
                    if saved.get(key) != value]
     if differences:
@@ -280,7 +279,7 @@ class CellResult:
 
 def run_cell(settings, folder: Path, run: Callable[[bool], dict]) -> CellResult:
     """Run one cell in ``folder`` unless it finished before. ``run(resume)`` trains it."""
-    from pinnzo.train import Diverged
+    from pinnzo.loop import Diverged
 
     wanted = settings.as_dict()
     if (folder / "summary.json").is_file() or (folder / "diverged.json").is_file():
@@ -288,14 +287,15 @@ def run_cell(settings, folder: Path, run: Callable[[bool], dict]) -> CellResult:
         diverged = _diverged_record(folder)
         if diverged is not None:
             return CellResult(folder, "diverged", diverged)
-        return CellResult(folder, "skipped", json.loads((folder / "summary.json").read_text()))
+        return CellResult(folder, "skipped", runs.read_summary(folder))
     resume = (folder / "checkpoint.pt").is_file()
     if not resume and folder.exists():
         leftovers = {path.name for path in folder.iterdir()}
-        if leftovers - {"config.yaml"}:
+        if leftovers - {runs.CONFIG, runs.PROBLEM_COPY}:
             raise PinnzoError(f"{folder} is not empty and holds no checkpoint to resume; remove it or give "
                               f"another --out")
-        (folder / "config.yaml").unlink(missing_ok=True)  # killed before its first checkpoint
+        for name in (runs.CONFIG, runs.PROBLEM_COPY):  # killed before its first checkpoint
+            (folder / name).unlink(missing_ok=True)
     try:
         return CellResult(folder, "finished", run(resume))
     except Diverged as error:
@@ -339,7 +339,9 @@ def cell_settings(table: Table, row: Row, column: Column, context: Context):
 
     device = {"device": context.device} if context.device else {}
     if table.task == "hjb20":
-        base = context.problem.settings
+        from pinnzo.settings import Settings
+
+        base = Settings().replace(context.problem.solve)
         changes = {**context.scale.pinn, **row.changes, **column.changes, **device}
         return base.replace(changes, f"reproduce table {table.number}, {row.key}--{column.key}: ")
     changes = {**context.scale.mnist, **row.changes, **column.changes, **device}
@@ -348,9 +350,9 @@ def cell_settings(table: Table, row: Row, column: Column, context: Context):
 
 def _runner(table: Table, settings, folder: Path, context: Context) -> Callable[[bool], dict]:
     if table.task == "hjb20":
-        from pinnzo.train import train
+        from pinnzo.pinn import solve
 
-        return lambda resume: train(context.problem, settings, folder, resume=resume, quiet=context.quiet)
+        return lambda resume: solve(context.problem, settings, out=folder, resume=resume, quiet=context.quiet).summary
     from pinnzo.mnist import train_mnist
 
     data_dir = str(context.data_dir or "")

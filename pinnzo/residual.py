@@ -3,7 +3,15 @@
     L = mean_i r(x_i)^2 + sum_c weight_c * mean_k (B_c[u](x_k) - g_c(x_k))^2
 
 The builder reads the atoms off the equation, asks the backend for exactly
-those, and evaluates the compiled residual on them.
+those, and evaluates the compiled residual on them. The same terms form the
+residual vector of the least-squares view (Gauss-Newton),
+
+    rho = [r(x_i) / sqrt(B), sqrt(weight_c / B_c) (B_c[u](x_k) - g_c(x_k))],   |rho|^2 = L.
+
+With a stencil backend (fd, stein, sparse-grid) the loss is a fixed function of
+the network's values at fixed points: ``inputs(batch)`` lists those points and
+``criterion(outputs, batch)`` finishes the loss from the values, so the layered
+coordinate queries can supply them (optim/coordinates.py).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from typing import Callable
 import torch
 
 from pinnzo.atoms import VALUE
-from pinnzo.derivatives.base import DerivativeBackend
+from pinnzo.derivatives.base import DerivativeBackend, StencilBackend
 from pinnzo.problem import Problem
 
 Network = Callable[[torch.Tensor], torch.Tensor]
@@ -46,30 +54,84 @@ class PINNLoss:
 
     def __init__(self, problem: Problem, backend: DerivativeBackend):
         self.problem, self.backend = problem, backend
+        self.condition_atoms = [problem.condition_atoms(c) for c in problem.conditions]
+
+    def _residuals(self, atoms_at, batch: Batch) -> list[tuple[str, torch.Tensor, float]]:
+        """(name, residual (..., B_k), weight) of every term; ``atoms_at(k, X, atoms)`` gives the
+        atoms at the points of term k (0: interior, c + 1: condition c)."""
+        problem = self.problem
+        terms = [("residual", problem.residual_from_atoms(batch.interior, atoms_at(0, batch.interior, problem.atoms)),
+                  1.0)]
+        for k, (condition, (X, normals)) in enumerate(zip(problem.conditions, batch.conditions), 1):
+            values = atoms_at(k, X, self.condition_atoms[k - 1])
+            terms.append((condition.name, problem.condition_residual(condition, X, normals, values), condition.weight))
+        return terms
+
+    def _backend_atoms(self, network: Network):
+        u = self.problem.solution(network)
+        return lambda k, X, atoms: self.backend(u, X, atoms, self.problem.spatial)
 
     def terms(self, network: Network, batch: Batch) -> dict[str, torch.Tensor]:
         """Each term of the loss: {"residual": scalar, <condition name>: scalar}."""
-        problem, backend = self.problem, self.backend
-        u = problem.solution(network)
-        atoms = backend(u, batch.interior, problem.atoms, problem.spatial)
-        terms = {"residual": problem.residual_from_atoms(batch.interior, atoms).square().mean()}
-        for condition, (X, normals) in zip(problem.conditions, batch.conditions):
-            values = backend(u, X, problem.condition_atoms(condition), problem.spatial)
-            residual = problem.condition_residual(condition, X, normals, values)
-            terms[condition.name] = condition.weight * residual.square().mean()
-        return terms
+        return {name: _term(residual, weight) for name, residual, weight
+                in self._residuals(self._backend_atoms(network), batch)}
 
     def __call__(self, network: Network, batch: Batch) -> torch.Tensor:
         """The scalar loss."""
         return sum(self.terms(network, batch).values())
 
-    def residuals(self, network: Network, X: torch.Tensor) -> torch.Tensor:
-        """Pointwise PDE residual (B,) at X."""
-        u = self.problem.solution(network)
-        atoms = self.backend(u, X, self.problem.atoms, self.problem.spatial)
-        return self.problem.residual_from_atoms(X, atoms)
+    def residual_vector(self, network: Network, batch: Batch) -> torch.Tensor:
+        """rho (n,), n = B + sum_c B_c, with |rho|^2 = the loss."""
+        return _stack(self._residuals(self._backend_atoms(network), batch))
 
     def predict(self, network: Network, X: torch.Tensor) -> torch.Tensor:
         """The backend's solution u at X (B,): smoothed for the Stein backends."""
         u = self.problem.solution(network)
         return self.backend(u, X, {VALUE}, self.problem.spatial)[VALUE]
+
+    # ---- the layered form: the loss from the network's values at fixed points
+
+    @property
+    def layered(self) -> bool:
+        """Whether the loss is criterion(network(inputs(batch)), batch) (a stencil backend)."""
+        return isinstance(self.backend, StencilBackend)
+
+    def _segments(self, batch: Batch) -> list[tuple[torch.Tensor, frozenset]]:
+        X = [batch.interior] + [points for points, _ in batch.conditions]
+        return list(zip(X, [frozenset(self.problem.atoms)] + self.condition_atoms))
+
+    def inputs(self, batch: Batch) -> torch.Tensor:
+        """Every point the backend evaluates the network at: (R, D), the interior's stencil,
+        then each condition's."""
+        spatial = self.problem.spatial
+        return torch.cat([self.backend.points(X, atoms, spatial) for X, atoms in self._segments(batch)])
+
+    def _atoms_from_outputs(self, outputs: torch.Tensor, batch: Batch):
+        """atoms_at for network values (..., R) at ``inputs(batch)``."""
+        problem, segments = self.problem, self._segments(batch)
+        points = self.inputs(batch)
+        u = problem.apply_ansatz(points, outputs)
+        blocks, start = [], 0
+        for X, atoms in segments:
+            rows = len(self.backend.points(X, atoms, problem.spatial))
+            blocks.append(u[..., start:start + rows].reshape(*u.shape[:-1], len(X), -1))
+            start += rows
+        return lambda k, X, atoms: self.backend.combine(blocks[k], atoms, problem.spatial)
+
+    def criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The loss (...,) from network values (..., R) at ``inputs(batch)``."""
+        return sum(_term(residual, weight) for _, residual, weight
+                   in self._residuals(self._atoms_from_outputs(outputs, batch), batch))
+
+    def residual_criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The residual vector (..., n) from network values (..., R) at ``inputs(batch)``."""
+        return _stack(self._residuals(self._atoms_from_outputs(outputs, batch), batch))
+
+
+def _term(residual: torch.Tensor, weight: float) -> torch.Tensor:
+    """weight * mean r^2 over the last axis."""
+    return weight * residual.square().mean(-1)
+
+
+def _stack(terms: list[tuple[str, torch.Tensor, float]]) -> torch.Tensor:
+    return torch.cat([residual * (weight / residual.shape[-1]) ** 0.5 for _, residual, weight in terms], dim=-1)

@@ -115,15 +115,6 @@ class MnistSettings(SettingsBase):
     device: str = "cpu"
     memory_mb: int = 1024
 
-    def optimizer_settings(self, steps_per_epoch: int) -> Settings:
-        """The Settings the shared optimizers read."""
-        return Settings(optimizer=self.optimizer, lr=self.lr, lr_decay=self.lr_decay,
-                        decay_every=max(1, self.decay_epochs * steps_per_epoch), directions=self.directions,
-                        mu=self.mu, perturbation=self.perturbation, difference=self.difference,
-                        momentum=self.momentum, coordinates=self.coordinates, patience=self.patience,
-                        switch_step=self.switch_step,
-                        cge_mu=self.cge_mu, cge_lr=self.cge_lr, seed=self.seed)
-
 
 CHOICES = {
     "network": ("mlp", "tt"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -52,3 +55,31 @@ class SineNet:
         smooth.W, smooth.b = self.W, self.b
         smooth.a = self.a * torch.exp(-0.5 * sigma**2 * (self.W**2).sum(1))
         return smooth
+
+
+# IDX magic numbers, written here independently of pinnzo.mnist
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = False, dims=None) -> Path:
+    """An IDX file: big-endian magic, dimensions, then the bytes (independent of pinnzo)."""
+    dims = array.shape if dims is None else dims
+    data = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def tiny_mnist(folder: Path, n_train=120, n_test=40, compress=True, seed=0) -> Path:
+    """Separable fake digits: class k lights a 4x4 block at a class-dependent place."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, k in enumerate(labels):
+            row, col = 2 + 6 * (k // 4), 2 + 6 * (k % 4)
+            images[i, row:row + 4, col:col + 4] = 255
+        suffix = ".gz" if compress else ""
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images, IMAGE_MAGIC, compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels, LABEL_MAGIC, compress)
+    return folder

@@ -12,6 +12,7 @@ from helpers import SineNet
 from pinnzo.atoms import GRADIENT_SQUARED, LAPLACIAN, VALUE, Atom, d1, d2
 from pinnzo.derivatives import (BACKENDS, Autodiff, FiniteDifference, MonteCarloStein, SparseGridStein,
                                 make_backend)
+from pinnzo.derivatives.reference import paper_sparse_grid
 from pinnzo.errors import PinnzoError
 from pinnzo.problem import load_problem
 from pinnzo.quadrature import get_rule
@@ -86,24 +87,6 @@ def test_sparse_grid_is_exact_on_cubic_polynomials(family, seed):
         torch.testing.assert_close(got[atom], expected[atom], rtol=1e-10, atol=1e-10, msg=str(atom))
 
 
-def paper_sparse_grid(f, X, rule, sigma, spatial):
-    """The paper's eq. (13) evaluated naively: f(x + delta_j), f(x - delta_j) and f(x),
-    one forward per perturbation, weighted node by node (the reference of the tests
-    and of the benchmark)."""
-    delta = torch.tensor(rule.nodes * sigma, dtype=X.dtype)
-    weights = torch.tensor(rule.weights, dtype=X.dtype)
-    f0 = f(X)
-    gradient = torch.zeros(X.shape, dtype=X.dtype)
-    laplacian = torch.zeros(len(X), dtype=X.dtype)
-    d = len(spatial)
-    for j in range(len(delta)):
-        plus, minus = f(X + delta[j]), f(X - delta[j])
-        gradient += weights[j] * delta[j] / (2 * sigma**2) * (plus - minus)[:, None]
-        radius = (delta[j, list(spatial)] ** 2).sum()
-        laplacian += weights[j] * (radius - sigma**2 * d) / (2 * sigma**4) * (plus + minus - 2 * f0)
-    return gradient, laplacian
-
-
 def test_once_per_node_estimator_equals_the_papers_form():
     net, sigma = SineNet(DIM, seed=3), 0.1
     X = torch.rand(6, DIM, dtype=torch.float64)
@@ -145,7 +128,7 @@ def test_memory_chunking_gives_the_same_numbers():
 
 
 def test_pair_differences_save_float32_from_cancellation():
-    """DESIGN.md: weighting raw values of the HJB exact solution in float32 gives a
+    """docs/method.md: weighting raw values of the HJB exact solution in float32 gives a
     residual^2 near 74; the pair differences give a small one."""
     problem = load_problem(REPO / "problems" / "hjb20.yaml")
     X = problem.sample_interior(100, torch.Generator().manual_seed(0), torch.float32)

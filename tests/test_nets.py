@@ -111,7 +111,6 @@ def test_gradients_through_functional_call_equal_direct_back_propagation(mode):
     loss_fn(net, (x, y)).backward()
     direct = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
     objective = Objective(net, loss_fn)
-    objective.batch = (x, y)
-    _, gradient = objective.value_and_grad(objective.flatten())
+    _, gradient = objective.value_and_grad(objective.flatten(), (x, y))
     torch.testing.assert_close(gradient, direct, rtol=1e-12, atol=1e-14)
     assert all(p.grad.abs().sum() > 0 for p in net.parameters())

@@ -12,9 +12,22 @@ import yaml
 
 from helpers import run_cli
 from pinnzo.errors import PinnzoError
+from pinnzo.loop import Diverged, Interrupted
+from pinnzo.pinn import build, solve
 from pinnzo.problem import load_problem
 from pinnzo.residual import PINNLoss
-from pinnzo.train import Diverged, Interrupted, train
+
+
+def train(problem, settings, out, resume=False, quiet=True, on_step=None) -> dict:
+    """A solve in ``out`` with these exact settings; its summary."""
+    callbacks = [lambda step, state: on_step(step)] if on_step else []
+    return solve(problem, settings, out=out, resume=resume, quiet=quiet, callbacks=callbacks).summary
+
+
+def defaults(problem):
+    from pinnzo.pinn import resolve_settings
+
+    return resolve_settings(problem)
 
 # A 2-D analogue of the paper's HJB: u_t + lap u - 0.5 |grad u|^2 = -2 on [0,1]^2 x [0,1],
 # exact u = x1 + x2 + 1 - t, terminal condition by the ansatz: the network must learn N = 1.
@@ -63,17 +76,27 @@ def _rows(run_dir: Path) -> list[dict]:
     ({"optimizer": "hybrid", "patience": 10, "cge_lr": 0.002}, 3),
 ])
 def test_short_solves_reduce_the_validation_error(small, tmp_path, changes, factor):
-    settings = small.settings.replace(changes)
+    settings = defaults(small).replace(changes)
     summary = train(small, settings, tmp_path / "run", quiet=True)
     rows = _rows(tmp_path / "run")
     first, last = float(rows[0]["val_rel_l2"]), summary["final_rel_l2"]
     assert last < first / factor, (first, last)
-    assert summary["total_queries"] == int(rows[-1]["queries"]) > 0
+    # loss queries per step, from the estimators' formulas: 1 (back-propagation), N + 1 (RGE),
+    # d + 1 (CGE over all d coordinates); the hybrid switches from RGE to CGE once
+    d = summary["parameters"]
+    per_step = {"adam": 1, "sgd": 1, "zo-signrge": settings.directions + 1, "zo-rge": settings.directions + 1,
+                "zo-adam": settings.directions + 1, "zo-cge": d + 1}
+    if settings.optimizer == "hybrid":
+        switch = summary["events"][0]["step"] if summary["events"] else settings.steps
+        expected = switch * (settings.directions + 1) + (settings.steps - switch) * (d + 1)
+    else:
+        expected = settings.steps * per_step[settings.optimizer]
+    assert summary["total_queries"] == int(rows[-1]["queries"]) == expected
     assert summary["steps"] == settings.steps
 
 
 def test_run_folder_contents(small, tmp_path):
-    summary = train(small, small.settings, tmp_path / "run", quiet=True)
+    summary = train(small, defaults(small), tmp_path / "run", quiet=True)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "model.pt",
                                                "best.pt", "checkpoint.pt"}
@@ -87,20 +110,19 @@ def test_run_folder_contents(small, tmp_path):
     assert "smoothed" in saved["prediction"]  # sparse-grid: the paper's smoothed prediction
     assert saved["queries_per_step"] == 11  # signRGE, N = 10 forward differences
     state = torch.load(run / "model.pt", weights_only=True)
-    from pinnzo.train import build
-    components = build(small, small.settings)
+    components = build(small, defaults(small))
     components.model.load_state_dict(state)
     # the saved model reproduces the summary's final error
-    from pinnzo.train import Validation, predict
-    validation = Validation.create(small, small.settings, torch.float32, "cpu")
+    from pinnzo.pinn import Validation
+    validation = Validation.create(small, defaults(small), torch.float32, "cpu")
     theta = components.objective.flatten()
-    assert validation.errors(predict(components, theta, validation.X))[1] == pytest.approx(
+    assert validation.errors(components.predict(theta, validation.X))[1] == pytest.approx(
         summary["final_rel_l2"], rel=1e-5)
     assert len(_rows(run)) == 4  # steps 1, 20, 40, 60
 
 
 def test_resume_after_interrupt_gives_the_uninterrupted_numbers(small, tmp_path):
-    settings = small.settings.replace({"steps": 50, "eval_every": 10})
+    settings = defaults(small).replace({"steps": 50, "eval_every": 10})
     train(small, settings, tmp_path / "straight", quiet=True)
 
     def interrupt(step):
@@ -124,7 +146,7 @@ def test_resume_after_interrupt_gives_the_uninterrupted_numbers(small, tmp_path)
 
 
 def test_mismatched_resume_is_refused(small, tmp_path):
-    settings = small.settings.replace({"steps": 20})
+    settings = defaults(small).replace({"steps": 20})
     train(small, settings, tmp_path / "run", quiet=True)
     with pytest.raises(PinnzoError, match=r"does not match the saved run: lr: saved 0.01, now 0.02"):
         train(small, settings.replace({"lr": 0.02}), tmp_path / "run", resume=True, quiet=True)
@@ -135,7 +157,7 @@ def test_mismatched_resume_is_refused(small, tmp_path):
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch):
-    settings = small.settings.replace({"steps": 40, "eval_every": 10, "optimizer": "adam", "backend": "ad"})
+    settings = defaults(small).replace({"steps": 40, "eval_every": 10, "optimizer": "adam", "backend": "ad"})
     original = PINNLoss.__call__
     calls = {"n": 0}
 
@@ -144,7 +166,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small, tmp_
         value = original(self, network, batch)
         return value * float("nan") if calls["n"] > 25 else value
     monkeypatch.setattr(PINNLoss, "__call__", poisoned)
-    with pytest.raises(Diverged, match="at step 26; stopped, the last good checkpoint \\(step 20\\)"):
+    with pytest.raises(Diverged, match="at step 26; stopped. The last good checkpoint \\(step 20\\)"):
         train(small, settings, tmp_path / "run", quiet=True)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 20 and torch.isfinite(checkpoint["theta"]).all()
@@ -200,10 +222,8 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path, monkeypatch):
 
 
 def test_explicit_tt_shapes_give_the_papers_layers(small):
-    from pinnzo.train import build
-
     problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "hjb20.yaml")
-    settings = problem.settings.replace({"width": 512, "shapes": "1x1x3x7,8x4x4x4"})
+    settings = defaults(problem).replace({"width": 512, "shapes": "1x1x3x7,8x4x4x4"})
     table = build(problem, settings).model.parameter_table()
     assert [row[1] for row in table] == ["TT 21 -> 512 (1x1x3x7 -> 8x4x4x4), ranks=[1, 2, 2, 2, 1]",
                                          "TT 512 -> 512 (8x4x4x4 -> 8x4x4x4), ranks=[1, 2, 2, 2, 1]",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.func import jvp, vjp, vmap
 
-from pinnzo.atoms import Atom
+from pinnzo.atoms import VALUE, assemble, elementary
 from pinnzo.derivatives.base import DerivativeBackend
 
 
@@ -18,12 +18,10 @@ class Autodiff(DerivativeBackend):
     name = "ad"
 
     def __call__(self, f, X, atoms, spatial):
-        atoms = set(atoms)
-        columns = sorted({a.index[1] for a in atoms if a.kind == "d2"}
-                         | (set(spatial) if any(a.kind == "lap" for a in atoms) else set()))
-        need_gradient = any(a.kind in ("d1", "gradsq") for a in atoms) or columns
-        if not need_gradient:
-            return {Atom("value"): f(X)}
+        parts = elementary(atoms, spatial)
+        columns = sorted({a.index[1] for a in parts if a.kind == "d2"})
+        if not any(a.kind in ("d1", "d2") for a in parts):
+            return {VALUE: f(X)}
         ones = torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
 
         def gradient(points):
@@ -33,6 +31,7 @@ class Autodiff(DerivativeBackend):
         if columns:
             directions = torch.zeros(len(columns), *X.shape, dtype=X.dtype, device=X.device)
             directions[torch.arange(len(columns)), :, torch.tensor(columns)] = 1.0
+
             def hessian_column(direction):
                 (grad, value), (column, _) = jvp(gradient, (X,), (direction,))
                 return grad, value, column
@@ -42,19 +41,10 @@ class Autodiff(DerivativeBackend):
         else:
             grad, value = gradient(X)
             second = {}
-        out = {}
-        for atom in atoms:
-            if atom.kind == "value":
-                out[atom] = value
-            elif atom.kind == "d1":
-                out[atom] = grad[:, atom.index[0]]
+        computed = {VALUE: value}
+        for atom in parts:
+            if atom.kind == "d1":
+                computed[atom] = grad[:, atom.index[0]]
             elif atom.kind == "d2":
-                out[atom] = second[atom.index[1]][:, atom.index[0]]
-            elif atom.kind == "lap":
-                out[atom] = sum(second[i][:, i] for i in spatial)
-            elif atom.kind == "gradsq":
-                out[atom] = (grad[:, list(spatial)] ** 2).sum(-1)
-        return out
-
-    def evaluations_per_point(self, atoms, spatial, dim):
-        return 1
+                computed[atom] = second[atom.index[1]][:, atom.index[0]]
+        return assemble(atoms, computed, spatial)

@@ -5,6 +5,12 @@ points X (B, D) and a set of atoms, return one tensor (B,) per atom. It is
 pure tensor code, so it works on both training paths: differentiable by
 autograd with respect to the parameters inside f (first-order training), and
 under torch.no_grad or torch.func.vmap over parameter sets (zeroth-order).
+
+Most backends (fd, stein, sparse-grid) are *stencil* backends: they evaluate f
+at fixed shifted copies X + offsets and combine the values linearly. Their two
+halves are exposed separately (``points`` and ``combine``), so that the values
+of f can come from elsewhere: the layered coordinate queries (optim/coordinates.py)
+re-use one unperturbed forward for many parameter perturbations.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ class DerivativeBackend(ABC):
         name: the registry name.
         smoothed: True when the value atom is the Gaussian-smoothed model
             u(x) = E f(x + delta) (the Stein backends) rather than f itself.
+        rows_per_chunk: the most rows of points f is called on at once (memory).
     """
 
     name: str = ""
     smoothed: bool = False
+    rows_per_chunk: int = 1 << 20
 
     @abstractmethod
     def __call__(self, f: Function, X: torch.Tensor, atoms: Iterable[Atom],
@@ -45,6 +53,31 @@ class DerivativeBackend(ABC):
 
     def describe(self) -> str:
         return self.name
+
+
+class StencilBackend(DerivativeBackend):
+    """A backend whose atoms are linear combinations of f at X + offsets (S offsets per point)."""
+
+    @abstractmethod
+    def offsets(self, atoms: frozenset, spatial: tuple[int, ...], dim: int, dtype, device) -> torch.Tensor:
+        """The stencil (S, D): f is evaluated at X[b] + offsets[s]."""
+
+    @abstractmethod
+    def combine(self, F: torch.Tensor, atoms: frozenset, spatial: tuple[int, ...]) -> dict:
+        """Atoms from the stencil values F (..., B, S): {atom: (..., B)}."""
+
+    def points(self, X: torch.Tensor, atoms: frozenset, spatial: tuple[int, ...]) -> torch.Tensor:
+        """Every stencil point of every row of X: (B * S, D), row b * S + s = X[b] + offsets[s]."""
+        offsets = self.offsets(atoms, tuple(spatial), X.shape[1], X.dtype, X.device)
+        return (X[:, None, :] + offsets[None]).reshape(-1, X.shape[1])
+
+    def __call__(self, f, X, atoms, spatial):
+        atoms, spatial = frozenset(atoms), tuple(spatial)
+        F = evaluate_in_chunks(f, self.points(X, atoms, spatial), self.rows_per_chunk)
+        return self.combine(F.reshape(X.shape[0], -1), atoms, spatial)
+
+    def evaluations_per_point(self, atoms, spatial, dim):
+        return len(self.offsets(frozenset(atoms), tuple(spatial), dim, torch.float64, "cpu"))
 
 
 def evaluate_in_chunks(f: Function, points: torch.Tensor, rows_per_chunk: int) -> torch.Tensor:

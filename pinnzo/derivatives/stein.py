@@ -1,6 +1,6 @@
 """Stein estimators of the Gaussian-smoothed model u(x) = E f(x + delta), delta ~ N(0, sigma^2 I).
 
-Paper eq. (9) and DESIGN.md section 2, with delta = sigma z:
+Paper eq. (9) (docs/method.md, "Stein estimators"), with delta = sigma z:
 
     grad u        = E[ z/(2 sigma)             (f(x+delta) - f(x-delta)) ]
     d2u/dx_i2     = E[ (z_i^2 - 1)/(2 sigma^2)  (f(x+delta) + f(x-delta) - 2 f(x)) ]
@@ -26,11 +26,11 @@ import functools
 import numpy as np
 import torch
 
-from pinnzo.atoms import Atom
-from pinnzo.derivatives.base import DerivativeBackend, evaluate_in_chunks
+from pinnzo.atoms import VALUE, Atom, assemble, elementary
+from pinnzo.derivatives.base import StencilBackend
 
 
-class SteinEstimator(DerivativeBackend):
+class SteinEstimator(StencilBackend):
     """Stein derivatives over a symmetric node set (nodes z (n, D), weights, mirror, center)."""
 
     smoothed = True
@@ -76,42 +76,28 @@ class SteinEstimator(DerivativeBackend):
             self._cache[key] = (as_tensor(first), as_tensor(second))
         return self._cache[key]
 
-    def __call__(self, f, X, atoms, spatial):
-        requested = set(atoms)
-        elementary = set()
-        for atom in requested:
-            elementary |= {Atom("d1", (i,)) for i in spatial} if atom.kind == "gradsq" else {atom}
-        ordered = tuple(sorted(elementary))
+    def offsets(self, atoms, spatial, dim, dtype, device):
+        key = ("offsets", dtype, device)
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(self.sigma * self.nodes, dtype=dtype, device=device)
+        return self._cache[key]
+
+    def combine(self, F, atoms, spatial):
+        """Atoms from F[..., b, j] = f(X[b] + sigma z_j) (..., B, n) by the pair differences."""
+        ordered = tuple(sorted(elementary(atoms, spatial, direct=("lap",))))
         first = [a for a in ordered if a.kind == "d1"]
         second = [a for a in ordered if a.kind != "d1"]
-        W1, W2 = self._weight_matrices(ordered, tuple(spatial), X.dtype, X.device)
-        F = self.evaluate(f, X)  # (B, n)
-        out = {}
+        W1, W2 = self._weight_matrices(ordered, tuple(spatial), F.dtype, F.device)
+        parts = {}
         if first:
-            D1 = F[:, self.pairs] - F[:, self.partners]
-            out.update(zip(first, (D1 @ W1).unbind(-1)))
+            D1 = F[..., self.pairs] - F[..., self.partners]
+            parts.update(zip(first, (D1 @ W1).unbind(-1)))
         if second:
-            D2 = F[:, self.pairs] + F[:, self.partners] - 2 * F[:, self.center, None]
-            out.update(zip(second, (D2 @ W2).unbind(-1)))
-        if Atom("value") in out:
-            out[Atom("value")] = out[Atom("value")] + F[:, self.center]
-        result = {}
-        for atom in requested:
-            if atom.kind == "gradsq":
-                result[atom] = sum(out[Atom("d1", (i,))] ** 2 for i in spatial)
-            else:
-                result[atom] = out[atom]
-        return result
-
-    def evaluate(self, f, X) -> torch.Tensor:
-        """F[b, j] = f(X[b] + sigma z_j): (B, n), one forward over all B*n points."""
-        B, D = X.shape
-        key = ("offsets", X.dtype, X.device)
-        if key not in self._cache:
-            self._cache[key] = torch.as_tensor(self.sigma * self.nodes, dtype=X.dtype, device=X.device)
-        offsets = self._cache[key]
-        points = (X[:, None, :] + offsets[None]).reshape(-1, D)
-        return evaluate_in_chunks(f, points, self.rows_per_chunk).reshape(B, len(offsets))
+            D2 = F[..., self.pairs] + F[..., self.partners] - 2 * F[..., self.center, None]
+            parts.update(zip(second, (D2 @ W2).unbind(-1)))
+        if VALUE in parts:
+            parts[VALUE] = parts[VALUE] + F[..., self.center]
+        return assemble(atoms, parts, spatial)
 
     def evaluations_per_point(self, atoms, spatial, dim):
         return len(self.nodes)

@@ -18,9 +18,23 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 GAIN = {"sin": 1.0, "tanh": 1.0, "relu": 2.0, "gelu": 2.0}
 
 
-def dense_layer(in_features: int, out_features: int, dtype, generator, gain: float = 1.0) -> nn.Linear:
-    """nn.Linear with N(0, gain/in_features) weights (the TT layers' target) and zero bias."""
-    layer = nn.Linear(in_features, out_features, dtype=dtype)
+class DenseLinear(nn.Linear):
+    """nn.Linear that also reports its unit responses (for the layered coordinate queries)."""
+
+    def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor,
+                       entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The change of the output at x (B, in) per unit change of the entries (E,) of
+        parameter ``name`` ("weight" (out, in) or "bias"), in sparse form (units (E, 1),
+        values (E, B, 1)): the layer is linear in each of its parameter tensors."""
+        if name == "bias":
+            return entries[:, None], x.new_ones(len(entries), x.shape[0], 1)
+        out_index, in_index = torch.unravel_index(entries, params["weight"].shape)
+        return out_index[:, None], x[:, in_index].T[:, :, None]
+
+
+def dense_layer(in_features: int, out_features: int, dtype, generator, gain: float = 1.0) -> DenseLinear:
+    """A dense layer with N(0, gain/in_features) weights (the TT layers' target) and zero bias."""
+    layer = DenseLinear(in_features, out_features, dtype=dtype)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(out_features, in_features, generator=generator, dtype=dtype)
                            * (gain / in_features) ** 0.5)
@@ -40,7 +54,6 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; must be one of {', '.join(ACTIVATIONS)}")
         self.layers = nn.ModuleList(layers)
-        self.activation_name = activation
         self.activation = ACTIVATIONS[activation]
         self.squeeze = squeeze
 

@@ -1,8 +1,15 @@
-"""Tensor-train (TT-matrix) linear layers (paper eq. 7, DESIGN.md section 2)."""
+"""Tensor-train (TT-matrix) linear layers (paper eq. 7; docs/method.md, "The TT layer").
+
+The TT maths are pure functions on a list of cores G_k (r_{k-1}, m_k, n_k, r_k),
+as tensorly writes them: ``tt_matrix`` (the dense W), ``tt_matvec`` (W x core by
+core) and ``tt_unit_responses`` (how the output moves per unit change of one
+core's entries). ``TTLinear`` holds the cores and a bias and calls them.
+"""
 
 from __future__ import annotations
 
 import math
+import string
 from typing import Sequence
 
 import torch
@@ -22,6 +29,79 @@ def _normalised_gaussian(shape, std: float, generator, dtype) -> torch.Tensor:
     return core.to(dtype)
 
 
+def tt_matrix(cores: Sequence[torch.Tensor], out_features: int, in_features: int) -> torch.Tensor:
+    """The dense W (out_features, in_features) of TT cores: W[(i_1..i_L), (j_1..j_L)] =
+    G_1[:, i_1, j_1, :] ... G_L[:, i_L, j_L, :], cut to the unpadded size."""
+    result = cores[0]  # (1, m1, n1, r1)
+    for core in cores[1:]:
+        r0, M, N, _ = result.shape
+        _, m, n, r = core.shape
+        result = torch.einsum("aijb,bklc->aikjlc", result, core).reshape(r0, M * m, N * n, r)
+    return result[0, :out_features, :in_features, 0]
+
+
+def _padded_input(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    in_shape = tuple(core.shape[2] for core in cores)
+    N = math.prod(in_shape)
+    if N > x.shape[-1]:
+        x = torch.nn.functional.pad(x, (0, N - x.shape[-1]))
+    return x, in_shape
+
+
+def tt_matvec(cores: Sequence[torch.Tensor], x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """W x for x (..., in_features) -> (..., out_features), contracting core by core
+    without forming W (cheaper than rebuilding W for a handful of rows)."""
+    batch = x.shape[:-1]
+    x, in_shape = _padded_input(x, cores)
+    t = x.reshape(-1, *in_shape)[..., None]  # (B, n1, ..., nL, r_L=1)
+    for k in reversed(range(len(cores))):  # contract n_k and r_k, emit m_k at the front of the output modes
+        # t: (B, n_1..n_k, r_k, m_{k+1}..m_L)
+        t = torch.movedim(t, 1 + k, -1)  # bring n_k last: (B, n_1..n_{k-1}, r_k, m_{k+1}.., n_k)
+        t = torch.movedim(t, 1 + k, -1)  # bring r_k last:  (B, ..., m_{k+1}.., n_k, r_k)
+        t = torch.tensordot(t, cores[k], dims=([-2, -1], [2, 3]))  # (B, n_1..n_{k-1}, m_{k+1}.., r_{k-1}, m_k)
+        t = torch.movedim(t, -2, 1 + k)  # r_{k-1} after n_1..n_{k-1}
+        t = torch.movedim(t, -1, 2 + k)  # m_k before m_{k+1}
+    out_size = math.prod(core.shape[1] for core in cores)
+    return t.reshape(*batch, out_size)[..., :out_features]
+
+
+def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, entries: torch.Tensor,
+                      out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How W x changes per unit change of entries (flat indices, (E,)) of core k, in sparse
+    form: (units (E, U), values (E, B, U)), U = out_size / m_k.
+
+    x (B, in_features). W is linear in core k, so the change is exact: x is contracted
+    with every core but k (one einsum), leaving core k's indices (r_{k-1}, n_k, r_k) open;
+    entry (a, i, j, c) changes exactly the outputs whose k-th output index is i.
+    """
+    L = len(cores)
+    letters = iter(string.ascii_letters)
+    b = next(letters)
+    n = [next(letters) for _ in range(L)]
+    m = [next(letters) for _ in range(L)]
+    r = [next(letters) for _ in range(L + 1)]
+    x, in_shape = _padded_input(x, cores)
+    out_shape = tuple(core.shape[1] for core in cores)
+    ones = x.new_ones(1)  # closes the boundary ranks r_0 = r_L = 1
+    operands, subscripts = [x.reshape(-1, *in_shape), ones, ones], [b + "".join(n), r[0], r[L]]
+    for j in range(L):
+        if j != k:
+            operands.append(cores[j])
+            subscripts.append(r[j] + m[j] + n[j] + r[j + 1])
+    others = "".join(m[j] for j in range(L) if j != k)
+    T = torch.einsum(",".join(subscripts) + "->" + b + others + r[k] + n[k] + r[k + 1], *operands)
+    B = T.shape[0]
+    m_k, after = out_shape[k], math.prod(out_shape[k + 1:])
+    before = math.prod(out_shape[:k])
+    a, i, j, c = torch.unravel_index(entries, cores[k].shape)
+    values = T.reshape(B, before * after, *T.shape[-3:])[:, :, a, j, c].permute(2, 0, 1)  # (E, B, U)
+    base = (torch.arange(before, device=x.device)[:, None] * (m_k * after)
+            + torch.arange(after, device=x.device)[None, :]).flatten()
+    units = base[None, :] + (i * after)[:, None]  # (E, U) flat output indices
+    padded = units >= out_features  # outputs cut off by the padding of the factorisation
+    return units.masked_fill(padded, 0), values.masked_fill(padded[:, None, :], 0.0)
+
+
 class TTLinear(nn.Module):
     """y = W x + b with W (M x N) in TT-matrix format.
 
@@ -37,9 +117,8 @@ class TTLinear(nn.Module):
     Forward: rebuild W and one GEMM (``mode="dense"``, fastest for the batches a
     PINN evaluates: hundreds of thousands of rows), or contract core by core
     (``mode="cores"``, cheaper for a handful of rows); ``mode="auto"`` contracts
-    core by core when rows * (in + out) * 4 < in * out. That crossover matches
-    `pinnzo bench tt-layer` on 2 cores: ~100 rows for 784 -> 1024 (so MNIST's
-    mini-batch of 64 contracts), ~64 for 512 -> 512, ~5 for 21 -> 512.
+    core by core when rows * (in + out) * 4 < in * out, a cost rule fitted to
+    `pinnzo bench tt-layer` (its crossovers are in the README's benchmark table).
     """
 
     def __init__(self, in_features: int, out_features: int, ranks: int | Sequence[int] = 2,
@@ -67,17 +146,14 @@ class TTLinear(nn.Module):
             for k in range(L)])
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
 
+    def core_list(self) -> list[torch.Tensor]:
+        """The cores as a list (indexed one by one: slicing the ParameterList would re-wrap
+        each tensor as a Parameter, cutting the graph under torch.func.functional_call)."""
+        return [self.cores[k] for k in range(len(self.cores))]
+
     def weight(self) -> torch.Tensor:
         """The dense W (out_features, in_features) the cores represent."""
-        # index the ParameterList: slicing it builds a new ParameterList that re-wraps
-        # each tensor as a Parameter, cutting the graph under torch.func.functional_call
-        result = self.cores[0]  # (1, m1, n1, r1)
-        for k in range(1, len(self.cores)):
-            core = self.cores[k]
-            r0, M, N, _ = result.shape
-            _, m, n, r = core.shape
-            result = torch.einsum("aijb,bklc->aikjlc", result, core).reshape(r0, M * m, N * n, r)
-        return result[0, : self.out_features, : self.in_features, 0]
+        return tt_matrix(self.core_list(), self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_features) -> (B, out_features)."""
@@ -86,27 +162,19 @@ class TTLinear(nn.Module):
         contract = self.mode == "cores" or (self.mode == "auto" and small)
         if not contract:
             return nn.functional.linear(x, self.weight(), self.bias)
-        y = self._contract(x)
+        y = tt_matvec(self.core_list(), x, self.out_features)
         return y + self.bias if self.bias is not None else y
 
-    def _contract(self, x: torch.Tensor) -> torch.Tensor:
-        """Core-by-core contraction without forming W."""
-        batch = x.shape[:-1]
-        N = size(self.in_shape)
-        if N > self.in_features:
-            x = torch.nn.functional.pad(x, (0, N - self.in_features))
-        t = x.reshape(-1, *self.in_shape)[..., None]  # (B, n1, ..., nL, r_L=1)
-        L = len(self.cores)
-        for k in reversed(range(L)):  # contract n_k and r_k, emit m_k at the front of the output modes
-            core = self.cores[k]  # (r_{k-1}, m_k, n_k, r_k)
-            # t: (B, n_1..n_k, r_k, m_{k+1}..m_L)
-            t = torch.movedim(t, 1 + k, -1)  # bring n_k last: (B, n_1..n_{k-1}, r_k, m_{k+1}.., n_k)
-            t = torch.movedim(t, 1 + k, -1)  # bring r_k last:  (B, ..., m_{k+1}.., n_k, r_k)
-            t = torch.tensordot(t, core, dims=([-2, -1], [2, 3]))  # (B, n_1..n_{k-1}, m_{k+1}.., r_{k-1}, m_k)
-            t = torch.movedim(t, -2, 1 + k)  # r_{k-1} after n_1..n_{k-1}
-            t = torch.movedim(t, -1, 2 + k)  # m_k before m_{k+1}
-        y = t.reshape(*batch, size(self.out_shape))
-        return y[..., : self.out_features]
+    def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor,
+                       entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The change of this layer's output at x (B, in) per unit change of the entries (E,)
+        of parameter ``name`` (as in named_parameters), with the given parameter values,
+        in sparse form: (units (E, U), values (E, B, U))."""
+        if name == "bias":
+            return entries[:, None], x.new_ones(len(entries), x.shape[0], 1)
+        names = [f"cores.{k}" for k in range(len(self.cores))]
+        return tt_unit_responses([params[core] for core in names], names.index(name), x, entries,
+                                 self.out_features)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

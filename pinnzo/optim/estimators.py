@@ -1,13 +1,23 @@
-"""Zeroth-order gradient estimators (paper eq. 2, DESIGN.md section 2).
+"""Gradient estimators: pure functions (objective, theta, batch, generator) -> Estimate.
 
-Each returns (g (d,), loss at theta, queries used). Only loss values are used.
+The zeroth-order ones (paper eq. 2; docs/method.md, "Zeroth-order estimators")
+only query loss values; ``backprop`` is the first-order reference. Each reports
+the loss at theta and the loss queries it used (the objective counts them too).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from pinnzo.optim.objective import Objective
+
+
+class Estimate(NamedTuple):
+    gradient: torch.Tensor  # (d,)
+    loss: torch.Tensor  # scalar: the loss at theta (or the mean of the queried losses, central RGE)
+    queries: int
 
 
 def directions(count: int, dim: int, kind: str, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -21,8 +31,8 @@ def directions(count: int, dim: int, kind: str, generator: torch.Generator, like
     return xi.to(dtype=like.dtype, device=like.device)
 
 
-def rge(objective: Objective, theta: torch.Tensor, generator: torch.Generator, count: int, mu: float,
-        kind: str = "gaussian", difference: str = "forward") -> tuple[torch.Tensor, torch.Tensor, int]:
+def rge(objective: Objective, theta: torch.Tensor, batch, generator: torch.Generator, count: int, mu: float,
+        kind: str = "gaussian", difference: str = "forward") -> Estimate:
     """Random gradient estimate over ``count`` directions xi_i.
 
     forward:  g = 1/(N mu) sum_i [L(theta + mu xi_i) - L(theta)] xi_i       (N + 1 queries)
@@ -31,27 +41,25 @@ def rge(objective: Objective, theta: torch.Tensor, generator: torch.Generator, c
     """
     xi = directions(count, theta.numel(), kind, generator, theta)
     if difference == "forward":
-        values = objective.losses(torch.cat([theta[None], theta + mu * xi]))
+        values = objective.losses(torch.cat([theta[None], theta + mu * xi]), batch)
         loss, perturbed = values[0], values[1:]
-        g = ((perturbed - loss) / (count * mu)) @ xi
-        return g, loss, count + 1
+        return Estimate(((perturbed - loss) / (count * mu)) @ xi, loss, count + 1)
     if difference == "central":
-        values = objective.losses(torch.cat([theta + mu * xi, theta - mu * xi]))
+        values = objective.losses(torch.cat([theta + mu * xi, theta - mu * xi]), batch)
         plus, minus = values[:count], values[count:]
-        g = ((plus - minus) / (2 * count * mu)) @ xi
-        return g, values.mean(), 2 * count
+        return Estimate(((plus - minus) / (2 * count * mu)) @ xi, values.mean(), 2 * count)
     raise ValueError(f"unknown difference {difference!r}; must be one of forward, central")
 
 
-def cge(objective: Objective, theta: torch.Tensor, generator: torch.Generator, mu: float,
-        difference: str = "forward", coordinates: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Coordinate-wise estimate over all d coordinates, or a random subset of ``coordinates``.
+def cge(objective: Objective, theta: torch.Tensor, batch, generator: torch.Generator, mu: float,
+        difference: str = "forward", coordinates: int = 0) -> Estimate:
+    """Coordinate-wise estimate over all d coordinates, or a random subset S of ``coordinates``.
 
     forward:  g_j = [L(theta + mu e_j) - L(theta)] / mu         (|S| + 1 queries)
     central:  g_j = [L(theta + mu e_j) - L(theta - mu e_j)] / (2 mu)   (2|S| queries)
-    Coordinates outside the subset S get g_j = 0. Forward differences on an MLP with a
-    criterion-of-the-output loss take the layered path (Objective.coordinate_losses):
-    the same values, without re-running the layers before each perturbed one.
+    Coordinates outside S get g_j = 0. Forward differences take the layered path when
+    the objective has one (Objective.coordinate_losses): the same values, without
+    re-running the layers before each perturbed one.
     """
     d = theta.numel()
     if coordinates and coordinates < d:
@@ -59,19 +67,24 @@ def cge(objective: Objective, theta: torch.Tensor, generator: torch.Generator, m
     else:
         chosen = torch.arange(d, device=theta.device)
     g = torch.zeros_like(theta)
-    if difference == "forward" and objective.layered:  # the same values, without re-running unperturbed layers
-        loss = objective.loss(theta)
-        g[chosen] = (objective.coordinate_losses(theta, chosen, mu) - loss) / mu
-        return g, loss, len(chosen) + 1
+    if difference == "forward" and objective.layered:
+        loss = objective.loss(theta, batch)
+        g[chosen] = (objective.coordinate_losses(theta, batch, chosen, mu) - loss) / mu
+        return Estimate(g, loss, len(chosen) + 1)
     steps = torch.zeros(len(chosen), d, dtype=theta.dtype, device=theta.device)
     steps[torch.arange(len(chosen)), chosen] = mu
     if difference == "forward":
-        values = objective.losses(torch.cat([theta[None], theta + steps]))
-        loss = values[0]
-        g[chosen] = (values[1:] - loss) / mu
-        return g, loss, len(chosen) + 1
+        values = objective.losses(torch.cat([theta[None], theta + steps]), batch)
+        g[chosen] = (values[1:] - values[0]) / mu
+        return Estimate(g, values[0], len(chosen) + 1)
     if difference == "central":
-        values = objective.losses(torch.cat([theta + steps, theta - steps]))
+        values = objective.losses(torch.cat([theta + steps, theta - steps]), batch)
         g[chosen] = (values[: len(chosen)] - values[len(chosen):]) / (2 * mu)
-        return g, values.mean(), 2 * len(chosen)
+        return Estimate(g, values.mean(), 2 * len(chosen))
     raise ValueError(f"unknown difference {difference!r}; must be one of forward, central")
+
+
+def backprop(objective: Objective, theta: torch.Tensor, batch, generator: torch.Generator) -> Estimate:
+    """The exact gradient by back-propagation (first-order training): one query."""
+    loss, gradient = objective.value_and_grad(theta, batch)
+    return Estimate(gradient, loss, 1)

@@ -1,10 +1,10 @@
-"""The training loss as a pure function of a flat parameter vector theta (d,).
+"""The training loss as a pure function of a flat parameter vector theta (d,) and a batch.
 
 Zeroth-order optimizers only call ``loss`` and ``losses``; the N perturbed
-losses of a step are one ``losses(thetas)`` call, evaluated as batched
+losses of a step are one ``losses(thetas, batch)`` call, evaluated as batched
 forwards (torch.func.functional_call + vmap over parameter sets), chunked so a
 chunk stays within the memory budget. Every evaluation at one parameter
-vector is one *query*, counted in ``queries``.
+vector is one *query*; the objective is the one owner of the count (``queries``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]
 
 
 class Objective:
-    """loss(theta) = loss_fn(network with parameters theta, batch).
+    """loss(theta, batch) = loss_fn(network with parameters theta, batch).
 
     Args:
         model: the network (its parameters define the layout of theta).
@@ -33,7 +33,6 @@ class Objective:
         self.shapes = [p.shape for _, p in model.named_parameters()]
         self.sizes = [p.numel() for _, p in model.named_parameters()]
         self.queries_per_chunk = max(1, queries_per_chunk)
-        self.batch = None
         self.queries = 0
 
     @property
@@ -55,21 +54,23 @@ class Objective:
             for parameter, value in zip(self.model.parameters(), self.unflatten(theta).values()):
                 parameter.copy_(value)
 
+    def state_dict(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's state dict with parameters theta, on the CPU."""
+        self.load(theta)
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
     def network(self, theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The network with parameters theta, as a function of its inputs."""
         params = self.unflatten(theta)
         return lambda X: functional_call(self.model, params, (X,))
 
-    def _single(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.network(theta), self.batch)
-
-    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+    def loss(self, theta: torch.Tensor, batch) -> torch.Tensor:
         """L(theta), no autograd graph: one query."""
         self.queries += 1
         with torch.no_grad():
-            return self._single(theta)
+            return self.loss_fn(self.network(theta), batch)
 
-    def losses(self, thetas: torch.Tensor) -> torch.Tensor:
+    def losses(self, thetas: torch.Tensor, batch) -> torch.Tensor:
         """L(theta_i) for a batch thetas (P, d) -> (P,), no graph: P queries, batched.
 
         Chunks of ``queries_per_chunk`` parameter vectors go through one vmapped
@@ -77,17 +78,17 @@ class Objective:
         their own) it is one forward per vector, without vmap's overhead.
         """
         if self.queries_per_chunk == 1:
-            return self.losses_looped(thetas)
+            return self.losses_looped(thetas, batch)
         self.queries += len(thetas)
         with torch.no_grad():
-            batched = vmap(self._single, randomness="same")
+            batched = vmap(lambda theta: self.loss_fn(self.network(theta), batch), randomness="same")
             return torch.cat([batched(chunk) for chunk in torch.split(thetas, self.queries_per_chunk)])
 
-    def losses_looped(self, thetas: torch.Tensor) -> torch.Tensor:
+    def losses_looped(self, thetas: torch.Tensor, batch) -> torch.Tensor:
         """The same as ``losses`` with one forward per parameter vector (reference)."""
         self.queries += len(thetas)
         with torch.no_grad():
-            return torch.stack([self._single(theta) for theta in thetas])
+            return torch.stack([self.loss_fn(self.network(theta), batch) for theta in thetas])
 
     @property
     def layered(self) -> bool:
@@ -97,21 +98,24 @@ class Objective:
 
         return supports(self.model, self.loss_fn)
 
-    def coordinate_losses(self, theta: torch.Tensor, chosen: torch.Tensor, mu: float) -> torch.Tensor:
+    def coordinate_losses(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """L(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E,): E queries, computed
         by re-running only the layers after each perturbed one (optim/coordinates.py)."""
-        from pinnzo.optim.coordinates import coordinate_losses
+        from pinnzo.optim.coordinates import perturbed_outputs
 
         self.queries += len(chosen)
+        result = torch.empty(len(chosen), dtype=theta.dtype, device=theta.device)
         with torch.no_grad():
-            return coordinate_losses(self.model, self.unflatten(theta), self.sizes, self.loss_fn, self.batch,
-                                     chosen, mu)
+            inputs = self.loss_fn.inputs(batch)
+            for part, outputs in perturbed_outputs(self.model, self.unflatten(theta), inputs, chosen, mu):
+                result[part] = self.loss_fn.criterion(outputs, batch)
+        return result
 
-    def value_and_grad(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_grad(self, theta: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(L(theta), dL/dtheta) by back-propagation (first-order training): one query."""
         self.queries += 1
         theta = theta.detach().requires_grad_(True)
         with torch.enable_grad():
-            value = self._single(theta)
+            value = self.loss_fn(self.network(theta), batch)
             (gradient,) = torch.autograd.grad(value, theta)
         return value.detach(), gradient

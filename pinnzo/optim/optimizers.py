@@ -1,178 +1,169 @@
-"""Optimizers with one tiny protocol (optax's init/update, on a flat theta).
+"""Optimizers: a gradient estimator followed by an update transformation, plus the hybrid.
 
+    optimizer = zo_signrge(lr=1e-3, directions=10, mu=0.01)
     state = optimizer.init(theta)
-    theta, state, info = optimizer.step(step, theta, state, objective, generator)
+    theta, state, info = optimizer.update(step, theta, state, objective, batch, generator)
 
-State is a dict of tensors and numbers (checkpointable). ``first_order``
-optimizers back-propagate (objective.value_and_grad); the others only query
-the loss and never build an autograd graph.
+Each registry name has a factory of the same name (``zo-signrge`` -> ``zo_signrge``)
+taking its own keyword arguments. The zeroth-order ones never build an autograd
+graph: their estimators only query the loss.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
 
 import torch
 
 from pinnzo.optim import estimators
-from pinnzo.optim.objective import Objective
-from pinnzo.settings import Settings
+from pinnzo.optim.transforms import (Schedule, Transformation, chain, exponential_decay, scale_by_adam,
+                                     scale_by_schedule, scale_by_sign, trace)
+
+Estimator = Callable[..., estimators.Estimate]  # (objective, theta, batch, generator) -> Estimate
+SMOOTHING = 0.9  # the smoothed loss s_t = 0.9 s_{t-1} + 0.1 L_t
+
+
+def smoothed(previous: float, loss: float) -> float:
+    """The one smoothed-loss definition (an exponential moving average; nan starts it)."""
+    return loss if math.isnan(previous) else SMOOTHING * previous + (1 - SMOOTHING) * loss
 
 
 @dataclass
 class StepInfo:
-    """What one step did: the training loss at theta, loss queries used, notes."""
+    """What one step did: the training loss at theta, the stage, notes for the log."""
 
     loss: float
-    queries: int
     stage: str = ""
     events: list[str] = field(default_factory=list)
 
 
-def learning_rate(settings: Settings, step: int, base: float | None = None) -> float:
-    """lr * lr_decay ** floor(step / decay_every) (the paper's exponential / step decay)."""
-    base = settings.lr if base is None else base
-    return base * settings.lr_decay ** (step // max(1, settings.decay_every))
+@dataclass(frozen=True)
+class GradientDescent:
+    """theta <- theta + transform(estimate(theta)): every optimizer but the hybrid."""
+
+    estimate: Estimator
+    transform: Transformation
+    schedule: Schedule
+    stage: str
+
+    def init(self, theta: torch.Tensor):
+        return self.transform.init(theta)
+
+    def update(self, step: int, theta, state, objective, batch, generator):
+        estimate = self.estimate(objective, theta, batch, generator)
+        updates, state = self.transform.update(estimate.gradient, state, step)
+        return theta + updates, state, StepInfo(estimate.loss.item(), self.stage)
 
 
-class Optimizer:
-    first_order = False
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def init(self, theta: torch.Tensor) -> dict:
-        return {}
-
-    def step(self, step: int, theta, state, objective: Objective, generator) -> tuple[torch.Tensor, dict, StepInfo]:
-        raise NotImplementedError
+class HybridState(NamedTuple):
+    stage: int  # 0: coarse (signRGE), 1: fine (CGE)
+    smoothed: float
+    best: float
+    since: int  # steps since the smoothed loss last improved
+    switch_step: int  # -1 until the switch
+    coarse: Any
+    fine: Any
 
 
-def _adam_update(state: dict, g: torch.Tensor, lr: float, betas=(0.9, 0.999), eps=1e-8) -> torch.Tensor:
-    """Adam's step direction (scaled by lr); updates m, v, t in ``state``."""
-    state["t"] += 1
-    state["m"].mul_(betas[0]).add_(g, alpha=1 - betas[0])
-    state["v"].mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-    m_hat = state["m"] / (1 - betas[0] ** state["t"])
-    v_hat = state["v"] / (1 - betas[1] ** state["t"])
-    return lr * m_hat / (v_hat.sqrt() + eps)
+@dataclass(frozen=True)
+class Hybrid:
+    """The paper's hybrid: ``coarse`` (ZO-signRGE) training, then ``fine`` (ZO-CGE with momentum).
 
-
-class SGD(Optimizer):
-    """theta <- theta - lr_t g with back-propagated g (and optional momentum)."""
-
-    first_order = True
-
-    def init(self, theta):
-        return {"b": torch.zeros_like(theta)}
-
-    def step(self, step, theta, state, objective, generator):
-        loss, g = objective.value_and_grad(theta)
-        state["b"] = self.settings.momentum * state["b"] + g
-        return theta - learning_rate(self.settings, step) * state["b"], state, StepInfo(loss.item(), 1)
-
-
-class Adam(Optimizer):
-    """Adam on back-propagated gradients."""
-
-    first_order = True
-
-    def init(self, theta):
-        return {"m": torch.zeros_like(theta), "v": torch.zeros_like(theta), "t": 0}
-
-    def step(self, step, theta, state, objective, generator):
-        loss, g = objective.value_and_grad(theta)
-        return theta - _adam_update(state, g, learning_rate(self.settings, step)), state, StepInfo(loss.item(), 1)
-
-
-class ZeroOrder(Optimizer):
-    """Shared by the loss-only optimizers: the RGE of the settings."""
-
-    def rge(self, theta, objective, generator):
-        s = self.settings
-        return estimators.rge(objective, theta, generator, s.directions, s.mu, s.perturbation, s.difference)
-
-
-class ZOSGD(ZeroOrder):
-    """zo-rge: theta <- theta - lr_t g_RGE (paper eqs. 1-2)."""
-
-    def step(self, step, theta, state, objective, generator):
-        g, loss, queries = self.rge(theta, objective, generator)
-        return theta - learning_rate(self.settings, step) * g, state, StepInfo(loss.item(), queries, "rge")
-
-
-class ZOSignSGD(ZeroOrder):
-    """zo-signrge: theta <- theta - lr_t sign(g_RGE) (ZO-signSGD, paper section 3.2)."""
-
-    def step(self, step, theta, state, objective, generator):
-        g, loss, queries = self.rge(theta, objective, generator)
-        return theta - learning_rate(self.settings, step) * torch.sign(g), state, StepInfo(loss.item(), queries, "signrge")
-
-
-class ZOAdam(ZeroOrder):
-    """zo-adam: the RGE estimate fed to Adam."""
-
-    def init(self, theta):
-        return {"m": torch.zeros_like(theta), "v": torch.zeros_like(theta), "t": 0}
-
-    def step(self, step, theta, state, objective, generator):
-        g, loss, queries = self.rge(theta, objective, generator)
-        update = _adam_update(state, g, learning_rate(self.settings, step))
-        return theta - update, state, StepInfo(loss.item(), queries, "rge-adam")
-
-
-class ZOCGE(ZeroOrder):
-    """zo-cge: coordinate-wise estimate with momentum b <- m b + g, theta <- theta - lr_t b."""
-
-    def __init__(self, settings, mu: float | None = None, lr: float | None = None):
-        super().__init__(settings)
-        self.mu = mu if mu is not None else settings.mu
-        self.lr = lr
-
-    def init(self, theta):
-        return {"b": torch.zeros_like(theta)}
-
-    def step(self, step, theta, state, objective, generator):
-        s = self.settings
-        g, loss, queries = estimators.cge(objective, theta, generator, self.mu, s.difference, s.coordinates)
-        state["b"] = s.momentum * state["b"] + g
-        theta = theta - learning_rate(s, step, self.lr) * state["b"]
-        return theta, state, StepInfo(loss.item(), queries, "cge")
-
-
-class Hybrid(ZeroOrder):
-    """The paper's hybrid: ZO-signRGE coarse training, then ZO-CGE with momentum.
-
-    Patience rule: the smoothed loss s_t = 0.9 s_{t-1} + 0.1 L_t must improve on
-    its best value by a relative 1e-3 at least once every ``patience`` steps;
-    when it does not, the optimizer switches to CGE (``cge_mu``, ``cge_lr`` or lr)
-    for the rest of the run. ``switch_step`` > 0 switches at that step at the
-    latest (a time budget). The switch step is logged and kept in the state.
+    Patience rule: the smoothed loss must improve on its best value by a relative
+    1e-3 at least once every ``patience`` steps; when it does not, the optimizer
+    switches for the rest of the run. ``switch_step`` > 0 switches at that step at
+    the latest (a time budget). The switch step is logged and kept in the state.
     """
 
-    def __init__(self, settings):
-        super().__init__(settings)
-        self.coarse = ZOSignSGD(settings)
-        self.fine = ZOCGE(settings, mu=settings.cge_mu, lr=settings.cge_lr or None)
+    coarse: GradientDescent
+    fine: GradientDescent
+    patience: int
+    switch_step: int = 0
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.coarse.schedule
 
     def init(self, theta):
-        return {"stage": 0, "smoothed": float("nan"), "best": float("inf"), "since": 0, "switch_step": -1,
-                **self.fine.init(theta)}
+        return HybridState(0, math.nan, math.inf, 0, -1, self.coarse.init(theta), self.fine.init(theta))
 
-    def step(self, step, theta, state, objective, generator):
-        if state["stage"] == 1:
-            return self.fine.step(step, theta, state, objective, generator)
-        theta, state, info = self.coarse.step(step, theta, state, objective, generator)
-        smoothed = info.loss if state["smoothed"] != state["smoothed"] else 0.9 * state["smoothed"] + 0.1 * info.loss
-        state["smoothed"] = smoothed
-        if smoothed < state["best"] * (1 - 1e-3):
-            state["best"], state["since"] = smoothed, 0
-        else:
-            state["since"] += 1
-        budget = self.settings.switch_step and step + 1 >= self.settings.switch_step
-        if state["since"] >= self.settings.patience or budget:
-            state["stage"], state["switch_step"] = 1, step
-            reason = (f"smoothed loss {smoothed:.3e} did not improve for {self.settings.patience} steps"
-                      if not budget else f"switch_step {self.settings.switch_step} reached")
+    def update(self, step, theta, state, objective, batch, generator):
+        if state.stage == 1:
+            theta, fine, info = self.fine.update(step, theta, state.fine, objective, batch, generator)
+            return theta, state._replace(fine=fine), info
+        theta, coarse, info = self.coarse.update(step, theta, state.coarse, objective, batch, generator)
+        level = smoothed(state.smoothed, info.loss)
+        best, since = (level, 0) if level < state.best * (1 - 1e-3) else (state.best, state.since + 1)
+        state = state._replace(smoothed=level, best=best, since=since, coarse=coarse)
+        budget = self.switch_step and step + 1 >= self.switch_step
+        if since >= self.patience or budget:
+            state = state._replace(stage=1, switch_step=step)
+            reason = (f"smoothed loss {level:.3e} did not improve for {self.patience} steps" if not budget
+                      else f"switch_step {self.switch_step} reached")
             info.events.append(f"hybrid: switched from signRGE to CGE at step {step} ({reason})")
         return theta, state, info
+
+
+# ---------------------------------------------------------------- the registry's factories
+
+def _descent(estimate, schedule, stage, *transforms) -> GradientDescent:
+    return GradientDescent(estimate, chain(*transforms, scale_by_schedule(schedule)), schedule, stage)
+
+
+def _rge(directions, mu, perturbation, difference) -> Estimator:
+    return functools.partial(estimators.rge, count=directions, mu=mu, kind=perturbation, difference=difference)
+
+
+def _cge(mu, difference, coordinates) -> Estimator:
+    return functools.partial(estimators.cge, mu=mu, difference=difference, coordinates=coordinates)
+
+
+def adam(lr: float = 1e-3, lr_decay: float = 1.0, decay_every: int = 1000) -> GradientDescent:
+    """Adam on back-propagated gradients."""
+    return _descent(estimators.backprop, exponential_decay(lr, lr_decay, decay_every), "", scale_by_adam())
+
+
+def sgd(lr: float = 1e-3, momentum: float = 0.9, lr_decay: float = 1.0, decay_every: int = 1000) -> GradientDescent:
+    """theta <- theta - lr_t b, b <- momentum b + g, with back-propagated g."""
+    return _descent(estimators.backprop, exponential_decay(lr, lr_decay, decay_every), "", trace(momentum))
+
+
+def zo_rge(lr: float = 1e-3, directions: int = 10, mu: float = 0.01, perturbation: str = "gaussian",
+           difference: str = "forward", lr_decay: float = 1.0, decay_every: int = 1000) -> GradientDescent:
+    """theta <- theta - lr_t g_RGE (ZO-SGD; paper eqs. 1-2)."""
+    return _descent(_rge(directions, mu, perturbation, difference), exponential_decay(lr, lr_decay, decay_every),
+                    "rge")
+
+
+def zo_signrge(lr: float = 1e-3, directions: int = 10, mu: float = 0.01, perturbation: str = "gaussian",
+               difference: str = "forward", lr_decay: float = 1.0, decay_every: int = 1000) -> GradientDescent:
+    """theta <- theta - lr_t sign(g_RGE) (ZO-signSGD; paper section 3.2)."""
+    return _descent(_rge(directions, mu, perturbation, difference), exponential_decay(lr, lr_decay, decay_every),
+                    "signrge", scale_by_sign())
+
+
+def zo_adam(lr: float = 1e-3, directions: int = 10, mu: float = 0.01, perturbation: str = "gaussian",
+            difference: str = "forward", lr_decay: float = 1.0, decay_every: int = 1000) -> GradientDescent:
+    """The RGE estimate fed to Adam."""
+    return _descent(_rge(directions, mu, perturbation, difference), exponential_decay(lr, lr_decay, decay_every),
+                    "rge-adam", scale_by_adam())
+
+
+def zo_cge(lr: float = 1e-3, mu: float = 0.01, momentum: float = 0.9, difference: str = "forward",
+           coordinates: int = 0, lr_decay: float = 1.0, decay_every: int = 1000) -> GradientDescent:
+    """Coordinate-wise estimate with momentum: b <- m b + g_CGE, theta <- theta - lr_t b."""
+    return _descent(_cge(mu, difference, coordinates), exponential_decay(lr, lr_decay, decay_every), "cge",
+                    trace(momentum))
+
+
+def hybrid(lr: float = 1e-3, directions: int = 10, mu: float = 0.01, perturbation: str = "gaussian",
+           difference: str = "forward", lr_decay: float = 1.0, decay_every: int = 1000, momentum: float = 0.9,
+           coordinates: int = 0, patience: int = 50, switch_step: int = 0, cge_mu: float = 0.01,
+           cge_lr: float = 0.0) -> Hybrid:
+    """ZO-signRGE, then ZO-CGE (``cge_mu``, ``cge_lr`` or lr, momentum) by the patience rule."""
+    coarse = zo_signrge(lr, directions, mu, perturbation, difference, lr_decay, decay_every)
+    fine = zo_cge(cge_lr or lr, cge_mu, momentum, difference, coordinates, lr_decay, decay_every)
+    return Hybrid(coarse, fine, patience, switch_step)

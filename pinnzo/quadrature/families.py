@@ -27,7 +27,6 @@ class Family:
     max_level: int
     min_dim: int = 1
     levels: tuple[int, ...] | None = None  # when only some levels exist
-    summary: str = ""
 
 
 def _smolyak_family(name: str, level_rule, max_level: int) -> Callable[[int, int], Rule]:
@@ -45,16 +44,15 @@ def _smolyak_family(name: str, level_rule, max_level: int) -> Callable[[int, int
 
 
 FAMILIES: Registry[Family] = Registry("quadrature family")
+# Smolyak sparse grid of 1, 2, 3, ... point Gauss-Hermite rules (the paper's)
 FAMILIES.register("gauss-hermite", Family(
-    _smolyak_family("gauss-hermite", gauss_hermite_level, 20), max_level=20,
-    summary="Smolyak sparse grid of 1, 2, 3, ... point Gauss-Hermite rules (the paper's)"))
+    _smolyak_family("gauss-hermite", gauss_hermite_level, 20), max_level=20))
+# Smolyak sparse grid of the nested Genz-Keister rules (level 3: 2D^2+1 nodes)
 FAMILIES.register("genz-keister", Family(
-    _smolyak_family("genz-keister", genz_keister_level, GENZ_KEISTER_MAX_LEVEL),
-    max_level=GENZ_KEISTER_MAX_LEVEL,
-    summary="Smolyak sparse grid of the nested Genz-Keister rules (level 3: 2D^2+1 nodes)"))
+    _smolyak_family("genz-keister", genz_keister_level, GENZ_KEISTER_MAX_LEVEL), max_level=GENZ_KEISTER_MAX_LEVEL))
+# degree-5 simplex cubature, D^2+3D+3 nodes, sum|w| ~ 2 (level 3 only)
 FAMILIES.register("lu-darmofal", Family(
-    lambda dim, level: lu_darmofal(dim), max_level=3, min_dim=2, levels=(3,),
-    summary="degree-5 simplex cubature, D^2+3D+3 nodes, sum|w| ~ 2 (level 3 only)"))
+    lambda dim, level: lu_darmofal(dim), max_level=3, min_dim=2, levels=(3,)))
 
 
 def check_request(family: str, dim: int, level: int) -> Family:

@@ -1,4 +1,4 @@
-"""Smolyak sparse grids from nested or non-nested 1-D rules (DESIGN.md section 2).
+"""Smolyak sparse grids from nested or non-nested 1-D rules (docs/method.md, "Sparse-grid rules").
 
 A_{D,k} = sum_{q=max(0,k-D)}^{k-1} (-1)^{k-1-q} C(D-1, k-1-q)
           sum_{|l| = D+q} V_{l_1} x ... x V_{l_D}            (paper eq. 11)

@@ -1,0 +1,314 @@
+"""PINN solves: Problem + Settings -> network, backend, loss, objective, optimizer -> a trained Run.
+
+    problem = load_problem("problems/hjb20.yaml")
+    run = solve(problem, backend="sparse-grid", optimizer="zo-signrge", steps=200, out="results/x")
+    run.summary["final_rel_l2"]; run.predict(X)
+    run = load_run("results/x")
+
+``solve`` drives the one training loop (loop.py) with a ``PINNTask``; the run
+folder is written by runs.py. A ``Run`` holds the trained model, so plots need
+no rebuilding after a solve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from pinnzo import loop, runs
+from pinnzo.derivatives import BACKENDS, make_backend, plan_chunks
+from pinnzo.errors import PinnzoError
+from pinnzo.nets import build_mlp, parse_shape
+from pinnzo.optim import OPTIMIZERS, Objective, StepInfo, make_optimizer
+from pinnzo.problem import Problem, load_problem
+from pinnzo.residual import PINNLoss, sample_batch
+from pinnzo.settings import Settings
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+METRIC_FIELDS = ["step", "queries", "loss", "smoothed_loss", "val_mse", "val_rel_l2", "val_mse_raw",
+                 "val_rel_l2_raw", "lr", "stage", "wall_s"]
+
+
+def resolve_settings(problem: Problem, changes: Mapping[str, Any] = (), prefix: str = "") -> Settings:
+    """Defaults < the problem's solve: block < ``changes``; backend and optimizer names checked."""
+    settings = Settings().replace(problem.solve).replace(dict(changes), prefix)
+    BACKENDS[settings.backend], OPTIMIZERS[settings.optimizer]  # one "must be one of" error each
+    return settings
+
+
+def device_of(name: str) -> torch.device:
+    """torch.device(name), refusing CUDA on a machine without it."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PinnzoError("--device cuda: CUDA is not available on this machine")
+    return device
+
+
+# ---------------------------------------------------------------- components
+
+@dataclass
+class Components:
+    """Everything a run is built from, derived from (problem, settings)."""
+
+    problem: Problem
+    settings: Settings
+    model: torch.nn.Module
+    loss: PINNLoss
+    objective: Objective
+    dtype: torch.dtype
+    device: torch.device
+
+    def predict(self, theta: torch.Tensor, X: torch.Tensor, smoothed: bool = True, chunk: int = 2000) -> torch.Tensor:
+        """u at X (B,): the backend's prediction (smoothed for Stein) or the raw network + ansatz."""
+        network = self.objective.network(theta)
+        with torch.no_grad():
+            parts = []
+            for block in torch.split(X.to(self.dtype), chunk):
+                if smoothed:
+                    parts.append(self.loss.predict(network, block))
+                else:
+                    parts.append(self.problem.solution(network)(block))
+            return torch.cat(parts)
+
+
+def build(problem: Problem, settings: Settings) -> Components:
+    """Model, backend, loss and objective for a run, within the settings' memory budget."""
+    device = device_of(settings.device)
+    dtype = DTYPES[settings.dtype]
+    sizes = [problem.dim] + [settings.width] * settings.depth + [1]
+    model = build_mlp(sizes, settings.network, settings.activation, settings.rank,
+                      shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed).to(device)
+    backend = make_backend(settings, problem.dim)
+    per_point = backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
+    plan = plan_chunks(per_point * (settings.batch + settings.condition_batch * len(problem.conditions)),
+                       sizes, dtype, settings.memory_mb)
+    backend.rows_per_chunk = plan.rows_per_chunk
+    loss = PINNLoss(problem, backend)
+    return Components(problem, settings, model, loss, Objective(model, loss, plan.queries_per_chunk), dtype, device)
+
+
+def tt_shapes(settings: Settings, sizes: list[int]) -> list | None:
+    """Per-size factorisations from ``shapes`` = "input,hidden" (the output layer stays dense)."""
+    if not settings.shapes:
+        return None
+    try:
+        given = [parse_shape(part) for part in settings.shapes.split(",")]
+    except ValueError as error:
+        raise PinnzoError(f"shapes: {error}") from None
+    if len(given) != 2 or len(given[0]) != len(given[1]):
+        raise PinnzoError(f"shapes: expected 'input,hidden' with equally many factors, e.g. 1x1x3x7,8x4x4x4; "
+                          f"found {settings.shapes!r}")
+    for shape, size, what in ((given[0], sizes[0], "input"), (given[1], sizes[1], "hidden")):
+        if math.prod(shape) < size:
+            raise PinnzoError(f"shapes: the {what} factors {'x'.join(map(str, shape))} do not cover {size}")
+    return [given[0]] + [given[1]] * (len(sizes) - 2) + [None]
+
+
+@dataclass
+class Validation:
+    """A fixed validation set and its exact values."""
+
+    X: torch.Tensor
+    exact: torch.Tensor | None
+
+    @classmethod
+    def create(cls, problem: Problem, settings: Settings, dtype, device) -> "Validation":
+        generator = torch.Generator().manual_seed(settings.seed + 3)
+        X = problem.sample_interior(settings.eval_points, generator, dtype, device)
+        return cls(X, problem.exact_solution(X) if problem.has_exact else None)
+
+    def errors(self, prediction: torch.Tensor) -> tuple[float, float]:
+        """(MSE, relative L2) of a prediction against the exact solution."""
+        if self.exact is None:
+            return math.nan, math.nan
+        difference = (prediction - self.exact).double()
+        return difference.square().mean().item(), (difference.norm() / self.exact.double().norm()).item()
+
+
+# ---------------------------------------------------------------- the task
+
+class PINNTask:
+    """A PINN solve as a task of the training loop."""
+
+    kind = "pinn"
+    generator_names = ("points", "zo", "stein")
+    metric_fields = METRIC_FIELDS
+    progress_metric = ("val rel-L2", "val_rel_l2")
+
+    def __init__(self, components: Components):
+        self.components = components
+        self.settings, self.problem = components.settings, components.problem
+        self.objective, self.device, self.steps = components.objective, components.device, self.settings.steps
+        self.optimizer = make_optimizer(self.settings.optimizer, **self.settings.as_dict())
+        self.validation = Validation.create(self.problem, self.settings, components.dtype, components.device)
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
+                f"{s.network} {s.width}x{s.depth} ({self.objective.dim:,} parameters); {s.steps} steps of "
+                f"{s.batch} points")
+
+    def sample(self, step: int, generators):
+        s, c = self.settings, self.components
+        batch = sample_batch(self.problem, s.batch, s.condition_batch, generators["points"], c.dtype, c.device)
+        c.loss.backend.refresh(generators["stein"])
+        return batch
+
+    def should_evaluate(self, step: int) -> bool:
+        return (step + 1) % self.settings.eval_every == 0 or step + 1 == self.steps or step == 0
+
+    def errors(self, theta: torch.Tensor) -> tuple[float, float, float, float]:
+        """(MSE, relative L2) of the backend's prediction, then of the raw network."""
+        c = self.components
+        smooth = self.validation.errors(c.predict(theta, self.validation.X, True))
+        raw = self.validation.errors(c.predict(theta, self.validation.X, False)) if c.loss.backend.smoothed else smooth
+        return (*smooth, *raw)
+
+    def evaluate(self, theta, step: int, info: StepInfo, state) -> dict:
+        mse, rel, mse_raw, rel_raw = self.errors(theta)
+        return {"step": step + 1, "queries": state.queries, "loss": info.loss, "smoothed_loss": state.smoothed_loss,
+                "val_mse": mse, "val_rel_l2": rel, "val_mse_raw": mse_raw, "val_rel_l2_raw": rel_raw,
+                "lr": self.optimizer.schedule(step), "stage": info.stage}
+
+    def score(self, row: dict) -> float:
+        return row["val_rel_l2"] if not math.isnan(row["val_rel_l2"]) else row["loss"]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, saved: dict) -> None:
+        pass
+
+    def finish(self, state, run_dir: Path) -> dict:
+        """model.pt, best.pt and the summary's PINN fields."""
+        c, s = self.components, self.settings
+        best_theta = state.best_theta if state.best_theta is not None else state.theta
+        best_mse, best_rel = self.validation.errors(c.predict(best_theta, self.validation.X, True))
+        runs.write_model(run_dir, runs.BEST, c.objective.state_dict(best_theta))
+        runs.write_model(run_dir, runs.MODEL, c.objective.state_dict(state.theta))
+        final = state.metrics[-1]
+        backend = c.loss.backend
+        return {
+            "problem": self.problem.name, "problem_file": str(self.problem.path or ""),
+            "backend": s.backend, "backend_description": backend.describe(),
+            "prediction": ("smoothed model E f(x + delta) (Stein backend), as in the paper; raw network "
+                           "errors are the *_raw fields") if backend.smoothed else "network output",
+            "optimizer": s.optimizer, "network": s.network, "width": s.width, "depth": s.depth, "rank": s.rank,
+            "activation": s.activation, "parameters": c.objective.dim,
+            "parameters_per_layer": [list(row) for row in c.model.parameter_table()],
+            "final_loss": final["loss"], "best_loss": min(row["loss"] for row in state.metrics),
+            "final_mse": final["val_mse"], "final_rel_l2": final["val_rel_l2"],
+            "final_mse_raw": final["val_mse_raw"], "final_rel_l2_raw": final["val_rel_l2_raw"],
+            "best_mse": best_mse, "best_rel_l2": best_rel, "eval_points": s.eval_points,
+            "dtype": s.dtype, "seed": s.seed,
+        }
+
+
+# ---------------------------------------------------------------- runs
+
+@dataclass
+class Run:
+    """A finished PINN run: its folder's records and the trained model."""
+
+    path: Path
+    config: dict
+    summary: dict
+    metrics: list[dict]
+    components: Components
+    theta: torch.Tensor
+
+    @property
+    def problem(self) -> Problem:
+        return self.components.problem
+
+    @property
+    def settings(self) -> Settings:
+        return self.components.settings
+
+    def predict(self, X: torch.Tensor, smoothed: bool = True) -> torch.Tensor:
+        """The trained solution u at X (B, D) -> (B,) (smoothed for the Stein backends unless not
+        ``smoothed``)."""
+        return self.components.predict(self.theta, torch.as_tensor(X), smoothed)
+
+    @cached_property
+    def validation(self) -> Validation:
+        return Validation.create(self.problem, self.settings, self.components.dtype, self.components.device)
+
+
+def run_config(problem: Problem, settings: Settings) -> dict:
+    """What config.yaml records besides the task; a resume must match it."""
+    path = str(problem.path.resolve()) if problem.path is not None else None
+    return {"problem": path, "problem_name": problem.name, "problem_sha256": runs.text_digest(problem.text),
+            "settings": settings.as_dict()}
+
+
+def default_run_dir(problem: Problem, settings: Settings, root: Path = Path("results")) -> Path:
+    return runs.default_run_dir(problem.name, f"{settings.backend}-{settings.optimizer}", root)
+
+
+def solve(problem: Problem | str | Path | Mapping, settings: Settings | None = None, *, out: str | Path | None = None,
+          resume: bool = False, quiet: bool = True, callbacks=(), **changes) -> Run:
+    """Train a PINN on ``problem`` and return the finished Run (its folder: ``out``, or
+    results/<problem>/<time>-<backend>-<optimizer>).
+
+    Settings: the problem's solve: block, then ``settings`` (a full Settings) if given,
+    then keyword ``changes`` (any setting, e.g. steps=200, backend="fd").
+    """
+    if not isinstance(problem, Problem):
+        problem = load_problem(problem)
+    if settings is None:
+        settings = resolve_settings(problem, changes)
+    else:
+        settings = settings.replace(changes)
+        OPTIMIZERS[settings.optimizer], BACKENDS[settings.backend]
+    run_dir = Path(out) if out is not None else default_run_dir(problem, settings)
+    components = build(problem, settings)
+    task = PINNTask(components)
+    summary, state = loop.train(task, run_dir, run_config(problem, settings), resume, quiet, callbacks,
+                                files={runs.PROBLEM_COPY: problem.text}, seed=settings.seed)
+    return Run(run_dir, runs.read_config(run_dir), summary, state.metrics, components, state.theta)
+
+
+SUMMARY_FIELDS = ("problem", "backend", "optimizer", "network", "parameters", "steps", "total_queries",
+                  "wall_time_s", "final_mse", "final_rel_l2")
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a finished PINN run folder and rebuild its trained model; PinnzoError when incomplete."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PinnzoError(f"{run_dir}: no such run folder")
+    config = runs.read_config(run_dir)
+    if config.get("task", "pinn") != "pinn":
+        raise PinnzoError(f"{run_dir}: a {config['task']} run, not a PINN run")
+    summary = runs.read_summary(run_dir, SUMMARY_FIELDS)
+    metrics = runs.read_metrics(run_dir, ("step", "queries", "loss", "val_mse", "val_rel_l2"))
+    problem = _run_problem(run_dir, config)
+    try:
+        settings = Settings().replace(config["settings"], f"{run_dir / runs.CONFIG}: settings.")
+    except PinnzoError as error:
+        raise PinnzoError(f"{run_dir}: run files from an older or damaged format ({error})") from None
+    components = build(problem, settings.replace({"device": "cpu"}))
+    try:
+        components.model.load_state_dict(runs.read_model(run_dir))
+    except RuntimeError as error:
+        raise PinnzoError(f"{run_dir}: model.pt does not match config.yaml ({str(error).splitlines()[0]})") from None
+    return Run(run_dir, config, summary, metrics, components, components.objective.flatten())
+
+
+def _run_problem(run_dir: Path, config: dict) -> Problem:
+    """The run's problem: its copy in the folder, else (older runs) the recorded file, checked by sha256."""
+    copy = run_dir / runs.PROBLEM_COPY
+    source = copy if copy.is_file() else Path(str(config.get("problem")))
+    if not source.is_file():
+        raise PinnzoError(f"{run_dir}: the run's problem file {source} is missing")
+    problem = load_problem(source)
+    if config.get("problem_sha256") not in (runs.text_digest(problem.text), None):
+        raise PinnzoError(f"{run_dir}: the problem file {source} changed after the run")
+    return dataclasses.replace(problem, name=config.get("problem_name", problem.name))

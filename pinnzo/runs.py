@@ -1,0 +1,194 @@
+"""Run folders: one place that writes and reads them (solve, mnist, reproduce, plot, compare).
+
+A run folder holds
+
+    config.yaml    the task ("pinn" | "mnist"), resolved settings, and for a PINN the
+                   problem's absolute path and the sha256 of its text
+    problem.yaml   a copy of the problem (PINN runs), so the run stays readable after
+                   the original file moves
+    metrics.csv    one row per evaluation
+    checkpoint.pt  everything to resume bit-identically: theta, optimizer state,
+                   every generator's state, metrics (torch.load(..., weights_only=True))
+    model.pt       final state dict; best.pt: the best evaluated one (PINN)
+    summary.json   final and best figures, wall time, versions
+
+Every file is written atomically (fileio.atomic_write).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from pinnzo.errors import PinnzoError
+from pinnzo.fileio import atomic_write
+
+CONFIG, PROBLEM_COPY, METRICS, CHECKPOINT = "config.yaml", "problem.yaml", "metrics.csv", "checkpoint.pt"
+MODEL, BEST, SUMMARY = "model.pt", "best.pt", "summary.json"
+
+
+def torch_bytes(obj) -> bytes:
+    """``obj`` as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def numbered_run_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... whichever does not exist yet."""
+    path, suffix = base, 2
+    while path.exists():
+        path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
+    return path
+
+
+def default_run_dir(group: str, label: str, root: Path = Path("results")) -> Path:
+    """results/<group>/<date-time>-<label>, numbered if taken."""
+    return numbered_run_dir(root / group / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}")
+
+
+def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str] | None = None) -> None:
+    """Prepare a run folder: write config.yaml (and ``files``: name -> text) for a new run,
+    refusing a non-empty folder; or check that a resumed run's config.yaml matches ``config``."""
+    run_dir = Path(run_dir)
+    if not resume:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise PinnzoError(f"--out {run_dir}: the folder exists and is not empty; choose another "
+                              f"(or --resume it)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (files or {}).items():
+            atomic_write(run_dir / name, text.encode())
+        atomic_write(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
+        return
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / CONFIG).is_file():
+        raise PinnzoError(f"--resume {run_dir}: no checkpoint.pt and config.yaml there; nothing to resume")
+    saved = read_config(run_dir)
+    differences = []
+    if saved.get("task", "pinn") != config.get("task"):
+        differences.append(f"it is a {saved.get('task', 'pinn')} run, not a {config.get('task')} run")
+    elif saved.get("problem_sha256") != config.get("problem_sha256"):
+        differences.append(f"the problem differs from the one the run used ({saved.get('problem')})")
+    for key, value in config["settings"].items():
+        if saved.get("settings", {}).get(key) != value:
+            differences.append(f"{key}: saved {saved.get('settings', {}).get(key)!r}, now {value!r}")
+    if differences:
+        raise PinnzoError(f"--resume {run_dir}: the configuration does not match the saved run: "
+                          + "; ".join(differences))
+
+
+def read_config(run_dir: Path) -> dict:
+    """config.yaml as a mapping; PinnzoError when missing or damaged."""
+    path = Path(run_dir) / CONFIG
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PinnzoError(f"{run_dir}: no config.yaml; not a pinnzo run folder") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise PinnzoError(f"{path}: damaged ({type(error).__name__})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("settings"), dict):
+        raise PinnzoError(f"{path}: damaged (expected a mapping with settings)")
+    return config
+
+
+def run_task(run_dir: Path) -> str:
+    """The task of a run folder: "pinn" or "mnist" (older PINN folders record none)."""
+    return read_config(run_dir).get("task", "pinn")
+
+
+def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any], rows: list[dict], fields: list[str]) -> None:
+    """checkpoint.pt and metrics.csv, atomically."""
+    atomic_write(Path(run_dir) / CHECKPOINT, torch_bytes(checkpoint))
+    write_metrics(run_dir, rows, fields)
+
+
+def read_checkpoint(run_dir: Path, device) -> dict[str, Any]:
+    path = Path(run_dir) / CHECKPOINT
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except Exception as error:  # a truncated or foreign file: torch raises several types
+        raise PinnzoError(f"{path}: damaged checkpoint ({type(error).__name__}); the run cannot be resumed "
+                          f"from it") from None
+
+
+def write_metrics(run_dir: Path, rows: list[dict], fields: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(Path(run_dir) / METRICS, buffer.getvalue().encode())
+
+
+def read_metrics(run_dir: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """metrics.csv rows with numbers parsed; PinnzoError when missing, empty or lacking a column."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path) as file:
+            reader = csv.DictReader(file)
+            rows = [{k: _number(v) for k, v in row.items()} for row in reader]
+            columns = reader.fieldnames or []
+    except FileNotFoundError:
+        raise PinnzoError(f"{run_dir}: no metrics.csv") from None
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise PinnzoError(f"{path}: missing column(s) {', '.join(missing)}")
+    if not rows:
+        raise PinnzoError(f"{path}: no rows")
+    return rows
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    atomic_write(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2).encode())
+
+
+def read_summary(run_dir: Path, required: tuple[str, ...] = ()) -> dict:
+    """summary.json; PinnzoError when missing, damaged or lacking a field."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        hint = (" (the run did not finish: continue it with --resume)" if (Path(run_dir) / CHECKPOINT).is_file()
+                else "")
+        raise PinnzoError(f"{run_dir}: not a finished pinnzo run: no summary.json{hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PinnzoError(f"{path}: damaged ({type(error).__name__})") from None
+    missing = [key for key in required if not isinstance(summary, dict) or key not in summary]
+    if missing:
+        raise PinnzoError(f"{path}: missing field(s) {', '.join(missing)}")
+    return summary
+
+
+def write_model(run_dir: Path, name: str, state_dict: dict) -> None:
+    atomic_write(Path(run_dir) / name, torch_bytes(state_dict))
+
+
+def read_model(run_dir: Path, name: str = MODEL) -> dict:
+    path = Path(run_dir) / name
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise PinnzoError(f"{run_dir}: not a finished pinnzo run: no {name}") from None
+    except Exception as error:  # truncated or foreign: torch raises several types
+        raise PinnzoError(f"{path}: damaged ({type(error).__name__})") from None
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
