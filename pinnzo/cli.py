@@ -53,8 +53,8 @@ bench_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, rich_markup_mode=N
 app.add_typer(quadrature_app, name="quadrature")
 app.add_typer(bench_app, name="bench")
 
-OPTIMIZER_HELP = ("First order (back-propagation): adam | sgd. Zeroth order (loss queries only): zo-rge | "
-                  "zo-signrge | zo-cge | zo-adam | hybrid")
+OPTIMIZER_HELP = ("First order (back-propagation): adam | sgd | lbfgs | adam-lbfgs | gn. Zeroth order (loss "
+                  "queries only): zo-rge | zo-signrge | zo-cge | zo-adam | hybrid | zo-gn")
 
 CacheDir = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Rule cache folder (default: $PINNZO_QUADRATURE_DIR, else ./quadrature).")]
@@ -143,9 +143,28 @@ def resolve_settings(problem, preset: Optional[str], assignments: list[str], fla
         if preset not in PRESETS:
             raise PinnzoError(f"unknown preset {preset!r}; must be one of {', '.join(PRESETS)}")
         settings = settings.replace(PRESETS[preset], f"--preset {preset}: ")
-    settings = settings.replace(_parse_assignments(assignments), "--set ")
+    explicit = _parse_assignments(assignments)
+    settings = settings.replace(explicit, "--set ")
     given = {key: value for key, value in flags.items() if value is not None}
-    return resolve(problem, {**settings.as_dict(), **given}, "--")
+    settings = resolve(problem, {**settings.as_dict(), **given}, "--")
+    _refuse_unused(settings.optimizer, {**{key: "--set " + key for key in explicit},
+                                        **{key: "--" + key for key in given}})
+    return settings
+
+
+# settings that only some optimizers read (memory_mb and resample_every serve every run)
+SHARED_SETTINGS = {"memory_mb", "resample_every", "rounding_gain"}
+
+
+def _refuse_unused(optimizer: str, given: dict[str, str]) -> None:
+    """An optimizer setting given explicitly that the chosen optimizer does not use is an error."""
+    from pinnzo.optim import OPTIMIZERS, optimizer_options
+
+    used = optimizer_options(optimizer)
+    for key, flag in given.items():
+        users = [name for name in OPTIMIZERS.names() if key in optimizer_options(name)]
+        if users and key not in used and key not in SHARED_SETTINGS:
+            raise PinnzoError(f"{flag}: {optimizer} does not use this setting (it is for {', '.join(users)})")
 
 
 def _report(line: str, run, run_dir: Path, no_plots: bool) -> None:
@@ -227,7 +246,7 @@ def mnist(
     """Classify MNIST with a (TT-)MLP trained by any optimizer (paper section 5.1)."""
     from pinnzo.loop import Interrupted
     from pinnzo.mnist import default_data_dir, default_run_dir, load_mnist, train_mnist
-    from pinnzo.optim import OPTIMIZERS
+    from pinnzo.optim import LEAST_SQUARES, OPTIMIZERS
     from pinnzo.settings import MnistSettings
 
     settings = MnistSettings().replace(_parse_assignments(assignments or []), "--set ")
@@ -235,6 +254,9 @@ def mnist(
                  device=device)
     settings = settings.replace({k: v for k, v in flags.items() if v is not None}, "--")
     OPTIMIZERS[settings.optimizer]
+    if settings.optimizer in LEAST_SQUARES:
+        raise PinnzoError(f"--optimizer {settings.optimizer}: Gauss-Newton needs a least-squares loss; the MNIST "
+                          f"loss is a cross-entropy (use adam, sgd, lbfgs, adam-lbfgs or a zeroth-order optimizer)")
     run_dir = _run_folder(resume, out, lambda: default_run_dir(settings))
     folder = data_dir or default_data_dir()
     data = load_mnist(folder, settings.validation)

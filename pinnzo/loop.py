@@ -49,6 +49,7 @@ class Task(Protocol):
 
     kind: str  # "pinn" | "mnist": recorded in config.yaml
     steps: int
+    time_budget: float  # seconds of training after which the run stops (0: none)
     objective: Any  # optim.Objective
     optimizer: Any
     device: torch.device
@@ -83,6 +84,7 @@ class TrainState:
     events: list = field(default_factory=list)
     generators: dict = field(default_factory=dict)
     task: dict = field(default_factory=dict)
+    stopped_by: str = "steps"  # "steps", or "time budget" / "converged" when the run stopped early
 
 
 # ---------------------------------------------------------------- the loop's pieces
@@ -199,7 +201,9 @@ def train(task: Task, run_dir: Path, config: dict, resume: bool = False, quiet: 
             commit(state, step, theta, optimizer_state, info, task, generators)
             for event in info.events:
                 progress.message(event)
-            if task.should_evaluate(step):
+            out_of_time = task.time_budget and time.perf_counter() - started >= task.time_budget
+            stop = out_of_time or info.converged
+            if task.should_evaluate(step) or stop:
                 row = task.evaluate(state.theta, step, info, state)
                 row["wall_s"] = time.perf_counter() - started
                 _record(task, state, row)
@@ -210,6 +214,11 @@ def train(task: Task, run_dir: Path, config: dict, resume: bool = False, quiet: 
                 progress.update(step, info.loss, state.queries, shown)
             for callback in callbacks:
                 callback(step, state)
+            if stop:
+                if out_of_time:
+                    progress.message(f"time budget of {task.time_budget:g} s reached after step {state.step}")
+                state.stopped_by = "time budget" if out_of_time else "converged"
+                break
     except KeyboardInterrupt:
         checkpoint(state)
         progress.message(f"interrupted after step {state.step}; continue with --resume {run_dir}")
@@ -249,7 +258,8 @@ def _record(task: Task, state: TrainState, row: dict) -> None:
 def _run_fields(task: Task, state: TrainState, started: float) -> dict:
     from pinnzo import __version__
 
-    return {"steps": state.step, "total_queries": state.queries, "queries_per_step": state.queries / max(1, state.step),
+    return {"steps": state.step, "stopped_by": state.stopped_by,
+            "total_queries": state.queries, "queries_per_step": state.queries / max(1, state.step),
             "events": state.events, "wall_time_s": time.perf_counter() - started, "device": str(task.device),
             "versions": {"pinnzo": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "status": "finished"}

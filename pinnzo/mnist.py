@@ -183,6 +183,7 @@ class MnistTask:
     the training split in mini-batches; evaluation on the validation split after each."""
 
     kind = "mnist"
+    time_budget = 0.0
     generator_names = ("shuffle", "zo")
     metric_fields = METRIC_FIELDS
     progress_metric = ("val acc", "val_accuracy")

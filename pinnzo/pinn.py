@@ -25,9 +25,9 @@ from pinnzo import loop, runs
 from pinnzo.derivatives import BACKENDS, make_backend, plan_chunks
 from pinnzo.errors import PinnzoError
 from pinnzo.nets import build_mlp, parse_shape
-from pinnzo.optim import OPTIMIZERS, Objective, StepInfo, make_optimizer
+from pinnzo.optim import FIXED_POINTS, LEAST_SQUARES, OPTIMIZERS, Objective, StepInfo, make_optimizer
 from pinnzo.problem import Problem, load_problem
-from pinnzo.residual import PINNLoss, sample_batch
+from pinnzo.residual import Batch, PINNLoss, sample_batch
 from pinnzo.settings import Settings
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -40,6 +40,12 @@ def resolve_settings(problem: Problem, changes: Mapping[str, Any] = (), prefix: 
     settings = Settings().replace(problem.solve).replace(dict(changes), prefix)
     BACKENDS[settings.backend], OPTIMIZERS[settings.optimizer]  # one "must be one of" error each
     return settings
+
+
+def resample_period(settings: Settings) -> int:
+    """Steps between fresh points: ``resample_every``, or automatically 1 for the gradient methods and
+    100 for the methods that want a fixed least-squares problem (L-BFGS, Gauss-Newton)."""
+    return settings.resample_every or (100 if settings.optimizer in FIXED_POINTS else 1)
 
 
 def device_of(name: str) -> torch.device:
@@ -145,8 +151,13 @@ class PINNTask:
         self.components = components
         self.settings, self.problem = components.settings, components.problem
         self.objective, self.device, self.steps = components.objective, components.device, self.settings.steps
-        self.optimizer = make_optimizer(self.settings.optimizer, **self.settings.as_dict())
+        self.time_budget = self.settings.time_budget
+        self.resample_every = resample_period(self.settings)
+        self.optimizer = make_optimizer(self.settings.optimizer, **{
+            **self.settings.as_dict(), "resample_every": self.resample_every,
+            "rounding_gain": components.loss.backend.rounding_gain(components.dtype)})
         self.validation = Validation.create(self.problem, self.settings, components.dtype, components.device)
+        self.batch, self.stein_state = None, None
 
     def describe(self) -> str:
         s = self.settings
@@ -155,10 +166,15 @@ class PINNTask:
                 f"{s.batch} points")
 
     def sample(self, step: int, generators):
-        s, c = self.settings, self.components
-        batch = sample_batch(self.problem, s.batch, s.condition_batch, generators["points"], c.dtype, c.device)
-        c.loss.backend.refresh(generators["stein"])
-        return batch
+        """Fresh points (and Monte-Carlo Stein samples) every ``resample_every`` steps; the same ones
+        in between, so that second-order methods see one least-squares problem."""
+        if self.batch is None or step % self.resample_every == 0:
+            s, c = self.settings, self.components
+            self.batch = sample_batch(self.problem, s.batch, s.condition_batch, generators["points"], c.dtype,
+                                      c.device)
+            self.stein_state = generators["stein"].get_state()
+            c.loss.backend.refresh(generators["stein"])
+        return self.batch
 
     def should_evaluate(self, step: int) -> bool:
         return (step + 1) % self.settings.eval_every == 0 or step + 1 == self.steps or step == 0
@@ -180,10 +196,17 @@ class PINNTask:
         return row["val_rel_l2"] if not math.isnan(row["val_rel_l2"]) else row["loss"]
 
     def state_dict(self) -> dict:
-        return {}
+        """The points in use (reused until the next resample) and the Stein generator before their draw."""
+        if self.batch is None:
+            return {}
+        return {"interior": self.batch.interior, "conditions": list(self.batch.conditions),
+                "stein_state": self.stein_state}
 
     def load_state_dict(self, saved: dict) -> None:
-        pass
+        if saved:
+            self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]))
+            self.stein_state = saved["stein_state"]
+            self.components.loss.backend.refresh(torch.Generator().set_state(self.stein_state))
 
     def finish(self, state, run_dir: Path) -> dict:
         """model.pt, best.pt and the summary's PINN fields."""

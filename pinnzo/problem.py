@@ -75,6 +75,7 @@ class Problem:
     _residual_fn: Callable = field(repr=False)
     _exact_fn: Callable | None = field(repr=False)
     _ansatz_fn: Callable | None = field(repr=False)
+    _ansatz_affine: tuple[Callable, Callable] | None = field(repr=False, default=None)
 
     @property
     def dim(self) -> int:
@@ -90,6 +91,13 @@ class Problem:
         if self._ansatz_fn is None:
             return network
         return lambda X: self.apply_ansatz(X, network(X))
+
+    def ansatz_coefficients(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(a, b) (B,) with u = a + b N at X, when the ansatz is affine in N (else None)."""
+        if self._ansatz_affine is None:
+            return None
+        values = self.values(X)
+        return tuple(torch.broadcast_to(fn(values), X.shape[:-1]) for fn in self._ansatz_affine)
 
     def apply_ansatz(self, X: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
         """u from the network values N (..., B) at X (B, D) (N itself without an ansatz)."""
@@ -307,6 +315,7 @@ class _Loader:
             exact_fn = compile_torch(exact, names) if exact is not None else None
             ansatz_fn = (compile_torch(ansatz, {**names, sympy.Symbol("N", real=True): "N"})
                          if ansatz is not None else None)
+            ansatz_affine = _affine_parts(ansatz, names)
         except ExpressionError as error:
             self.fail("equation", str(error))
         return Problem(
@@ -315,7 +324,7 @@ class _Loader:
             lows=tuple(b[0] for b in boxes), highs=tuple(b[1] for b in boxes),
             residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
             ansatz=ansatz, manufactured=manufactured, solve=dict(solve), _residual_fn=residual_fn,
-            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn)
+            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine)
 
     def box(self, domain: Any, dim: int) -> list[tuple[float, float]]:
         key = "variables.space.domain"
@@ -417,6 +426,17 @@ class _Loader:
                 self.fail(f"{key}.value", str(error))
             conditions.append(Condition(str(name), on, kind, expression, weight, compiled))
         return conditions
+
+
+def _affine_parts(ansatz: sympy.Expr | None, names) -> tuple[Callable, Callable] | None:
+    """Compiled (a, b) when ansatz = a + b N with a, b free of N (else None)."""
+    if ansatz is None:
+        return None
+    network = sympy.Symbol("N", real=True)
+    slope = sympy.diff(ansatz, network)
+    if network in slope.free_symbols:
+        return None
+    return compile_torch(ansatz.subs(network, 0), names), compile_torch(slope, names)
 
 
 def _apply_atoms(residual, atoms, exact, columns, symbols, spatial) -> sympy.Expr:

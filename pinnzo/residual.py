@@ -55,6 +55,8 @@ class PINNLoss:
     def __init__(self, problem: Problem, backend: DerivativeBackend):
         self.problem, self.backend = problem, backend
         self.condition_atoms = [problem.condition_atoms(c) for c in problem.conditions]
+        self._inputs_of, self._inputs = None, None  # the stencil points of the last batch
+        self._affine_of, self._affine = None, None  # the ansatz's (a, b) at them, when affine in N
 
     def _residuals(self, atoms_at, batch: Batch) -> list[tuple[str, torch.Tensor, float]]:
         """(name, residual (..., B_k), weight) of every term; ``atoms_at(k, X, atoms)`` gives the
@@ -84,6 +86,10 @@ class PINNLoss:
         """rho (n,), n = B + sum_c B_c, with |rho|^2 = the loss."""
         return _stack(self._residuals(self._backend_atoms(network), batch))
 
+    def residual_count(self, batch: Batch) -> int:
+        """n: one residual per interior point and per condition point."""
+        return len(batch.interior) + sum(len(X) for X, _ in batch.conditions)
+
     def predict(self, network: Network, X: torch.Tensor) -> torch.Tensor:
         """The backend's solution u at X (B,): smoothed for the Stein backends."""
         u = self.problem.solution(network)
@@ -102,19 +108,25 @@ class PINNLoss:
 
     def inputs(self, batch: Batch) -> torch.Tensor:
         """Every point the backend evaluates the network at: (R, D), the interior's stencil,
-        then each condition's."""
-        spatial = self.problem.spatial
-        return torch.cat([self.backend.points(X, atoms, spatial) for X, atoms in self._segments(batch)])
+        then each condition's (computed once per batch)."""
+        if self._inputs_of is not batch:
+            spatial = self.problem.spatial
+            self._inputs = torch.cat([self.backend.points(X, atoms, spatial) for X, atoms in self._segments(batch)])
+            self._inputs_of = batch
+        return self._inputs
 
     def _atoms_from_outputs(self, outputs: torch.Tensor, batch: Batch):
         """atoms_at for network values (..., R) at ``inputs(batch)``."""
         problem, segments = self.problem, self._segments(batch)
         points = self.inputs(batch)
-        u = problem.apply_ansatz(points, outputs)
+        if self._affine_of is not batch:
+            self._affine, self._affine_of = problem.ansatz_coefficients(points), batch
+        u = problem.apply_ansatz(points, outputs) if self._affine is None else self._affine[0] + self._affine[1] * outputs
         blocks, start = [], 0
         for X, atoms in segments:
-            rows = len(self.backend.points(X, atoms, problem.spatial))
-            blocks.append(u[..., start:start + rows].reshape(*u.shape[:-1], len(X), -1))
+            stencil = len(self.backend.offsets(atoms, tuple(problem.spatial), X.shape[1], X.dtype, X.device))
+            rows = len(X) * stencil
+            blocks.append(u[..., start:start + rows].reshape(*u.shape[:-1], len(X), stencil))
             start += rows
         return lambda k, X, atoms: self.backend.combine(blocks[k], atoms, problem.spatial)
 

@@ -57,7 +57,7 @@ class Settings(SettingsBase):
     level: int = 3  # sparse-grid level
     fd_step: float = 0.0  # finite-difference step (0: automatic for the dtype)
     # optimizer
-    optimizer: str = "hybrid"  # adam | sgd | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam
+    optimizer: str = "hybrid"  # adam | sgd | lbfgs | adam-lbfgs | gn | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam | zo-gn
     lr: float = 1e-3
     lr_decay: float = 1.0  # multiply lr by this every decay_every steps
     decay_every: int = 1000
@@ -71,6 +71,14 @@ class Settings(SettingsBase):
     switch_step: int = 0  # hybrid: switch at this step at the latest (0: the patience rule only)
     cge_mu: float = 0.01  # hybrid: CGE perturbation radius after the switch
     cge_lr: float = 0.0  # hybrid: CGE learning rate after the switch (0: lr)
+    # Gauss-Newton (gn, zo-gn) and L-BFGS (lbfgs, adam-lbfgs)
+    gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions)
+    gn_directions: int = 200  # k random directions of zo-gn (gaussian, orthonormal; auto when d > 4096)
+    gn_mu: float = 0.0  # zo-gn difference step (0: sqrt(eps) of the dtype times the scale of theta)
+    damping: float = 1e-3  # initial Levenberg-Marquardt damping lambda
+    damping_rule: str = "nielsen"  # nielsen | marquardt
+    history: int = 50  # L-BFGS history size
+    resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, gn, zo-gn)
     # run
     steps: int = 1000
     batch: int = 100  # interior points per step
@@ -81,6 +89,7 @@ class Settings(SettingsBase):
     dtype: str = "float32"  # float32 | float64
     device: str = "cpu"  # cpu | cuda
     memory_mb: int = 1024  # budget for one chunk of batched evaluations
+    time_budget: float = 0.0  # stop after the step that passes this many seconds of training (0: no limit)
 
 
 
@@ -122,15 +131,18 @@ CHOICES = {
     "perturbation": ("gaussian", "rademacher"),
     "difference": ("forward", "central"),
     "dtype": ("float32", "float64"),
+    "gn_subspace": ("auto", "coordinates", "gaussian", "orthonormal"),
+    "damping_rule": ("nielsen", "marquardt"),
     "device": ("cpu", "cuda"),
 }
 
 
 # Smallest allowed value of the settings that have one (the others may be 0).
 MINIMUM = {"width": 1, "depth": 1, "rank": 1, "samples": 1, "level": 1, "decay_every": 1, "directions": 1,
+           "gn_directions": 1, "history": 1,
            "steps": 1, "batch": 1, "condition_batch": 1, "eval_every": 1, "eval_points": 2, "memory_mb": 1,
            "decay_epochs": 1, "epochs": 1}
-POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay"}  # floats that must be > 0
+POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
 BELOW_ONE = {"momentum"}  # floats in [0, 1)
 
 

@@ -54,6 +54,12 @@ class DerivativeBackend(ABC):
     def describe(self) -> str:
         return self.name
 
+    def rounding_gain(self, dtype: torch.dtype) -> float:
+        """About how much the derivatives amplify the rounding error of f (relative): 1 for exact
+        derivatives; a difference quotient divides it by its steps. zo-gn sizes its own
+        difference step from it."""
+        return 1.0
+
 
 class StencilBackend(DerivativeBackend):
     """A backend whose atoms are linear combinations of f at X + offsets (S offsets per point)."""

@@ -72,6 +72,11 @@ class FiniteDifference(StencilBackend):
             tables[dim] = table.to(dtype=dtype, device=device)
         return tables[dim]
 
+    def rounding_gain(self, dtype) -> float:
+        """A second difference [f(+h) + f(-h) - 2 f] / h^2 multiplies rounding by 4 / h^2."""
+        h1, h2 = self.steps(dtype)
+        return max(1 / h1, 4 / h2**2)
+
     def combine(self, F, atoms, spatial):
         _, weights, _ = self._plan(atoms, spatial, F.dtype, F.device)
         parts = {atom: F[..., rows] @ coefficients for atom, (rows, coefficients) in weights.items()}

@@ -102,6 +102,13 @@ class SteinEstimator(StencilBackend):
     def evaluations_per_point(self, atoms, spatial, dim):
         return len(self.nodes)
 
+    def rounding_gain(self, dtype) -> float:
+        """The largest weight sum of the estimators: the Laplacian's sum |w (|z|^2 - D)| / (2 sigma^2)
+        bounds the second derivatives' (with D all inputs), and 4 for the pair differences."""
+        z2 = (self.nodes**2).sum(1)
+        return 4 * max(np.abs(self.weights * (z2 - self.nodes.shape[1])).sum() / (2 * self.sigma**2),
+                       np.abs(self.weights[:, None] * self.nodes).sum(0).max() / self.sigma, 1.0)
+
 
 class SparseGridStein(SteinEstimator):
     """Stein estimator with a sparse-grid rule (paper: Gauss-Hermite level 3, 925 nodes for D = 21)."""

@@ -21,15 +21,17 @@ GAIN = {"sin": 1.0, "tanh": 1.0, "relu": 2.0, "gelu": 2.0}
 class DenseLinear(nn.Linear):
     """nn.Linear that also reports its unit responses (for the layered coordinate queries)."""
 
-    def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor,
-                       entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The change of the output at x (B, in) per unit change of the entries (E,) of
-        parameter ``name`` ("weight" (out, in) or "bias"), in sparse form (units (E, 1),
-        values (E, B, 1)): the layer is linear in each of its parameter tensors."""
+    def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor):
+        """How the output at x (B, in) changes per unit change of entries of parameter ``name``
+        ("weight" (out, in) or "bias"): a function entries (E,) -> sparse (units (E, 1),
+        values (E, B, 1)). The layer is linear in each of its parameter tensors."""
         if name == "bias":
-            return entries[:, None], x.new_ones(len(entries), x.shape[0], 1)
-        out_index, in_index = torch.unravel_index(entries, params["weight"].shape)
-        return out_index[:, None], x[:, in_index].T[:, :, None]
+            return lambda entries: (entries[:, None], x.new_ones(len(entries), x.shape[0], 1))
+
+        def responses(entries):
+            out_index, in_index = torch.unravel_index(entries, params["weight"].shape)
+            return out_index[:, None], x[:, in_index].T[:, :, None]
+        return responses
 
 
 def dense_layer(in_features: int, out_features: int, dtype, generator, gain: float = 1.0) -> DenseLinear:

@@ -65,14 +65,13 @@ def tt_matvec(cores: Sequence[torch.Tensor], x: torch.Tensor, out_features: int)
     return t.reshape(*batch, out_size)[..., :out_features]
 
 
-def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, entries: torch.Tensor,
-                      out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """How W x changes per unit change of entries (flat indices, (E,)) of core k, in sparse
-    form: (units (E, U), values (E, B, U)), U = out_size / m_k.
+def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, out_features: int):
+    """How W x changes per unit change of entries of core k: a function entries (E,) (flat indices)
+    -> (units (E, U), values (E, B, U)), the sparse form, U = out_size / m_k.
 
     x (B, in_features). W is linear in core k, so the change is exact: x is contracted
-    with every core but k (one einsum), leaving core k's indices (r_{k-1}, n_k, r_k) open;
-    entry (a, i, j, c) changes exactly the outputs whose k-th output index is i.
+    with every core but k once (one einsum), leaving core k's indices (r_{k-1}, n_k, r_k)
+    open; entry (a, i, j, c) changes exactly the outputs whose k-th output index is i.
     """
     L = len(cores)
     letters = iter(string.ascii_letters)
@@ -93,13 +92,18 @@ def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, en
     B = T.shape[0]
     m_k, after = out_shape[k], math.prod(out_shape[k + 1:])
     before = math.prod(out_shape[:k])
-    a, i, j, c = torch.unravel_index(entries, cores[k].shape)
-    values = T.reshape(B, before * after, *T.shape[-3:])[:, :, a, j, c].permute(2, 0, 1)  # (E, B, U)
+    T = T.reshape(B, before * after, *T.shape[-3:])
     base = (torch.arange(before, device=x.device)[:, None] * (m_k * after)
             + torch.arange(after, device=x.device)[None, :]).flatten()
-    units = base[None, :] + (i * after)[:, None]  # (E, U) flat output indices
-    padded = units >= out_features  # outputs cut off by the padding of the factorisation
-    return units.masked_fill(padded, 0), values.masked_fill(padded[:, None, :], 0.0)
+
+    def responses(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, i, j, c = torch.unravel_index(entries, cores[k].shape)
+        values = T[:, :, a, j, c].permute(2, 0, 1)  # (E, B, U)
+        units = base[None, :] + (i * after)[:, None]  # (E, U) flat output indices
+        padded = units >= out_features  # outputs cut off by the padding of the factorisation
+        return units.masked_fill(padded, 0), values.masked_fill(padded[:, None, :], 0.0)
+
+    return responses
 
 
 class TTLinear(nn.Module):
@@ -165,16 +169,14 @@ class TTLinear(nn.Module):
         y = tt_matvec(self.core_list(), x, self.out_features)
         return y + self.bias if self.bias is not None else y
 
-    def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor,
-                       entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The change of this layer's output at x (B, in) per unit change of the entries (E,)
-        of parameter ``name`` (as in named_parameters), with the given parameter values,
-        in sparse form: (units (E, U), values (E, B, U))."""
+    def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor):
+        """How this layer's output at x (B, in) changes per unit change of entries of parameter
+        ``name`` (as in named_parameters), with the given parameter values: a function entries (E,)
+        -> sparse (units (E, U), values (E, B, U)), prepared once per parameter tensor."""
         if name == "bias":
-            return entries[:, None], x.new_ones(len(entries), x.shape[0], 1)
+            return lambda entries: (entries[:, None], x.new_ones(len(entries), x.shape[0], 1))
         names = [f"cores.{k}" for k in range(len(self.cores))]
-        return tt_unit_responses([params[core] for core in names], names.index(name), x, entries,
-                                 self.out_features)
+        return tt_unit_responses([params[core] for core in names], names.index(name), x, self.out_features)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

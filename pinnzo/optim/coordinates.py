@@ -5,7 +5,8 @@ A layer's pre-activation z = layer(a) is linear in each single parameter tensor
 paper eq. 7). Moving entry j of one tensor by mu therefore gives exactly
 
     z(theta + mu e_j) = z(theta) + mu dz_j,    dz_j = the layer's unit response to e_j
-                                                (``layer.unit_responses``),
+                                                (``layer.unit_responses``, prepared once
+                                                per parameter tensor),
 
 and only the layers after the perturbed one need to run again: for all chosen
 entries of a tensor as one batch. The values are the outputs a black-box query
@@ -75,22 +76,25 @@ def perturbed_outputs(model, params: dict[str, torch.Tensor], x: torch.Tensor, c
         for name in names:
             count = layer_params[name].numel()
             inside = ((chosen >= offset) & (chosen < offset + count)).nonzero().flatten()
+            if len(inside):
+                responses = layers[index].unit_responses(layer_params, name, inputs[index])
             for part in torch.split(inside, per_block) if len(inside) else ():
-                units, values = layers[index].unit_responses(layer_params, name, inputs[index], chosen[part] - offset)
-                h = _propagate(model, layers, per_layer, index, outputs, units, values, mu,
+                units, values = responses(chosen[part] - offset)
+                h = _propagate(model, layers, per_layer, index, inputs, outputs, units, values, mu,
                                weights if index == last - 1 else None)
                 yield part, (h.squeeze(-1) if model.squeeze else h)
             offset += count
 
 
-def _propagate(model, layers, per_layer, index, outputs, units, values, mu, weights):
+def _propagate(model, layers, per_layer, index, inputs, outputs, units, values, mu, weights):
     """Outputs (E, R, out) after moving layer ``index``'s pre-activation by mu * the unit responses."""
     E, R, U = values.shape
     z = outputs[index]
     if weights is not None:
-        # only the changed units: output + W_out[units]^T (act(z_u + mu dz_u) - act(z_u))
+        # only the changed units: output + W_out[units]^T (act(z_u + mu dz_u) - act(z_u));
+        # act(z) is the output layer's input
         z_units = z[:, units].permute(1, 0, 2)  # (E, R, U)
-        change = model.activation(z_units + mu * values) - model.activation(z_units)
+        change = model.activation(z_units + mu * values) - inputs[index + 1][:, units].permute(1, 0, 2)
         return outputs[-1] + torch.einsum("ebu,euc->ebc", change, weights[units])
     h = z + mu * z.new_zeros(E, R, z.shape[-1]).scatter_add_(2, units[:, None, :].expand(E, R, U), values)
     for later in range(index + 1, len(layers)):

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from pinnzo.errors import PinnzoError
+
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]
 
 
@@ -77,18 +79,52 @@ class Objective:
         forward; with a chunk of 1 (queries large enough to fill the machine on
         their own) it is one forward per vector, without vmap's overhead.
         """
-        if self.queries_per_chunk == 1:
-            return self.losses_looped(thetas, batch)
-        self.queries += len(thetas)
-        with torch.no_grad():
-            batched = vmap(lambda theta: self.loss_fn(self.network(theta), batch), randomness="same")
-            return torch.cat([batched(chunk) for chunk in torch.split(thetas, self.queries_per_chunk)])
+        return self._batched(self.loss_fn, thetas, batch)
 
     def losses_looped(self, thetas: torch.Tensor, batch) -> torch.Tensor:
         """The same as ``losses`` with one forward per parameter vector (reference)."""
+        return self._looped(self.loss_fn, thetas, batch)
+
+    def residuals(self, thetas: torch.Tensor, batch) -> torch.Tensor:
+        """The residual vectors rho(theta_i) (P, n) of a least-squares loss, |rho|^2 = L: P queries,
+        batched and chunked like ``losses``."""
+        return self._batched(self._residual_vector(), thetas, batch)
+
+    def residual_count(self, batch) -> int:
+        """n, the length of the residual vector on ``batch``."""
+        self._residual_vector()
+        return self.loss_fn.residual_count(batch)
+
+    def residual_jacobian(self, theta: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rho (n,), d rho / d theta (n, d)) by reverse-mode autodiff (first order): one query."""
+        residual_vector = self._residual_vector()
+        self.queries += 1
+        with torch.enable_grad():
+            value = lambda t: residual_vector(self.network(t), batch)
+            matrix = torch.func.jacrev(value)(theta.detach())
+        with torch.no_grad():
+            return value(theta), matrix
+
+    def _residual_vector(self):
+        residual_vector = getattr(self.loss_fn, "residual_vector", None)
+        if residual_vector is None:
+            raise PinnzoError("this loss is not a sum of squares (it has no residual vector): Gauss-Newton "
+                              "optimizers (gn, zo-gn) apply to PINN losses")
+        return residual_vector
+
+    def _batched(self, value, thetas: torch.Tensor, batch) -> torch.Tensor:
+        """value(network(theta_i), batch) for each row of thetas, stacked; len(thetas) queries."""
+        if self.queries_per_chunk == 1:
+            return self._looped(value, thetas, batch)
         self.queries += len(thetas)
         with torch.no_grad():
-            return torch.stack([self.loss_fn(self.network(theta), batch) for theta in thetas])
+            batched = vmap(lambda theta: value(self.network(theta), batch), randomness="same")
+            return torch.cat([batched(chunk) for chunk in torch.split(thetas, self.queries_per_chunk)])
+
+    def _looped(self, value, thetas: torch.Tensor, batch) -> torch.Tensor:
+        self.queries += len(thetas)
+        with torch.no_grad():
+            return torch.stack([value(self.network(theta), batch) for theta in thetas])
 
     @property
     def layered(self) -> bool:
@@ -101,14 +137,25 @@ class Objective:
     def coordinate_losses(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """L(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E,): E queries, computed
         by re-running only the layers after each perturbed one (optim/coordinates.py)."""
+        return self._coordinates(self.loss_fn.criterion, theta, batch, chosen, mu)
+
+    def coordinate_residuals(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
+        """rho(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E, n), the layered way: E queries."""
+        self._residual_vector()
+        return self._coordinates(self.loss_fn.residual_criterion, theta, batch, chosen, mu)
+
+    def _coordinates(self, criterion, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         from pinnzo.optim.coordinates import perturbed_outputs
 
         self.queries += len(chosen)
-        result = torch.empty(len(chosen), dtype=theta.dtype, device=theta.device)
+        parts = []
         with torch.no_grad():
             inputs = self.loss_fn.inputs(batch)
             for part, outputs in perturbed_outputs(self.model, self.unflatten(theta), inputs, chosen, mu):
-                result[part] = self.loss_fn.criterion(outputs, batch)
+                parts.append((part, criterion(outputs, batch)))
+        result = theta.new_empty((len(chosen), *parts[0][1].shape[1:]))
+        for part, values in parts:
+            result[part] = values
         return result
 
     def value_and_grad(self, theta: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import torch
 
 from pinnzo.optim import estimators
+from pinnzo.optim.gauss_newton import GaussNewton
+from pinnzo.optim.info import StepInfo
+from pinnzo.optim.lbfgs import LBFGS
 from pinnzo.optim.transforms import (Schedule, Transformation, chain, exponential_decay, scale_by_adam,
                                      scale_by_schedule, scale_by_sign, trace)
 
@@ -29,15 +32,6 @@ SMOOTHING = 0.9  # the smoothed loss s_t = 0.9 s_{t-1} + 0.1 L_t
 def smoothed(previous: float, loss: float) -> float:
     """The one smoothed-loss definition (an exponential moving average; nan starts it)."""
     return loss if math.isnan(previous) else SMOOTHING * previous + (1 - SMOOTHING) * loss
-
-
-@dataclass
-class StepInfo:
-    """What one step did: the training loss at theta, the stage, notes for the log."""
-
-    loss: float
-    stage: str = ""
-    events: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -59,7 +53,7 @@ class GradientDescent:
 
 
 class HybridState(NamedTuple):
-    stage: int  # 0: coarse (signRGE), 1: fine (CGE)
+    stage: int  # 0: coarse (signRGE, Adam), 1: fine (CGE, L-BFGS)
     smoothed: float
     best: float
     since: int  # steps since the smoothed loss last improved
@@ -70,18 +64,21 @@ class HybridState(NamedTuple):
 
 @dataclass(frozen=True)
 class Hybrid:
-    """The paper's hybrid: ``coarse`` (ZO-signRGE) training, then ``fine`` (ZO-CGE with momentum).
+    """A switching wrapper: ``coarse`` training, then ``fine`` for the rest of the run. The paper's
+    hybrid is ZO-signRGE then ZO-CGE with momentum; adam-lbfgs is Adam then L-BFGS.
 
     Patience rule: the smoothed loss must improve on its best value by a relative
     1e-3 at least once every ``patience`` steps; when it does not, the optimizer
-    switches for the rest of the run. ``switch_step`` > 0 switches at that step at
-    the latest (a time budget). The switch step is logged and kept in the state.
+    switches. ``switch_step`` > 0 switches at that step at the latest (a time
+    budget). The switch step is logged and kept in the state.
     """
 
-    coarse: GradientDescent
-    fine: GradientDescent
+    coarse: Any
+    fine: Any
     patience: int
     switch_step: int = 0
+    name: str = "hybrid"
+    labels: tuple[str, str] = ("signRGE", "CGE")
 
     @property
     def schedule(self) -> Schedule:
@@ -103,7 +100,8 @@ class Hybrid:
             state = state._replace(stage=1, switch_step=step)
             reason = (f"smoothed loss {level:.3e} did not improve for {self.patience} steps" if not budget
                       else f"switch_step {self.switch_step} reached")
-            info.events.append(f"hybrid: switched from signRGE to CGE at step {step} ({reason})")
+            info.events.append(f"{self.name}: switched from {self.labels[0]} to {self.labels[1]} at step {step} "
+                               f"({reason})")
         return theta, state, info
 
 
@@ -167,3 +165,29 @@ def hybrid(lr: float = 1e-3, directions: int = 10, mu: float = 0.01, perturbatio
     coarse = zo_signrge(lr, directions, mu, perturbation, difference, lr_decay, decay_every)
     fine = zo_cge(cge_lr or lr, cge_mu, momentum, difference, coordinates, lr_decay, decay_every)
     return Hybrid(coarse, fine, patience, switch_step)
+
+
+def lbfgs(history: int = 50, resample_every: int = 1) -> LBFGS:
+    """L-BFGS with a strong-Wolfe line search on back-propagated gradients (one iteration a step)."""
+    return LBFGS(history, resample_every)
+
+
+def adam_lbfgs(lr: float = 1e-3, lr_decay: float = 1.0, decay_every: int = 1000, history: int = 50,
+               resample_every: int = 1, patience: int = 50, switch_step: int = 0) -> Hybrid:
+    """Adam, then L-BFGS (the usual PINN recipe), switched by the patience rule or at ``switch_step``."""
+    return Hybrid(adam(lr, lr_decay, decay_every), lbfgs(history, resample_every), patience, switch_step,
+                  "adam-lbfgs", ("Adam", "L-BFGS"))
+
+
+def gn(damping: float = 1e-3, damping_rule: str = "nielsen", memory_mb: int = 1024) -> GaussNewton:
+    """Levenberg-Marquardt with the Jacobian of the residual vector by autograd (first order)."""
+    return GaussNewton("gn", damping=damping, rule=damping_rule, memory_mb=memory_mb)
+
+
+def zo_gn(gn_subspace: str = "auto", gn_directions: int = 200, gn_mu: float = 0.0, difference: str = "forward",
+          damping: float = 1e-3, damping_rule: str = "nielsen", memory_mb: int = 1024,
+          rounding_gain: float = 1.0) -> GaussNewton:
+    """Levenberg-Marquardt with the Jacobian by forward differences of residual queries: no
+    back-propagation anywhere. ``rounding_gain``: the derivative backend's (sizes the step gn_mu)."""
+    return GaussNewton("zo-gn", gn_subspace, gn_directions, gn_mu, difference, damping, damping_rule,
+                       memory_mb=memory_mb, rounding_gain=rounding_gain)

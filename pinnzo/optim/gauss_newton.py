@@ -1,0 +1,203 @@
+"""Gauss-Newton / Levenberg-Marquardt on the residual vector: ``zo-gn`` (forward queries only) and ``gn``.
+
+The PINN loss is a sum of squares, L(theta) = |rho(theta)|^2 (residual.py). Near a
+solution a Gauss-Newton step solves the linearised least-squares problem in a
+subspace spanned by directions s_1..s_k (the rows of S, (k, d); all d coordinates
+when S is the identity):
+
+    J_S = d rho / d(S^T a)  (n, k),   (J_S^T J_S + lambda D) a = -J_S^T rho,   theta <- theta + S^T a,
+
+with D = diag(J_S^T J_S) (Marquardt's scaling). ``zo-gn`` forms J_S by forward
+differences of residual-vector queries, rho(theta + mu s_j) - rho(theta) over mu, so
+it needs nothing but forward evaluations; ``gn`` takes the Jacobian by autograd.
+
+The step is accepted or rejected on a fresh query of the same points: the gain
+ratio rho_g = (L - L_new) / (L - |rho + J_S a|^2) compares the actual with the
+predicted decrease. Nielsen's rule (K. Madsen, H. B. Nielsen, O. Tingleff,
+"Methods for non-linear least squares problems", 2004) adapts lambda from it:
+accepted: lambda *= max(1/3, 1 - (2 rho_g - 1)^3), nu = 2; rejected: lambda *= nu,
+nu *= 2. Marquardt's rule divides or multiplies lambda by 10. A rejected step is
+retried with the larger damping (one query each, up to ``max_tries``), so a singular
+or ill-conditioned J^T J is handled by the damping, never by an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from pinnzo.errors import PinnzoError
+from pinnzo.optim.objective import Objective
+from pinnzo.optim.info import StepInfo
+
+SUBSPACES = ("auto", "coordinates", "gaussian", "orthonormal")
+MIN_DAMPING, MAX_DAMPING = 1e-15, 1e15
+AUTO_COORDINATES = 4096  # "auto": all coordinates up to this many parameters, else random directions
+
+
+class Jacobian(NamedTuple):
+    """rho at theta (n,), J_S (n, k), the directions S (k, d) or None (all coordinates), queries used."""
+
+    residual: torch.Tensor
+    matrix: torch.Tensor
+    directions: torch.Tensor | None
+    queries: int
+
+
+class GNState(NamedTuple):
+    damping: float  # lambda
+    growth: float  # Nielsen's nu
+    accepted: int  # steps accepted so far
+    rejected: int  # trial steps rejected so far
+
+
+def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
+    """sqrt(eps * gain) times the scale of theta: the forward-difference step that balances truncation
+    against rounding, when the residuals carry rounding errors of eps * gain (relative; ``gain`` is the
+    derivative backend's amplification, 1 for exact derivatives)."""
+    return (torch.finfo(theta.dtype).eps * gain) ** 0.5 * max(1.0, theta.abs().max().item())
+
+
+def subspace(kind: str, count: int, dim: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor | None:
+    """The directions S (k, d) of a step: None for all coordinates; unit-norm Gaussian directions;
+    or k orthonormal ones (the Q of a Gaussian matrix)."""
+    if kind == "auto":
+        kind = "coordinates" if dim <= AUTO_COORDINATES else "orthonormal"
+    if kind == "coordinates":
+        return None
+    count = min(count, dim)
+    gaussian = torch.randn(dim, count, generator=generator, dtype=torch.float64)
+    if kind == "gaussian":
+        S = (gaussian / gaussian.norm(dim=0)).T
+    elif kind == "orthonormal":
+        S = torch.linalg.qr(gaussian).Q.T
+    else:
+        raise ValueError(f"unknown subspace {kind!r}; must be one of {', '.join(SUBSPACES)}")
+    return S.to(dtype=like.dtype, device=like.device)
+
+
+def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, generator: torch.Generator,
+                        kind: str = "auto", count: int = 200, mu: float = 0.0, difference: str = "forward",
+                        gain: float = 1.0) -> Jacobian:
+    """J_S by differences of residual-vector queries: forward (k + 1 queries) or central (2k + 1).
+
+    Coordinate columns with forward differences take the layered path when the objective has one
+    (the same values, re-running only the layers after each perturbed parameter).
+    """
+    mu = mu or default_mu(theta, gain)
+    S = subspace(kind, count, theta.numel(), generator, theta)
+    k = theta.numel() if S is None else len(S)
+    if S is None and difference == "forward" and objective.layered:
+        r0 = objective.residuals(theta[None], batch)[0]
+        perturbed = objective.coordinate_residuals(theta, batch, torch.arange(k, device=theta.device), mu)
+        return Jacobian(r0, ((perturbed - r0) / mu).T, None, k + 1)
+    steps = mu * (torch.eye(k, dtype=theta.dtype, device=theta.device) if S is None else S)
+    if difference == "forward":
+        values = objective.residuals(torch.cat([theta[None], theta + steps]), batch)
+        return Jacobian(values[0], ((values[1:] - values[0]) / mu).T, S, k + 1)
+    if difference == "central":
+        values = objective.residuals(torch.cat([theta[None], theta + steps, theta - steps]), batch)
+        return Jacobian(values[0], ((values[1:k + 1] - values[k + 1:]) / (2 * mu)).T, S, 2 * k + 1)
+    raise ValueError(f"unknown difference {difference!r}; must be one of forward, central")
+
+
+def autograd_jacobian(objective: Objective, theta: torch.Tensor, batch, generator: torch.Generator) -> Jacobian:
+    """The full Jacobian d rho / d theta by reverse-mode autodiff (first order): one query."""
+    residual, matrix = objective.residual_jacobian(theta, batch)
+    return Jacobian(residual, matrix, None, 1)
+
+
+@dataclass(frozen=True)
+class GaussNewton:
+    """Levenberg-Marquardt steps; the Jacobian by ``autograd`` or by forward ``differences`` in a
+    subspace (``kind``: auto | coordinates | gaussian | orthonormal, ``count`` random directions)."""
+
+    stage: str  # "gn" (autograd) | "zo-gn" (differences)
+    kind: str = "auto"
+    count: int = 200
+    mu: float = 0.0
+    difference: str = "forward"
+    damping: float = 1e-3
+    rule: str = "nielsen"
+    max_tries: int = 8
+    memory_mb: int = 1024
+    rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
+
+    def schedule(self, step: int) -> float:
+        return 1.0  # a (damped) Newton step: no learning rate
+
+    def init(self, theta: torch.Tensor) -> GNState:
+        return GNState(self.damping, 2.0, 0, 0)
+
+    def jacobian(self, objective: Objective, theta: torch.Tensor, batch, generator) -> Jacobian:
+        self._check_memory(objective, theta, batch)
+        if self.stage == "gn":
+            return autograd_jacobian(objective, theta, batch, generator)
+        return difference_jacobian(objective, theta, batch, generator, self.kind, self.count, self.mu,
+                                   self.difference, self.rounding_gain)
+
+    def update(self, step: int, theta, state: GNState, objective: Objective, batch, generator):
+        jacobian = self.jacobian(objective, theta, batch, generator)
+        r0, J = jacobian.residual.double(), jacobian.matrix.double()
+        loss = (r0 @ r0).item()
+        if not math.isfinite(loss):
+            return theta, state, StepInfo(loss, self.stage)
+        A, g = J.T @ J, J.T @ r0
+        scale = _marquardt_scale(A)
+        damping, growth, rejected = state.damping, state.growth, state.rejected
+        for _ in range(self.max_tries):
+            a = _solve(A + damping * torch.diag(scale), -g)
+            move = a if jacobian.directions is None else a @ jacobian.directions.double()
+            candidate = theta + move.to(theta.dtype)
+            r1 = objective.residuals(candidate[None], batch)[0].double()
+            new_loss = (r1 @ r1).item()
+            predicted = -(2 * (a @ g) + a @ (A @ a)).item()
+            gain = (loss - new_loss) / predicted if predicted > 0 else -1.0
+            if math.isfinite(new_loss) and gain > 0:
+                damping, growth = self._accepted(damping, gain), 2.0
+                return candidate, GNState(damping, growth, state.accepted + 1, rejected), StepInfo(loss, self.stage)
+            damping, growth, rejected = self._rejected(damping, growth), growth * 2, rejected + 1
+        # no trial step decreased the loss: at the largest damping the steps vanish, so stop
+        info = StepInfo(loss, self.stage, converged=damping >= MAX_DAMPING)
+        if info.converged:
+            info.events.append(f"{self.stage}: converged (no decrease of the loss {loss:.3e} at damping "
+                               f"{damping:.0e}): stopping")
+        return theta, GNState(damping, growth, state.accepted, rejected), info
+
+    def _accepted(self, damping: float, gain: float) -> float:
+        if self.rule == "marquardt":
+            return max(damping / 10, MIN_DAMPING)
+        return max(damping * max(1 / 3, 1 - (2 * gain - 1) ** 3), MIN_DAMPING)
+
+    def _rejected(self, damping: float, growth: float) -> float:
+        return min(damping * (10 if self.rule == "marquardt" else growth), MAX_DAMPING)
+
+    def _check_memory(self, objective: Objective, theta: torch.Tensor, batch) -> None:
+        """Refuse a Jacobian (n x k values, with its float64 copy) that would not fit in memory_mb."""
+        n, d = objective.residual_count(batch), theta.numel()
+        k = d if self.stage == "gn" or self.kind == "coordinates" or (
+            self.kind == "auto" and d <= AUTO_COORDINATES) else min(self.count, d)
+        needed = 2 * 8 * n * k / 2**20
+        if needed > self.memory_mb:
+            raise PinnzoError(f"{self.stage}: the Jacobian has {n:,} residuals x {k:,} directions "
+                              f"(~{needed:,.0f} MB), more than memory_mb = {self.memory_mb}: lower batch or "
+                              f"condition_batch, use gn_subspace=orthonormal with fewer gn_directions, "
+                              f"or raise memory_mb")
+
+
+def _marquardt_scale(A: torch.Tensor) -> torch.Tensor:
+    """diag(A), floored so that a direction the residuals ignore is still damped."""
+    diagonal = A.diagonal()
+    floor = 1e-12 * diagonal.max().clamp_min(1e-300)
+    return diagonal.clamp_min(floor)
+
+
+def _solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """M a = b for a symmetric positive (semi)definite M: Cholesky, else least squares."""
+    factor, info = torch.linalg.cholesky_ex(M)
+    if info.item() == 0:
+        return torch.cholesky_solve(b[:, None], factor)[:, 0]
+    return torch.linalg.lstsq(M, b[:, None]).solution[:, 0]

@@ -1,0 +1,232 @@
+"""Gauss-Newton (gn, zo-gn), L-BFGS (lbfgs, adam-lbfgs): the residual oracle, the layered Jacobian,
+closed-form problems, a small PINN, resume, and the refusals."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run_cli
+from pinnzo.errors import PinnzoError
+from pinnzo.loop import Interrupted
+from pinnzo.optim import Objective, make_optimizer
+from pinnzo.optim.gauss_newton import difference_jacobian
+from pinnzo.pinn import build, resolve_settings, solve
+from pinnzo.problem import load_problem
+from pinnzo.residual import sample_batch
+
+REPO = Path(__file__).resolve().parents[1]
+LINE = {
+    "name": "poisson1d",
+    "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 1]}},
+    "equation": "d(u, x, x) = -pi**2 * sin(pi * x)",
+    "exact": "sin(pi * x)",
+    "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 3.0}},
+    "solve": {"network": "mlp", "width": 8, "activation": "tanh", "dtype": "float64", "batch": 200,
+              "condition_batch": 10, "eval_every": 5, "eval_points": 500},
+}
+
+
+def _components(path, **changes):
+    problem = load_problem(path)
+    settings = resolve_settings(problem, {"dtype": "float64", "width": 6, "batch": 6, "condition_batch": 4,
+                                          "samples": 16, **changes})
+    components = build(problem, settings)
+    batch = sample_batch(problem, 6, 4, torch.Generator().manual_seed(0), torch.float64)
+    theta = components.objective.flatten() + 0.1 * torch.randn(components.objective.dim, dtype=torch.float64,
+                                                               generator=torch.Generator().manual_seed(1))
+    return components.objective, batch, theta
+
+
+@pytest.mark.parametrize("backend", ["ad", "fd", "stein", "sparse-grid"])
+def test_the_residual_vector_squared_is_the_loss_with_condition_weights(backend):
+    objective, batch, theta = _components(REPO / "problems" / "poisson2d.yaml", backend=backend)  # walls: weight 10
+    residuals = objective.residuals(torch.stack([theta, 1.1 * theta]), batch)
+    assert residuals.shape == (2, objective.residual_count(batch)) == (2, 6 + 4)
+    losses = objective.losses(torch.stack([theta, 1.1 * theta]), batch)  # the same batched forwards
+    torch.testing.assert_close(residuals.square().sum(1), losses, rtol=1e-12, atol=0)
+    # the condition's share: weight 10 times the mean square of its 4 residuals
+    interior = residuals[0, :6].square().sum()
+    assert (residuals[0, 6:].square().sum() / (losses[0] - interior)).item() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("network", ["mlp", "tt"])
+@pytest.mark.parametrize("backend", ["fd", "stein", "sparse-grid"])
+def test_layered_jacobian_columns_equal_black_box_queries(network, backend):
+    """hjb20-bc: 21 inputs, an ansatz-free loss with boundary data; every coordinate column."""
+    objective, batch, theta = _components(REPO / "problems" / "hjb20-bc.yaml", backend=backend, network=network,
+                                          fd_step=1e-2)
+    assert objective.layered
+    chosen, mu = torch.arange(objective.dim), 1e-3
+    before = objective.queries
+    layered = objective.coordinate_residuals(theta, batch, chosen, mu)
+    assert objective.queries - before == objective.dim
+    black_box = objective.residuals(theta + mu * torch.eye(objective.dim, dtype=torch.float64), batch)
+    # Stein: agreement to 1e-12. FD: its second differences divide the rounding of the network
+    # values (~1e-16 |f|) by h^2 = 1e-4 and sum 20 of them, so it agrees to that floor instead.
+    floor = 1e-12 if backend != "fd" else 1e3 * 2.2e-16 * objective.network(theta)(batch.interior).abs().max() \
+        * 4 / 1e-4 * 20
+    assert (layered - black_box).abs().max() <= floor
+    assert (black_box - objective.residuals(theta[None], batch)).abs().max() > 1e3 * floor  # columns move
+
+
+def _linear_least_squares():
+    """rho(w) = M w - b (n = 12 > d = 5): the network's outputs on the identity are w."""
+    generator = torch.Generator().manual_seed(0)
+    M = torch.randn(12, 5, generator=generator, dtype=torch.float64)
+    b = torch.randn(12, generator=generator, dtype=torch.float64)
+
+    class Vector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+
+        def forward(self, X):
+            return X @ self.w
+
+    class LeastSquares:
+        eye = torch.eye(5, dtype=torch.float64)
+
+        def residual_vector(self, network, batch):
+            return M @ network(self.eye) - b
+
+        def residual_count(self, batch):
+            return 12
+
+        def __call__(self, network, batch):
+            return self.residual_vector(network, batch).square().sum()
+
+    objective = Objective(Vector(), LeastSquares())
+    return objective, torch.linalg.lstsq(M, b[:, None]).solution[:, 0]
+
+
+@pytest.mark.parametrize("name", ["gn", "zo-gn"])
+def test_gauss_newton_solves_linear_least_squares_in_one_undamped_step(name):
+    objective, solution = _linear_least_squares()
+    optimizer = make_optimizer(name, damping=1e-15)
+    theta = objective.flatten()
+    theta, state, info = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
+    torch.testing.assert_close(theta, solution, rtol=0, atol=1e-7 if name == "zo-gn" else 1e-12)
+    assert state.accepted == 1 and state.rejected == 0
+    # queries: the Jacobian (autograd: 1; forward differences: d + 1) and one trial of the step
+    assert objective.queries == (1 if name == "gn" else 5 + 1) + 1
+
+
+def test_a_singular_system_is_damped_not_an_error():
+    """A residual that ignores two of the parameters: J^T J is singular; the damping handles it."""
+    objective, _ = _linear_least_squares()
+    residual_vector = objective.loss_fn.residual_vector
+    objective.loss_fn.residual_vector = lambda network, batch: residual_vector(network, batch) * torch.tensor(
+        [1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64).repeat(3)[:12]
+    optimizer = make_optimizer("zo-gn", damping=1e-3)
+    theta = objective.flatten()
+    state = optimizer.init(theta)
+    for step in range(5):
+        theta, state, info = optimizer.update(step, theta, state, objective, None, torch.Generator())
+    assert torch.isfinite(theta).all() and state.accepted >= 1
+
+
+def test_lbfgs_reaches_the_minimum_of_a_quadratic():
+    D = 30
+    A = torch.diag(torch.linspace(1, 30, D, dtype=torch.float64))
+    c = torch.linspace(0, 1, D, dtype=torch.float64)
+
+    class Vector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(D, dtype=torch.float64))
+
+        def forward(self, X):
+            return X @ self.w
+
+    eye = torch.eye(D, dtype=torch.float64)
+    objective = Objective(Vector(), lambda network, batch: 0.5 * network(eye) @ A @ network(eye) - c @ network(eye))
+    optimizer = make_optimizer("lbfgs", history=50, resample_every=1000)
+    theta, state = objective.flatten(), None
+    state = optimizer.init(theta)
+    errors = []
+    for step in range(60):
+        theta, state, info = optimizer.update(step, theta, state, objective, None, torch.Generator())
+        errors.append((theta - torch.linalg.solve(A, c)).abs().max().item())
+    # the loss resolves w only to ~sqrt(eps |L| / lambda_min) ~ 1e-9: L-BFGS gets there
+    assert errors[-1] < 1e-8, errors[::10]
+    assert errors[4] > 1e-3  # it does take steps to get there
+
+
+@pytest.mark.parametrize("optimizer", ["zo-gn", "gn"])
+def test_levenberg_marquardt_solves_a_small_pinn_in_a_few_steps(tmp_path, optimizer):
+    changes = {"backend": "fd"} if optimizer == "zo-gn" else {"backend": "ad"}
+    run = solve(LINE, optimizer=optimizer, steps=35, out=tmp_path / "run", **changes)
+    assert run.summary["final_rel_l2"] < 1e-3, run.summary["final_rel_l2"]
+    first = run.metrics[0]["val_rel_l2"]
+    assert first > 0.1  # it started far away
+
+
+@pytest.mark.parametrize("optimizer, changes", [
+    ("zo-gn", {"backend": "fd", "resample_every": 7}),
+    ("lbfgs", {"backend": "ad", "resample_every": 7}),
+    ("adam-lbfgs", {"backend": "ad", "switch_step": 6, "resample_every": 7}),
+])
+def test_resume_after_an_interrupt_is_bit_identical(tmp_path, optimizer, changes):
+    settings = resolve_settings(load_problem(LINE), {"optimizer": optimizer, "steps": 16, **changes})
+    solve(LINE, settings, out=tmp_path / "straight")
+
+    def interrupt(step, state):
+        if step == 9:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        solve(LINE, settings, out=tmp_path / "broken", callbacks=[interrupt])
+    solve(LINE, settings, out=tmp_path / "broken", resume=True)
+    rows = [list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
+            for name in ("straight", "broken")]
+    drop = lambda table: [{k: v for k, v in row.items() if k != "wall_s"} for row in table]
+    assert drop(rows[0]) == drop(rows[1])
+    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "broken"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_jacobian_too_large_for_memory_is_refused_with_the_setting_to_change(tmp_path):
+    with pytest.raises(PinnzoError, match=r"zo-gn: the Jacobian has 1,010 residuals x .* more than memory_mb = 1"):
+        solve(LINE, optimizer="zo-gn", backend="fd", batch=1000, memory_mb=1, steps=2, out=tmp_path / "r")
+
+
+def test_difference_step_follows_the_backends_rounding():
+    """fd in float64 amplifies rounding by 4 / h2^2 = 4e8: the step is sqrt(eps * 4e8) ~ 3e-4."""
+    objective, batch, theta = _components(REPO / "problems" / "poisson2d.yaml", backend="fd")
+    from pinnzo.optim.gauss_newton import default_mu
+
+    assert default_mu(theta, 4e8) == pytest.approx((2.220446e-16 * 4e8) ** 0.5 * max(1, theta.abs().max().item()))
+    jacobian = difference_jacobian(objective, theta, batch, torch.Generator(), "orthonormal", 7)
+    assert jacobian.matrix.shape == (10, 7) and jacobian.queries == 8
+    S = jacobian.directions
+    torch.testing.assert_close(S @ S.T, torch.eye(7, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_gauss_newton_stops_when_it_can_make_no_progress(tmp_path):
+    """In float32 the fd residuals carry rounding ~eps * 4 / h^2: once the loss reaches that floor no
+    trial step decreases it, the damping runs to its limit, and the run stops."""
+    run = solve(LINE, optimizer="zo-gn", backend="fd", dtype="float32", steps=300, out=tmp_path / "run")
+    assert run.summary["stopped_by"] == "converged" and run.summary["steps"] < 300
+    assert run.summary["final_rel_l2"] < 3e-3
+    assert "converged" in run.summary["events"][-1]["event"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--optimizer", "lbfgs", "--set", "directions=4"], "--set directions: lbfgs does not use this setting"),
+    (["--optimizer", "zo-gn", "--lr", "0.1"], "--lr: zo-gn does not use this setting"),
+    (["--optimizer", "adam", "--set", "gn_subspace=coordinates"], "--set gn_subspace: adam does not use this"),
+    (["--optimizer", "zo-gn", "--set", "gn_subspace=sideways"], "must be one of auto, coordinates, gaussian"),
+    (["--optimizer", "gn", "--set", "damping=0"], "--set damping: expected a positive finite number"),
+])
+def test_impossible_combinations_are_refused_with_one_line(tmp_path, args, needle):
+    result = run_cli(["solve", str(REPO / "problems" / "poisson2d.yaml"), *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and needle in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_mnist_refuses_gauss_newton():
+    result = run_cli(["mnist", "--optimizer", "zo-gn", "--data-dir", "nowhere"])
+    assert result.exit_code == 2 and "Gauss-Newton needs a least-squares loss" in result.output
