@@ -60,6 +60,12 @@ CacheDir = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Rule cache folder (default: $PINNZO_QUADRATURE_DIR, else ./quadrature).")]
 
 
+def _check_cache_dir(cache_dir: Optional[Path]) -> None:
+    """--cache-dir must be a folder (or not exist yet)."""
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise PinnzoError(f"--cache-dir {cache_dir}: not a folder")
+
+
 @quadrature_app.command("build")
 def quadrature_build(
     dim: Annotated[int, typer.Option("--dim", help="Dimension D of the Gaussian (inputs incl. time).")],
@@ -73,6 +79,12 @@ def quadrature_build(
 
     from pinnzo.quadrature import get_rule, rule_path
 
+    if out is not None:  # every flag is checked before the (possibly long) build
+        if out.suffix != ".npz":
+            raise PinnzoError(f"--out must name an .npz file; found {out}")
+        if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+            raise PinnzoError(f"--out {out}: not a writable file path")
+    _check_cache_dir(cache_dir)
     started = time.perf_counter()
     rule = get_rule(family, dim, level, cache_dir)
     elapsed = time.perf_counter() - started
@@ -85,15 +97,16 @@ def quadrature_build(
                f"time          {elapsed * 1e3:.1f} ms (build or cache load)\n"
                f"cache         {rule_path(family, dim, level, cache_dir)}")
     if out is not None:
-        if out.suffix != ".npz":
-            raise PinnzoError(f"--out must name an .npz file; found {out}")
         import io
 
         from pinnzo.fileio import atomic_write
 
         buffer = io.BytesIO()
         np.savez(buffer, nodes=rule.nodes, weights=rule.weights)
-        atomic_write(out, buffer.getvalue())
+        try:
+            atomic_write(out, buffer.getvalue())
+        except OSError as error:
+            raise PinnzoError(f"--out {out}: cannot write ({error.strerror or error})") from None
         typer.echo(f"wrote         {out}")
 
 
@@ -102,6 +115,7 @@ def quadrature_list(cache_dir: CacheDir = None):
     """List the rules in the cache."""
     from pinnzo.quadrature.cache import default_cache_dir, list_cached
 
+    _check_cache_dir(cache_dir)
     folder = cache_dir or default_cache_dir()
     entries = list_cached(folder)
     typer.echo(f"{folder}: {len(entries)} rule file(s)")
@@ -109,7 +123,7 @@ def quadrature_list(cache_dir: CacheDir = None):
         if header is None:
             typer.echo(f"  {path.name:<36} unreadable (rebuilt on next use)")
         else:
-            typer.echo(f"  {header['family']:<14} dim {header['dim']:>4}  level {header['level']:>2}  "
+            typer.echo(f"  {header['family'][:14]:<14} dim {header['dim']:>4}  level {header['level']:>2}  "
                        f"nodes {header['size']:>8}  degree {header['degree']:>3}  {path.name}")
 
 
@@ -339,6 +353,16 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
     from pinnzo.problem import load_problem
 
     loaded = load_problem(problem)
+    worst = None
+    if loaded.has_exact:  # before any output: an error is the only line
+        X = loaded.sample_interior(256, torch.Generator().manual_seed(0), torch.float64)
+        try:
+            atoms = Autodiff()(loaded.exact_solution, X, loaded.atoms, loaded.spatial)
+            worst = loaded.residual_from_atoms(X, atoms).abs().max().item()
+        except (RuntimeError, ValueError, TypeError, ArithmeticError) as error:
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise PinnzoError(f"{loaded.path}: exact: cannot evaluate the equation at the exact solution "
+                              f"({reason})") from None
     box = [f"{c} in [{lo:g}, {hi:g}]" for c, lo, hi in zip(loaded.columns, loaded.lows, loaded.highs)]
     box = ", ".join(box if len(box) <= 4 else [box[0], "...", box[-1]])
     typer.echo(f"problem       {loaded.name}: {loaded.description}\n"
@@ -351,10 +375,7 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
     for condition in loaded.conditions:
         typer.echo(f"condition     {condition.name}: {condition.kind} at {condition.on}, "
                    f"weight {condition.weight:g}, value {_short(condition.value)}")
-    if loaded.has_exact:
-        X = loaded.sample_interior(256, torch.Generator().manual_seed(0), torch.float64)
-        atoms = Autodiff()(loaded.exact_solution, X, loaded.atoms, loaded.spatial)
-        worst = loaded.residual_from_atoms(X, atoms).abs().max().item()
+    if worst is not None:
         typer.echo(f"exact check   max |residual| of the exact solution at 256 points: {worst:.2e}")
 
 

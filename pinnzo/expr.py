@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -79,7 +80,9 @@ def parse(text: object, scope: Scope) -> sympy.Expr:
     if not text.strip():
         raise ExpressionError("expression is empty")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal" and the like: not printed, the walk decides
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text.strip(), mode="eval")
     except (RecursionError, MemoryError):
         raise ExpressionError(f"expression is nested too deeply (limit {MAX_DEPTH} levels)") from None
     except (SyntaxError, ValueError) as error:
@@ -259,8 +262,8 @@ def _compile(expr: sympy.Basic, names: Mapping[sympy.Symbol, str]):
     if expr.is_Symbol:
         key = names[expr]
         return lambda v: v[key]
-    if expr.is_number and expr.is_real:  # numbers, pi, e and closed constant forms like sqrt(2)
-        constant = float(expr)
+    if expr.is_number:  # numbers, pi, e and closed constant forms like sqrt(2)
+        constant = _real_constant(expr)
         return lambda v: constant
     args = [_compile(a, names) for a in expr.args]
     if expr.is_Add:
@@ -285,6 +288,20 @@ def _compile(expr: sympy.Basic, names: Mapping[sympy.Symbol, str]):
         raise ExpressionError(f"cannot compile {type(expr).__name__} to torch")
     (argument,) = args
     return lambda v: function(_tensor(argument(v), v))
+
+
+def _real_constant(expr: sympy.Basic) -> float:
+    """float(expr), or ExpressionError when it is not a finite real number
+    (log(0) = zoo, sqrt(-1) = I, acos(2), exp(1000), exp(exp(exp(exp(10)))))."""
+    try:
+        constant = float(expr)
+    except (TypeError, ValueError, ArithmeticError, RecursionError):
+        constant = math.nan
+    if not math.isfinite(constant):
+        text = str(expr)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise ExpressionError(f"the constant {text} is not a finite real number")
+    return constant
 
 
 def _tensor(value, values: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import keyword
+import math
+import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,7 +30,22 @@ RESERVED = {"u", "N", "d", "lap", "gradsq", *SCALAR_FUNCTIONS, *CONSTANTS, *VECT
 
 
 class ProblemError(PinnzoError):
-    """A problem file that is malformed; the message names file and key path."""
+    """A problem file that is malformed; the message names file and key path.
+
+    The message is always one line of bounded length: control characters
+    (newlines in keys or values) are escaped and a long message is cut.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(_one_line(str(message)))
+
+
+MAX_MESSAGE = 1000  # characters of one error message
+
+
+def _one_line(text: str) -> str:
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:4 * MAX_MESSAGE])
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,98 @@ class Problem:
 TOP_KEYS = {"name", "description", "variables", "parameters", "equation", "conditions", "exact",
             "ansatz", "source", "solve"}
 REQUIRED_KEYS = {"variables", "equation"}
+# The problem's name is a folder name (results/<name>/...): no separators, no
+# leading dot (no "..", no hidden folder), no control characters, bounded.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "letters, digits, '-', '_' and '.', not starting with '.', at most 64 characters"
+MAX_FILE_BYTES = 1 << 20  # a problem file is a page of YAML
+MAX_YAML_DEPTH = 64  # nesting of YAML collections, aliases followed
+MAX_YAML_NODES = 100_000  # YAML nodes after expanding aliases (a billion-laughs file needs 10^9)
+MAX_DIM = 1000  # spatial dimensions (every coordinate is a sympy symbol)
+CHECK_POINTS = 256  # points at which the exact solution and the condition values must be finite
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys, deep nesting and alias bombs.
+
+    Depth is bounded while composing (PyYAML composes recursively: 5,000
+    levels would be a RecursionError); the composed node graph, aliases
+    followed, is bounded in size and depth before any Python object is built.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expanded_size(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable (a !!set key): the base class refuses it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {_show(key)}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root) -> None:
+    """ComposerError when the node graph, aliases expanded, is too large, too deep or cyclic."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, expanded height)
+    active: set[int] = set()
+
+    def walk(node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in active:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a collection that contains it",
+                                              node.start_mark)
+        if key not in sizes:
+            if depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (aliases expanded)", node.start_mark)
+            active.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else []
+            count, height = 1, 0
+            for child in children:
+                child_count, child_height = walk(child, depth + 1)
+                count, height = count + child_count, max(height, child_height + 1)
+                if count > MAX_YAML_NODES:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"the document expands to more than {MAX_YAML_NODES:,} values "
+                        "(aliases repeat what they refer to)", node.start_mark)
+            active.discard(key)
+            sizes[key] = count, height
+        count, height = sizes[key]
+        if depth + height > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (aliases expanded)", node.start_mark)
+        return sizes[key]
+
+    if root is not None:
+        walk(root, 1)
 
 
 def load_problem(source: str | Path | Mapping) -> Problem:
@@ -190,14 +300,25 @@ def load_problem(source: str | Path | Mapping) -> Problem:
     if not path.is_file():
         raise ProblemError(f"{path}: problem file not found")
     try:
-        text = path.read_text()
-        document = yaml.safe_load(text)
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ProblemError(f"{path}: the file has {path.stat().st_size:,} bytes; a problem file "
+                               f"is at most {MAX_FILE_BYTES:,}")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ProblemError(f"{path}: not a text file (UTF-8)") from None
+    except OSError as error:
+        raise ProblemError(f"{path}: cannot read the problem file ({error.strerror or error})") from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ProblemError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    except UnicodeDecodeError:
-        raise ProblemError(f"{path}: not a text file") from None
+        reason = getattr(error, "problem", None) or getattr(error, "context", None) or type(error).__name__
+        raise ProblemError(f"{path}: not valid YAML{where}: {reason}") from None
+    except RecursionError:
+        raise ProblemError(f"{path}: not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as error:  # e.g. an integer of 5,000 digits, a date 2001-13-45
+        raise ProblemError(f"{path}: not valid YAML: a value cannot be read ({str(error)[:200]})") from None
     return _Loader(path, text).load(document)
 
 
@@ -214,11 +335,9 @@ class _Loader:
             self.fail(key or "(top level)", f"expected a mapping; found {_kind(value)}")
         for name in value:
             if not isinstance(name, str):
-                self.fail(f"{key}.{name}" if key else str(name),
-                          f"keys must be names; found {_kind(name)} (quote it in YAML)")
+                self.fail(_subkey(key, name), f"keys must be names; found {_kind(name)} (quote it in YAML)")
             if name not in allowed:
-                self.fail(f"{key}.{name}" if key else str(name),
-                          f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
+                self.fail(_subkey(key, name), f"unknown key; allowed keys: {', '.join(sorted(allowed))}")
         for name in sorted(required - set(value)):
             self.fail(f"{key}.{name}" if key else name, "missing required key")
         return value
@@ -226,29 +345,51 @@ class _Loader:
     def number(self, value: Any, key: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(key, f"expected a number; found {_kind(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            self.fail(key, f"expected a finite number; found {_show(value)}")
+        return number
 
     def string(self, value: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
         if not isinstance(value, str):
             self.fail(key, f"expected a string; found {_kind(value)}")
         if choices and value not in choices:
-            self.fail(key, f"expected one of {', '.join(choices)}; found {value!r}")
+            self.fail(key, f"expected one of {', '.join(choices)}; found {_show(value)}")
         return value
 
     def identifier(self, value: Any, key: str) -> str:
         name = self.string(value, key)
         if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-            self.fail(key, f"expected a plain identifier; found {name!r}")
+            self.fail(key, f"expected a plain identifier; found {_show(name)}")
         if name in RESERVED:
             self.fail(key, f"{name!r} is reserved (a function, constant or the unknown)")
         return name
 
+    def problem_name(self, doc: dict) -> str:
+        """The problem's name: a safe folder name (results/<name>/...)."""
+        if "name" not in doc:
+            if self.path is None:
+                self.fail("name", "missing required key (a problem given as a mapping needs a name)")
+            if not NAME_PATTERN.fullmatch(self.path.stem):
+                self.fail("name", f"no name given and the file name {_show(self.path.stem)} is not a usable "
+                                  f"name; add name: with {NAME_RULE}")
+            return self.path.stem
+        name = self.string(doc["name"], "name")
+        if not NAME_PATTERN.fullmatch(name):
+            self.fail("name", f"expected {NAME_RULE} (it names the results folder); found {_show(name)}")
+        return name
+
     def interval(self, value: Any, key: str) -> tuple[float, float]:
         if not isinstance(value, list) or len(value) != 2:
-            self.fail(key, f"expected [low, high]; found {value!r}")
+            self.fail(key, f"expected [low, high]; found {_kind(value)}")
         low, high = self.number(value[0], f"{key}[0]"), self.number(value[1], f"{key}[1]")
         if not low < high:
             self.fail(key, f"expected low < high; found [{low}, {high}]")
+        if not math.isfinite(high - low):
+            self.fail(key, f"expected an interval of finite length; found [{low}, {high}]")
         return low, high
 
     def expression(self, text: Any, key: str, scope: Scope) -> sympy.Expr:
@@ -261,9 +402,7 @@ class _Loader:
 
     def load(self, document: Any) -> Problem:
         doc = self.mapping(document, "", REQUIRED_KEYS, TOP_KEYS)
-        if "name" not in doc and self.path is None:
-            self.fail("name", "missing required key (a problem given as a mapping needs a name)")
-        name = self.string(doc.get("name", self.path.stem if self.path else ""), "name")
+        name = self.problem_name(doc)
         description = self.string(doc.get("description", ""), "description")
         variables = self.mapping(doc["variables"], "variables", {"space"}, {"space", "time"})
         space = self.mapping(variables["space"], "variables.space", {"name", "dim", "domain"},
@@ -271,7 +410,9 @@ class _Loader:
         space_name = self.identifier(space["name"], "variables.space.name")
         dim = space["dim"]
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            self.fail("variables.space.dim", f"expected an integer >= 1; found {dim!r}")
+            self.fail("variables.space.dim", f"expected an integer >= 1; found {_show(dim)}")
+        if dim > MAX_DIM:
+            self.fail("variables.space.dim", f"expected an integer <= {MAX_DIM}; found {_show(dim)}")
         boxes = self.box(space["domain"], dim)
         coordinates = [space_name] if dim == 1 else [f"{space_name}{i + 1}" for i in range(dim)]
         columns = list(coordinates)
@@ -294,6 +435,7 @@ class _Loader:
 
         residual, atoms = self.equation(doc["equation"], scope, columns, symbols, time_index, dim)
         exact = self.expression(doc["exact"], "exact", scope) if "exact" in doc else None
+        exact_fn = self.compiled(exact, names, "exact") if exact is not None else None
         manufactured = self.source(doc.get("source"), exact)
         if manufactured:
             residual = residual - _apply_atoms(residual, atoms, exact, columns, symbols, list(range(dim)))
@@ -304,34 +446,91 @@ class _Loader:
             if network not in ansatz.free_symbols:
                 self.fail("ansatz", "the ansatz must use the network output N")
         conditions = self.conditions(doc.get("conditions", {}), scope, names, time_index)
-        solve = self.mapping(doc.get("solve", {}), "solve", set(), set(Settings.names()))
-        try:
-            Settings().replace(solve, f"{self.where}: solve.")  # names and values checked here
-        except PinnzoError as error:
-            raise ProblemError(str(error)) from None
+        solve = self.settings(doc.get("solve", {}), len(columns))
         atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
-        try:
-            residual_fn = compile_torch(residual, {**names, **atom_names})
-            exact_fn = compile_torch(exact, names) if exact is not None else None
-            ansatz_fn = (compile_torch(ansatz, {**names, sympy.Symbol("N", real=True): "N"})
-                         if ansatz is not None else None)
-            ansatz_affine = _affine_parts(ansatz, names)
-        except ExpressionError as error:
-            self.fail("equation", str(error))
-        return Problem(
+        residual_fn = self.compiled(residual, {**names, **atom_names}, "equation")
+        ansatz_fn = (self.compiled(ansatz, {**names, sympy.Symbol("N", real=True): "N"}, "ansatz")
+                     if ansatz is not None else None)
+        ansatz_affine = self.compiled_affine(ansatz, names) if ansatz is not None else None
+        problem = Problem(
             name=name, path=self.path, text=self.text, description=description,
             columns=tuple(columns), spatial=tuple(range(dim)), time_index=time_index,
             lows=tuple(b[0] for b in boxes), highs=tuple(b[1] for b in boxes),
             residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
-            ansatz=ansatz, manufactured=manufactured, solve=dict(solve), _residual_fn=residual_fn,
+            ansatz=ansatz, manufactured=manufactured, solve=solve, _residual_fn=residual_fn,
             _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine)
+        self.check_finite(problem)
+        return problem
+
+    def compiled(self, expression: sympy.Expr, names, key: str):
+        try:
+            return compile_torch(expression, names)
+        except ExpressionError as error:
+            self.fail(key, str(error))
+
+    def compiled_affine(self, ansatz: sympy.Expr, names):
+        try:
+            return _affine_parts(ansatz, names)
+        except ExpressionError as error:
+            self.fail("ansatz", str(error))
+
+    def settings(self, value: Any, dim: int) -> dict[str, Any]:
+        """The solve: block, checked as solve checks it (types, ranges, registry names)."""
+        from pinnzo.derivatives import BACKENDS
+        from pinnzo.optim import OPTIMIZERS
+        from pinnzo.quadrature import FAMILIES
+        from pinnzo.quadrature.families import check_request
+
+        solve = self.mapping(value, "solve", set(), set(Settings.names()))
+        for key, setting in solve.items():
+            if isinstance(setting, bool) or not isinstance(setting, (str, int, float)):
+                self.fail(f"solve.{key}", f"expected a number or a string; found {_kind(setting)}")
+        try:
+            settings = Settings().replace(solve, f"{self.where}: solve.")
+        except PinnzoError as error:
+            raise ProblemError(str(error)) from None
+        for key, registry in (("backend", BACKENDS), ("optimizer", OPTIMIZERS), ("rule", FAMILIES)):
+            try:
+                registry[getattr(settings, key)]
+            except PinnzoError as error:
+                self.fail(f"solve.{key}", str(error))
+        if settings.backend == "sparse-grid" and {"backend", "rule", "level"} & set(solve):
+            try:
+                check_request(settings.rule, dim, settings.level)
+            except PinnzoError as error:
+                self.fail("solve.level" if "level" in str(error) else "solve.rule", str(error))
+        return dict(solve)
+
+    def check_finite(self, problem: Problem) -> None:
+        """The exact solution (inside the domain) and the condition values (on their
+        sets) must be finite numbers: NaN there makes every loss and error NaN."""
+        generator = torch.Generator().manual_seed(0)
+        checks = []
+        if problem.has_exact:
+            X = problem.sample_interior(CHECK_POINTS, generator, torch.float64)
+            checks.append(("exact", problem._exact_fn, X))
+        for condition in problem.conditions:
+            X, _ = problem.sample_condition(condition, CHECK_POINTS, generator, torch.float64)
+            checks.append((f"conditions.{_key_text(condition.name)}.value", condition.value_fn, X))
+        for key, function, X in checks:
+            try:
+                values = function(problem.values(X))
+            except (RuntimeError, ValueError, TypeError, ArithmeticError) as error:
+                self.fail(key, f"cannot be evaluated on the domain ({str(error).splitlines()[0][:200]})")
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):
+                at = X[bad[0, 0]]
+                point = ", ".join(f"{c}={float(v):.4g}" for c, v in zip(problem.columns[:4], at))
+                point += ", ..." if problem.dim > 4 else ""
+                self.fail(key, f"is {float(values[bad[0, 0]])} at ({point}); it must be a finite real "
+                               f"number everywhere on the domain")
 
     def box(self, domain: Any, dim: int) -> list[tuple[float, float]]:
         key = "variables.space.domain"
         if isinstance(domain, list) and len(domain) == 2 and not isinstance(domain[0], list):
             return [self.interval(domain, key)] * dim
         if not isinstance(domain, list) or not all(isinstance(d, list) for d in domain):
-            self.fail(key, f"expected [low, high] or a list of {dim} [low, high] pairs; found {domain!r}")
+            self.fail(key, f"expected [low, high] or a list of {dim} [low, high] pairs; found {_kind(domain)}")
         if len(domain) != dim:
             self.fail(key, f"expected {dim} [low, high] pairs (dim is {dim}); found {len(domain)}")
         return [self.interval(d, f"{key}[{i}]") for i, d in enumerate(domain)]
@@ -341,7 +540,7 @@ class _Loader:
             self.fail("parameters", f"expected a mapping of name: number; found {_kind(value)}")
         parameters = {}
         for name, number in value.items():
-            key = f"parameters.{name}"
+            key = _subkey("parameters", name)
             name = self.identifier(name, key)
             if name in taken:
                 self.fail(key, f"{name!r} is already a variable")
@@ -408,7 +607,10 @@ class _Loader:
             self.fail("conditions", f"expected a mapping of name: condition; found {_kind(value)}")
         conditions = []
         for name, spec in value.items():
-            key = f"conditions.{name}"
+            key = _subkey("conditions", name)
+            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == "residual":
+                self.fail(key, f"expected a condition name of {NAME_RULE}, other than 'residual' "
+                               f"(it names a term of the loss); found {_show(name)}")
             spec = self.mapping(spec, key, {"at", "value"}, {"at", "type", "value", "weight"})
             on = self.string(spec["at"], f"{key}.at", CONDITION_SETS)
             kind = self.string(spec.get("type", "dirichlet"), f"{key}.type", CONDITION_TYPES)
@@ -420,10 +622,7 @@ class _Loader:
             if weight < 0:
                 self.fail(f"{key}.weight", f"expected a weight >= 0; found {weight}")
             expression = self.expression(spec["value"], f"{key}.value", scope)
-            try:
-                compiled = compile_torch(expression, names)
-            except ExpressionError as error:
-                self.fail(f"{key}.value", str(error))
+            compiled = self.compiled(expression, names, f"{key}.value")
             conditions.append(Condition(str(name), on, kind, expression, weight, compiled))
         return conditions
 
@@ -458,11 +657,33 @@ def _apply_atoms(residual, atoms, exact, columns, symbols, spatial) -> sympy.Exp
     return residual.xreplace(replacements)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 4, 4, 3, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
+def _show(value: Any) -> str:
+    """A bounded repr: reprlib never builds the repr of a whole large structure."""
+    return _REPR.repr(value)[:100]
+
+
+def _key_text(name: Any) -> str:
+    """A mapping key as it appears in a key path: escaped and bounded."""
+    text = name if isinstance(name, str) else _show(name)
+    if not text.isprintable() or len(text) > 60:
+        text = _show(text)
+    return text
+
+
+def _subkey(key: str, name: Any) -> str:
+    return f"{key}.{_key_text(name)}" if key else _key_text(name)
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
-        return f"a list {value!r}"[:80]
-    return f"{type(value).__name__} {value!r}"[:80]
+        return f"a list {_show(value)}"[:80]
+    return f"{type(value).__name__} {_show(value)}"[:80]

@@ -33,11 +33,14 @@ def get_rule(family: str, dim: int, level: int, cache_dir: Path | str | None = N
 
 @functools.lru_cache(maxsize=32)
 def _cached_rule(family: str, dim: int, level: int, path: str) -> Rule:
-    rule = cache.load(Path(path))
-    if rule is None or (rule.family, rule.dim, rule.level) != (family, dim, level):
+    spec = FAMILIES[family]
+    expect = (family, dim, level) if spec.degree is None else (family, dim, level, spec.degree(dim, level))
+    rule = cache.load(Path(path), expect)  # a file that holds anything else is rebuilt, with a warning
+    if rule is None:
         rule = build_rule(family, dim, level)
         try:
             cache.save(rule, Path(path))
         except OSError as error:
-            cache._log.warning("could not write quadrature cache %s (%s)", path, error)
+            cache._log.warning("could not write quadrature cache %s (%s); using the rule from memory",
+                               path, error.strerror or error)
     return rule

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -46,16 +46,45 @@ def _excess_patterns(dim: int, level: int):
         coefficient = (-1) ** (level - 1 - q) * math.comb(dim - 1, level - 1 - q)
         for partition in _partitions(q):
             if len(partition) <= dim:
-                for excesses in sorted(set(itertools.permutations(partition))):
-                    yield coefficient, excesses
+                yield from ((coefficient, excesses) for excesses in _distinct_permutations(partition))
+
+
+def _distinct_permutations(items: tuple) -> Iterator[tuple]:
+    """The distinct orderings of ``items`` in lexicographic order, i.e.
+    sorted(set(itertools.permutations(items))) without generating the len(items)!
+    repeats (19 equal parts would be 10^17 of them)."""
+    current = sorted(items)
+    while True:
+        yield tuple(current)
+        i = len(current) - 2
+        while i >= 0 and current[i] >= current[i + 1]:
+            i -= 1
+        if i < 0:
+            return
+        j = len(current) - 1
+        while current[j] <= current[i]:
+            j -= 1
+        current[i], current[j] = current[j], current[i]
+        current[i + 1:] = reversed(current[i + 1:])
 
 
 def raw_point_count(dim: int, level: int, level_rule: Level1D) -> int:
-    """Number of tensor-product points before merging (the memory the build needs)."""
-    return sum(
-        math.comb(dim, len(excesses)) * math.prod(len(level_rule(e + 1).nodes) for e in excesses)
-        for _, excesses in _excess_patterns(dim, level)
-    )
+    """Number of tensor-product points before merging (the memory the build needs).
+
+    Counted without enumerating the multi-indices (their number grows like
+    2^level): ways[q][a] sums, over the orderings of a positive excesses adding
+    up to q, the product of the 1-D rule sizes; each such ordering is placed on
+    C(dim, a) sets of coordinates.
+    """
+    top = level - 1
+    sizes = {excess: len(level_rule(excess + 1).nodes) for excess in range(1, top + 1)}
+    ways = [[0] * (top + 1) for _ in range(top + 1)]
+    ways[0][0] = 1
+    for q in range(1, top + 1):
+        for a in range(1, q + 1):
+            ways[q][a] = sum(sizes[p] * ways[q - p][a - 1] for p in range(1, q - a + 2))
+    return sum(math.comb(dim, a) * ways[q][a]
+               for q in range(max(0, level - dim), level) for a in range(min(q, dim) + 1))
 
 
 class _NodeIds:
