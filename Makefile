@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/pinnzo bench all --out results/bench/report.json
+	$(VENV)/bin/pinnzo bench accuracy --budget 20 --quiet --out results/bench/accuracy-short
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -246,7 +246,31 @@ def zo_benchmark(widths=(32, 512)) -> dict:
         batching.append({"case": label, "batched_s": batched_s, "looped_s": looped_s,
                          "batched_speedup": looped_s / batched_s})
     return {"suite": "zo", "steps": rows, "batched_vs_looped": batching, "cge_coordinates": cge_benchmark(),
-            "targets": {"fraction_of_gemm": 0.5, "batched_speedup": 2.0}}
+            "layered_jacobian": layered_jacobian_benchmark(),
+            "targets": {"fraction_of_gemm": 0.5, "batched_speedup": 2.0, "layered_jacobian_speedup": 5.0}}
+
+
+def layered_jacobian_benchmark() -> dict:
+    """zo-gn's Jacobian columns on hjb20 (the demo's TT-MLP, sparse-grid Stein, float32): every
+    coordinate column from one unperturbed forward plus the layers after each perturbed parameter,
+    against one forward (one residual query) per column."""
+    import torch
+
+    problem, settings, c, batch = _hjb20_components(None, "sparse-grid")
+    objective = c.objective
+    theta = objective.flatten()
+    columns = torch.arange(objective.dim)
+    mu = 1e-3
+    sample = columns[torch.randperm(objective.dim, generator=torch.Generator().manual_seed(0))[:32]]
+    steps = torch.zeros(len(sample), objective.dim)
+    steps[torch.arange(len(sample)), sample] = mu
+    layered_s, looped_s = interleaved_times(lambda: objective.coordinate_residuals(theta, batch, columns, mu),
+                                            lambda: objective.residuals(theta + steps, batch), rounds=2)
+    per_column_s = looped_s / len(sample)
+    return {"setting": f"hjb20 {settings.network} width {settings.width}, {settings.rule} sparse grid, batch "
+                       f"{settings.batch}, {settings.dtype}", "columns": objective.dim,
+            "layered_all_columns_s": layered_s, "one_query_per_column_s": per_column_s * objective.dim,
+            "speedup": per_column_s * objective.dim / layered_s}
 
 
 def cge_benchmark(coordinates: int = 512) -> dict:
@@ -301,7 +325,8 @@ def tt_layer_benchmark() -> dict:
             "auto_rule": "core by core when rows * (in + out) * 4 < in * out, else rebuild W + GEMM"}
 
 
-# Every suite by name, with its default sizes (pinnzo bench all, make bench).
+# Every suite by name, with its default sizes (pinnzo bench all, make bench; the accuracy grid is
+# its own command, pinnzo bench accuracy).
 SUITES: dict[str, Callable[[], dict]] = {
     "quadrature": quadrature_benchmark, "derivatives": derivatives_benchmark, "zo": zo_benchmark,
     "tt-layer": tt_layer_benchmark,

@@ -441,6 +441,36 @@ def bench_tt_layer(
     typer.echo(f"wrote {out}")
 
 
+@bench_app.command("accuracy")
+def bench_accuracy(
+    budget: Annotated[float, typer.Option(help="Seconds of training per cell.")] = 300.0,
+    problems: Annotated[Optional[str], typer.Option(help="Comma-separated problem files (default: every file "
+                                                         "in problems/ with an exact solution).")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "adam,adam-lbfgs,zo-signrge,hybrid,zo-gn",
+    out: Annotated[Path, typer.Option(help="Folder of the cells' runs, accuracy.json and accuracy.md.")] = Path(
+        "results/bench/accuracy"),
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default cpu).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display inside each run.")] = False,
+):
+    """Every problem x method (adam, adam-lbfgs, zo-signrge, hybrid, zo-gn), each cell trained for a wall-time
+    budget: relative L2, time to 1e-2 and 1e-3, loss queries. Resumable: finished cells are skipped."""
+    from pinnzo.accuracy import METHODS, run_accuracy, shipped_problems
+    from pinnzo.loop import Interrupted
+
+    if not budget > 0:
+        raise PinnzoError(f"--budget: expected a positive number of seconds; found {budget}")
+    names = [name.strip() for name in methods.split(",") if name.strip()]
+    for name in names:
+        METHODS[name]  # one "must be one of" error before any work
+    paths = [Path(p.strip()) for p in problems.split(",")] if problems else shipped_problems(Path("problems"))
+    try:
+        for path in run_accuracy(paths, names, budget, out, typer.echo, quiet, device):
+            typer.echo(f"wrote {path}")
+    except Interrupted:
+        typer.echo("interrupted; run the same command again to continue (finished cells are kept)", err=True)
+        raise typer.Exit(130)
+
+
 @bench_app.command("all")
 def bench_all(
     out: Annotated[Path, typer.Option("--out", help="The one JSON report to write.")] = Path("results/bench/report.json"),

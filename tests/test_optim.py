@@ -167,9 +167,10 @@ def test_learning_rate_schedule_and_registry():
     schedule = exponential_decay(0.1, 0.9, 10)
     assert schedule(9) == pytest.approx(0.1) and schedule(25) == pytest.approx(0.1 * 0.81)
     assert make_optimizer("zo-signrge", lr=0.1, lr_decay=0.9, decay_every=10).schedule(25) == pytest.approx(0.081)
-    with pytest.raises(PinnzoError, match="unknown optimizer 'newton'; must be one of adam, sgd, zo-rge"):
+    with pytest.raises(PinnzoError, match="unknown optimizer 'newton'; must be one of adam, sgd, lbfgs, adam-lbfgs, gn"):
         make_optimizer("newton")
-    assert {"adam", "sgd", "zo-rge", "zo-signrge", "zo-cge", "hybrid", "zo-adam"} <= set(OPTIMIZERS.names())
+    assert {"adam", "sgd", "lbfgs", "adam-lbfgs", "gn", "zo-rge", "zo-signrge", "zo-cge", "hybrid", "zo-adam",
+            "zo-gn"} == set(OPTIMIZERS.names())
     # each registry name is served by the factory of the same name
     assert all(OPTIMIZERS[name].__name__ == name.replace("-", "_") for name in OPTIMIZERS.names())
 

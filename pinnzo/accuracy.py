@@ -1,0 +1,163 @@
+"""pinnzo bench accuracy: every shipped problem x training method, each cell a wall-time budget.
+
+A *method* is a fixed recipe of settings (network, derivative backend, optimizer,
+precision), the same for every problem: methods are tuned, problem files are
+not. Each cell is an ordinary run folder ``OUT/<problem>/<method>/`` trained
+until its time budget (``time_budget``) or until the optimizer can make no more
+progress, so that:
+
+- a finished cell is skipped on a re-run, an interrupted one resumed (reproduce.run_cell);
+- the figures are read from the runs: final and best relative L2 against the exact
+  solution, the training time at which the validation error first fell below 1e-2
+  and 1e-3, loss queries and steps.
+
+Writes ``OUT/accuracy.json`` and ``OUT/accuracy.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from pinnzo import runs
+from pinnzo.errors import PinnzoError
+from pinnzo.fileio import atomic_write
+from pinnzo.registry import Registry
+
+THRESHOLDS = (1e-2, 1e-3)
+STEPS = 1_000_000  # a cell ends by its time budget (or convergence), not by a step count
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training recipe: the settings it sets on top of the problem file's."""
+
+    label: str
+    changes: Mapping
+    back_propagation: bool
+
+
+# The first-order reference of the issue tracker's comparison: a dense 64-64 tanh PINN.
+_DENSE = {"network": "mlp", "width": 64, "depth": 2, "activation": "tanh", "backend": "ad", "dtype": "float32"}
+# The paper's method at pinnzo's CPU defaults (the demo's recipe).
+_PAPER = {"network": "tt", "width": 32, "depth": 2, "rank": 2, "activation": "sin", "backend": "sparse-grid",
+          "rule": "lu-darmofal", "sigma": 0.1, "dtype": "float32", "lr": 0.005, "lr_decay": 0.5,
+          "decay_every": 150, "directions": 10, "mu": 0.01}
+METHODS: Registry[Method] = Registry("method")
+METHODS.register("adam", Method("FO Adam + AD, dense 64-64 tanh", {**_DENSE, "optimizer": "adam", "lr": 1e-3,
+                                                                   "eval_every": 100}, True))
+METHODS.register("adam-lbfgs", Method(
+    "FO Adam then L-BFGS + AD, dense 64-64 tanh, float64",
+    {**_DENSE, "dtype": "float64", "optimizer": "adam-lbfgs", "lr": 1e-3, "switch_step": 1000, "patience": 1000,
+     "resample_every": 1000, "eval_every": 50}, True))
+METHODS.register("zo-signrge", Method("ZO-signRGE + sparse-grid Stein, TT 32 (the paper's method)",
+                                      {**_PAPER, "optimizer": "zo-signrge", "eval_every": 50}, False))
+METHODS.register("hybrid", Method("ZO hybrid (signRGE, then CGE) + sparse-grid Stein, TT 32",
+                                  {**_PAPER, "optimizer": "hybrid", "patience": 100, "cge_lr": 0.001,
+                                   "cge_mu": 0.001, "eval_every": 50}, False))
+METHODS.register("zo-gn", Method(
+    "ZO Gauss-Newton + FD, dense 16-16 tanh, float64 (forward queries only)",
+    {"network": "mlp", "width": 16, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
+     "optimizer": "zo-gn", "batch": 500, "condition_batch": 100, "resample_every": 50, "eval_every": 5}, False))
+
+
+def shipped_problems(folder: Path) -> list[Path]:
+    """The problem files with an exact solution (the others have nothing to measure against)."""
+    from pinnzo.problem import load_problem
+
+    return [path for path in sorted(folder.glob("*.yaml")) if load_problem(path).has_exact]
+
+
+def cell_settings(problem, method: Method, budget: float, device: str | None = None):
+    from pinnzo.pinn import resolve_settings
+
+    changes = {**method.changes, "steps": STEPS, "time_budget": budget, "eval_points": 2000}
+    if device:
+        changes["device"] = device
+    return resolve_settings(problem, changes)
+
+
+def time_to(metrics: list[dict], threshold: float) -> float | None:
+    """Training seconds until the validation error first fell to ``threshold`` (None: never)."""
+    return next((row["wall_s"] for row in metrics if row["val_rel_l2"] <= threshold), None)
+
+
+def cell_record(problem_name: str, method_name: str, folder: Path, status: str, summary: dict) -> dict:
+    record = {"problem": problem_name, "method": method_name, "status": status, "run": str(folder)}
+    if status == "diverged":
+        return {**record, "message": summary.get("message")}
+    metrics = runs.read_metrics(folder, ("wall_s", "val_rel_l2"))
+    return {**record, "final_rel_l2": summary["final_rel_l2"], "best_rel_l2": summary["best_rel_l2"],
+            **{f"seconds_to_{t:g}": time_to(metrics, t) for t in THRESHOLDS},
+            "wall_time_s": summary["wall_time_s"], "steps": summary["steps"], "queries": summary["total_queries"],
+            "stopped_by": summary.get("stopped_by"), "parameters": summary["parameters"]}
+
+
+def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: float, out: Path,
+                 echo: Callable[[str], None] = print, quiet: bool = True, device: str | None = None) -> list[Path]:
+    """Run (or skip) every cell; write accuracy.json and accuracy.md in ``out``."""
+    from pinnzo.pinn import solve
+    from pinnzo.problem import load_problem
+    from pinnzo.reproduce import run_cell
+
+    methods = [(name, METHODS[name]) for name in method_names]
+    problems = [load_problem(path) for path in problem_paths]
+    missing = [problem.name for problem in problems if not problem.has_exact]
+    if missing:
+        raise PinnzoError(f"bench accuracy: no exact solution to measure against in {', '.join(missing)}")
+    records = []
+    for problem in problems:
+        for name, method in methods:
+            folder = out / problem.name / name
+            settings = cell_settings(problem, method, budget, device)
+            started = time.perf_counter()
+            result = run_cell(settings, folder, lambda resume, p=problem, s=settings, f=folder:
+                              solve(p, s, out=f, resume=resume, quiet=quiet).summary)
+            record = cell_record(problem.name, name, folder, result.status, result.summary)
+            records.append(record)
+            took = "" if result.status == "skipped" else f" in {time.perf_counter() - started:.0f} s"
+            echo(f"{problem.name} / {name}: {result.status}{took}, relative L2 {_figure(record.get('final_rel_l2'))}")
+    report = {"budget_s": budget, "methods": {name: {"label": m.label, "settings": dict(m.changes),
+                                                     "back_propagation": m.back_propagation} for name, m in methods},
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": records}
+    from pinnzo.bench import machine_info
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "accuracy.json", json.dumps({"machine": machine_info(), **report}, indent=2).encode())
+    atomic_write(out / "accuracy.md", markdown(report).encode())
+    return [out / "accuracy.json", out / "accuracy.md"]
+
+
+def _figure(value) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
+def _seconds(value) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def markdown(report: dict) -> str:
+    """One row per problem: each method's final relative L2 (seconds to 1e-2 / 1e-3)."""
+    names = list(report["methods"])
+    lines = [f"Relative L2 error against the exact solution after {report['budget_s']:g} s of training per cell "
+             f"(in brackets: seconds until it first fell below 1e-2 / 1e-3; — never).", "",
+             "| problem | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    problems = list(dict.fromkeys(cell["problem"] for cell in report["cells"]))
+    for problem in problems:
+        cells = {cell["method"]: cell for cell in report["cells"] if cell["problem"] == problem}
+        texts = []
+        for name in names:
+            cell = cells.get(name)
+            if cell is None:
+                texts.append("")
+            elif cell["status"] == "diverged":
+                texts.append("diverged")
+            else:
+                texts.append(f"{_figure(cell['final_rel_l2'])} ({_seconds(cell['seconds_to_0.01'])} / "
+                             f"{_seconds(cell['seconds_to_0.001'])})")
+        lines.append(f"| {problem} | " + " | ".join(texts) + " |")
+    lines += [""] + [f"- `{name}`: {method['label']}" for name, method in report["methods"].items()]
+    return "\n".join(lines) + "\n"
