@@ -322,6 +322,19 @@ def load_problem(source: str | Path | Mapping) -> Problem:
     return _Loader(path, text).load(document)
 
 
+@dataclass(frozen=True)
+class _Space:
+    """What the variables: block declares."""
+
+    columns: list[str]
+    dim: int
+    time_index: int | None
+    boxes: list[tuple[float, float]]
+    symbols: dict[str, sympy.Symbol]
+    scope: Scope
+    names: dict[sympy.Symbol, str]
+
+
 class _Loader:
     def __init__(self, path: Path | None, text: str):
         self.path, self.text = path, text
@@ -404,6 +417,34 @@ class _Loader:
         doc = self.mapping(document, "", REQUIRED_KEYS, TOP_KEYS)
         name = self.problem_name(doc)
         description = self.string(doc.get("description", ""), "description")
+        space = self.variables(doc)
+        columns, dim, time_index, symbols = space.columns, space.dim, space.time_index, space.symbols
+        residual, atoms = self.equation(doc["equation"], space.scope, columns, symbols, time_index, dim)
+        exact = self.expression(doc["exact"], "exact", space.scope) if "exact" in doc else None
+        exact_fn = self.compiled(exact, space.names, "exact") if exact is not None else None
+        manufactured = self.source(doc.get("source"), exact)
+        if manufactured:
+            residual = residual - _apply_atoms(residual, atoms, exact, columns, symbols, list(range(dim)))
+        ansatz = self.ansatz(doc, space)
+        conditions = self.conditions(doc.get("conditions", {}), space.scope, space.names, time_index)
+        solve = self.settings(doc.get("solve", {}), len(columns))
+        atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
+        residual_fn = self.compiled(residual, {**space.names, **atom_names}, "equation")
+        ansatz_fn = (self.compiled(ansatz, {**space.names, sympy.Symbol("N", real=True): "N"}, "ansatz")
+                     if ansatz is not None else None)
+        ansatz_affine = self.compiled_affine(ansatz, space.names) if ansatz is not None else None
+        problem = Problem(
+            name=name, path=self.path, text=self.text, description=description,
+            columns=tuple(columns), spatial=tuple(range(dim)), time_index=time_index,
+            lows=tuple(b[0] for b in space.boxes), highs=tuple(b[1] for b in space.boxes),
+            residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
+            ansatz=ansatz, manufactured=manufactured, solve=solve, _residual_fn=residual_fn,
+            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine)
+        self.check_finite(problem)
+        return problem
+
+    def variables(self, doc: dict) -> "_Space":
+        """The variables: box, columns (spatial, then time), their symbols and the expression scope."""
         variables = self.mapping(doc["variables"], "variables", {"space"}, {"space", "time"})
         space = self.mapping(variables["space"], "variables.space", {"name", "dim", "domain"},
                              {"name", "dim", "domain"})
@@ -429,38 +470,19 @@ class _Loader:
         parameters = self.parameters(doc.get("parameters", {}), set(columns) | {space_name})
         base = {**symbols, **{k: sympy.Float(v) if not float(v).is_integer() else sympy.Integer(int(v))
                               for k, v in parameters.items()}}
-        vector = tuple(symbols[c] for c in coordinates)
-        scope = Scope(base, space_name, vector)
-        names = {symbols[c]: c for c in columns}
+        scope = Scope(base, space_name, tuple(symbols[c] for c in coordinates))
+        return _Space(columns, dim, time_index, boxes, symbols, scope, {symbols[c]: c for c in columns})
 
-        residual, atoms = self.equation(doc["equation"], scope, columns, symbols, time_index, dim)
-        exact = self.expression(doc["exact"], "exact", scope) if "exact" in doc else None
-        exact_fn = self.compiled(exact, names, "exact") if exact is not None else None
-        manufactured = self.source(doc.get("source"), exact)
-        if manufactured:
-            residual = residual - _apply_atoms(residual, atoms, exact, columns, symbols, list(range(dim)))
-        ansatz = None
-        if "ansatz" in doc:
-            network = sympy.Symbol("N", real=True)
-            ansatz = self.expression(doc["ansatz"], "ansatz", Scope({**base, "N": network}, space_name, vector))
-            if network not in ansatz.free_symbols:
-                self.fail("ansatz", "the ansatz must use the network output N")
-        conditions = self.conditions(doc.get("conditions", {}), scope, names, time_index)
-        solve = self.settings(doc.get("solve", {}), len(columns))
-        atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
-        residual_fn = self.compiled(residual, {**names, **atom_names}, "equation")
-        ansatz_fn = (self.compiled(ansatz, {**names, sympy.Symbol("N", real=True): "N"}, "ansatz")
-                     if ansatz is not None else None)
-        ansatz_affine = self.compiled_affine(ansatz, names) if ansatz is not None else None
-        problem = Problem(
-            name=name, path=self.path, text=self.text, description=description,
-            columns=tuple(columns), spatial=tuple(range(dim)), time_index=time_index,
-            lows=tuple(b[0] for b in boxes), highs=tuple(b[1] for b in boxes),
-            residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
-            ansatz=ansatz, manufactured=manufactured, solve=solve, _residual_fn=residual_fn,
-            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine)
-        self.check_finite(problem)
-        return problem
+    def ansatz(self, doc: dict, space: "_Space") -> sympy.Expr | None:
+        if "ansatz" not in doc:
+            return None
+        network = sympy.Symbol("N", real=True)
+        scope = space.scope
+        ansatz = self.expression(doc["ansatz"], "ansatz", Scope({**scope.symbols, "N": network}, scope.vector_name,
+                                                                scope.vector))
+        if network not in ansatz.free_symbols:
+            self.fail("ansatz", "the ansatz must use the network output N")
+        return ansatz
 
     def compiled(self, expression: sympy.Expr, names, key: str):
         try:

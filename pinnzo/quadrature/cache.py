@@ -94,12 +94,8 @@ def _integer(header: dict, name: str, minimum: int) -> int:
     return value
 
 
-def decode(data: bytes, expect: tuple | None = None) -> Rule:
-    """Parse file contents; raise ValueError on any corruption or inconsistency.
-
-    ``expect``: (family, dim, level) or (family, dim, level, degree) the file
-    must hold.
-    """
+def _header_and_payload(data: bytes) -> tuple[dict, bytes]:
+    """The JSON header and the checksummed payload of a rule file; ValueError when damaged."""
     if not data.startswith(MAGIC):
         raise ValueError("bad magic")
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER_BYTES)
@@ -113,14 +109,37 @@ def decode(data: bytes, expect: tuple | None = None) -> Rule:
         if len(data) < end + 1 + DIGEST_BYTES or \
                 hashlib.sha256(data[:-DIGEST_BYTES]).digest() != data[-DIGEST_BYTES:]:
             raise ValueError("checksum mismatch (truncated or corrupted)")
-        payload = data[end + 1:-DIGEST_BYTES]
-    elif version == 1:
+        return header, data[end + 1:-DIGEST_BYTES]
+    if version == 1:
         payload = data[end + 1:]
         if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
             raise ValueError("checksum mismatch (truncated or corrupted)")
-    else:
-        raise ValueError(f"format {str(version)[:20]} is not one of {READABLE_FORMATS}")
+        return header, payload
+    raise ValueError(f"format {str(version)[:20]} is not one of {READABLE_FORMATS}")
 
+
+def _check_rule(nodes: np.ndarray, weights: np.ndarray, mirror: np.ndarray, center, rows: int) -> None:
+    """ValueError unless the weights sum to 1, the mirror pairs each node with its negation and the
+    header's center is the origin node."""
+    n = len(nodes)
+    if not np.isfinite(weights).all() or \
+            abs(weights.sum() - 1.0) > 1e-9 * max(1.0, float(np.abs(weights).sum())):
+        raise ValueError("the weights are not finite or do not sum to 1")
+    if mirror.min() < 0 or mirror.max() >= n or not np.array_equal(mirror[mirror], np.arange(n)) \
+            or not all(np.array_equal(nodes[mirror[start:start + rows]], -nodes[start:start + rows])
+                       for start in range(0, n, rows)):
+        raise ValueError("the mirror does not pair every node with its negation")
+    if find_center(nodes) != center:
+        raise ValueError(f"the header's center {center} is not the payload's origin node {find_center(nodes)}")
+
+
+def decode(data: bytes, expect: tuple | None = None) -> Rule:
+    """Parse file contents; raise ValueError on any corruption or inconsistency.
+
+    ``expect``: (family, dim, level) or (family, dim, level, degree) the file
+    must hold.
+    """
+    header, payload = _header_and_payload(data)
     family, center = header.get("family"), header.get("center")
     if not isinstance(family, str):
         raise ValueError("header field 'family' is not a string")
@@ -151,15 +170,7 @@ def decode(data: bytes, expect: tuple | None = None) -> Rule:
     rows = max(1, _CHUNK // dim)  # table[index] in chunks: no n x D int64 copy of the index
     for start in range(0, n, rows):
         nodes[start:start + rows] = table[index[start:start + rows]]
-    if not np.isfinite(weights).all() or \
-            abs(weights.sum() - 1.0) > 1e-9 * max(1.0, float(np.abs(weights).sum())):
-        raise ValueError("the weights are not finite or do not sum to 1")
-    if mirror.min() < 0 or mirror.max() >= n or not np.array_equal(mirror[mirror], np.arange(n)) \
-            or not all(np.array_equal(nodes[mirror[start:start + rows]], -nodes[start:start + rows])
-                       for start in range(0, n, rows)):
-        raise ValueError("the mirror does not pair every node with its negation")
-    if find_center(nodes) != center:
-        raise ValueError(f"the header's center {center} is not the payload's origin node {find_center(nodes)}")
+    _check_rule(nodes, weights, mirror, center, rows)
     return Rule(nodes, weights, dim, level, family, degree, mirror, center)
 
 
