@@ -184,8 +184,20 @@ def train(task: Task, run_dir: Path, config: dict, resume: bool = False, quiet: 
     ``config`` is recorded in config.yaml (a resume must match it); ``files`` are
     written beside it (name -> text) when the run starts.
     """
-    run_dir = Path(run_dir)
-    runs.open_run_dir(run_dir, {"task": task.kind, **config}, resume, files)
+    run_dir, config = Path(run_dir), {"task": task.kind, **config}
+    if resume:
+        runs.open_run_dir(run_dir, config, resume=True)  # checks only
+    else:
+        runs.refuse_nonempty(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with runs.writer_lock(run_dir):
+        if not resume:
+            runs.open_run_dir(run_dir, config, False, files)
+        return _train(task, run_dir, resume, quiet, callbacks, seed)
+
+
+def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequence[Callback],
+           seed: int) -> tuple[dict, TrainState]:
     state, generators = _start(task, run_dir, resume, seed)
     progress = Progress(task.steps, quiet, metric=task.progress_metric[0])
     progress.message(task.describe())

@@ -291,7 +291,7 @@ def run_cell(settings, folder: Path, run: Callable[[bool], dict]) -> CellResult:
     resume = (folder / "checkpoint.pt").is_file()
     if not resume and folder.exists():
         leftovers = {path.name for path in folder.iterdir()}
-        if leftovers - {runs.CONFIG, runs.PROBLEM_COPY}:
+        if leftovers - {runs.CONFIG, runs.PROBLEM_COPY, runs.LOCK}:
             raise PinnzoError(f"{folder} is not empty and holds no checkpoint to resume; remove it or give "
                               f"another --out")
         for name in (runs.CONFIG, runs.PROBLEM_COPY):  # killed before its first checkpoint

@@ -17,7 +17,9 @@ Every file is written atomically (fileio.atomic_write).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -32,7 +34,7 @@ from pinnzo.errors import PinnzoError
 from pinnzo.fileio import atomic_write
 
 CONFIG, PROBLEM_COPY, METRICS, CHECKPOINT = "config.yaml", "problem.yaml", "metrics.csv", "checkpoint.pt"
-MODEL, BEST, SUMMARY = "model.pt", "best.pt", "summary.json"
+MODEL, BEST, SUMMARY, LOCK = "model.pt", "best.pt", "summary.json", ".lock"
 
 
 def torch_bytes(obj) -> bytes:
@@ -59,14 +61,21 @@ def default_run_dir(group: str, label: str, root: Path = Path("results")) -> Pat
     return numbered_run_dir(root / group / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}")
 
 
+def refuse_nonempty(run_dir: Path) -> None:
+    """A new run needs an empty (or missing) folder: nothing a user had is overwritten."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PinnzoError(f"--out {run_dir}: this is a file, not a folder; choose another")
+    if run_dir.exists() and any(path.name != LOCK for path in run_dir.iterdir()):
+        raise PinnzoError(f"--out {run_dir}: the folder exists and is not empty; choose another "
+                          f"(or --resume it)")
+
+
 def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str] | None = None) -> None:
     """Prepare a run folder: write config.yaml (and ``files``: name -> text) for a new run,
     refusing a non-empty folder; or check that a resumed run's config.yaml matches ``config``."""
     run_dir = Path(run_dir)
     if not resume:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise PinnzoError(f"--out {run_dir}: the folder exists and is not empty; choose another "
-                              f"(or --resume it)")
+        refuse_nonempty(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         for name, text in (files or {}).items():
             atomic_write(run_dir / name, text.encode())
@@ -86,6 +95,23 @@ def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str
     if differences:
         raise PinnzoError(f"--resume {run_dir}: the configuration does not match the saved run: "
                           + "; ".join(differences))
+
+
+@contextlib.contextmanager
+def writer_lock(run_dir: Path):
+    """Hold an advisory lock on the run folder (fcntl.flock on RUN_DIR/.lock) while writing it:
+    a second process that tries to write the same folder is refused with one line."""
+    path = Path(run_dir) / LOCK
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PinnzoError(f"{run_dir}: another pinnzo process is writing this run folder; wait for it to "
+                              f"finish (or stop it) before resuming") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_config(run_dir: Path) -> dict:

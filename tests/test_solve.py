@@ -233,3 +233,21 @@ def test_explicit_tt_shapes_give_the_papers_layers(small):
         build(problem, settings.replace({"shapes": "1x1x3x7,4x4x4x4"}))
     with pytest.raises(PinnzoError, match="expected 'input,hidden'"):
         build(problem, settings.replace({"shapes": "1x1x3x7"}))
+
+
+def test_a_second_writer_of_a_run_folder_is_refused(small, tmp_path):
+    """While one process writes a run folder (it holds the folder's advisory lock), another
+    --resume of it is refused with one line; afterwards the resume goes through."""
+    from pinnzo import runs
+
+    settings = defaults(small).replace({"steps": 4, "eval_every": 2})
+
+    def stop(step):
+        if step == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        train(small, settings, tmp_path / "run", on_step=stop)
+    with runs.writer_lock(tmp_path / "run"):
+        with pytest.raises(PinnzoError, match="another pinnzo process is writing this run folder"):
+            train(small, settings, tmp_path / "run", resume=True)
+    assert train(small, settings, tmp_path / "run", resume=True)["steps"] == 4
