@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def read_idx(path: Path, magic: int, shape_tail: tuple[int, ...]) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:
             raise MnistDataError(f"{path}: damaged gzip data ({error})") from None
     ndim = 1 + len(shape_tail)
     if len(raw) < 4 + 4 * ndim:

@@ -141,7 +141,7 @@ CHOICES = {
 MINIMUM = {"width": 1, "depth": 1, "rank": 1, "samples": 1, "level": 1, "decay_every": 1, "directions": 1,
            "gn_directions": 1, "history": 1,
            "steps": 1, "batch": 1, "condition_batch": 1, "eval_every": 1, "eval_points": 2, "memory_mb": 1,
-           "decay_epochs": 1, "epochs": 1}
+           "decay_epochs": 1, "epochs": 1, "validation": 1}
 POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
 BELOW_ONE = {"momentum"}  # floats in [0, 1)
 

@@ -43,6 +43,17 @@ def test_malformed_idx_files_are_named_with_what_was_expected(tmp_path):
         read_idx(tmp_path / "d", IMAGE_MAGIC, (28, 28))
     with pytest.raises(MnistDataError, match="e: file not found"):
         read_idx(tmp_path / "e", IMAGE_MAGIC, (28, 28))
+    # a valid gzip header whose deflate stream is corrupted (zlib's own error type)
+    good = bytearray(write_idx(tmp_path / "g", images, IMAGE_MAGIC, compress=True).read_bytes())
+    good[20:40] = b"\xff" * 20
+    (tmp_path / "f").write_bytes(bytes(good))
+    with pytest.raises(MnistDataError, match="f: damaged gzip data"):
+        read_idx(tmp_path / "f", IMAGE_MAGIC, (28, 28))
+
+
+def test_an_empty_validation_split_is_refused():
+    with pytest.raises(PinnzoError, match="validation: expected an integer >= 1; found 0"):
+        MnistSettings().replace({"validation": 0}, "--set ")
 
 
 def test_mismatched_counts_and_missing_files(tmp_path):
