@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -83,15 +84,45 @@ class Components:
             return torch.cat(parts)
 
 
+def memory_estimates(problem: Problem, settings: Settings, per_point: int | None) -> dict[str, float]:
+    """Bytes the largest single allocations of a run need, by the setting that drives each (the
+    batch's only once ``per_point``, the backend's evaluations per point, is known)."""
+    value = torch.finfo(DTYPES[settings.dtype]).bits // 8
+    rows = settings.batch + settings.condition_batch * len(problem.conditions)
+    d = problem.dim * settings.width + settings.width**2 * (settings.depth - 1) + settings.width
+    return {
+        "width": 3.0 * value * (problem.dim * settings.width + settings.width**2),  # a dense W (TT rebuilds it)
+        "depth": 3.0 * value * settings.width**2 * settings.depth,
+        "rank": 4.0 * value * settings.rank**2 * settings.width if settings.network == "tt" else 0.0,  # TT cores
+        "batch": 2.0 * value * rows * (per_point or 0) * (problem.dim + settings.width),  # stencil + activations
+        "condition_batch": 2.0 * value * rows * (per_point or 0) * (problem.dim + settings.width),
+        "eval_points": 4.0 * value * settings.eval_points * problem.dim,
+        "directions": 8.0 * settings.directions * d,  # RGE's (N, d) directions
+        "samples": 16.0 * settings.samples * problem.dim if settings.backend == "stein" else 0.0,
+    }
+
+
+def check_memory(problem: Problem, settings: Settings, per_point: int | None = None) -> None:
+    """Refuse, before allocating anything, a run whose single allocations would not fit in memory."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+    for setting, needed in memory_estimates(problem, settings, per_point).items():
+        if needed > limit:
+            raise PinnzoError(f"{setting}: {getattr(settings, setting):,} needs about {needed / 2**30:,.1f} GiB at "
+                              f"once (more than half of this machine's {2 * limit / 2**30:.0f} GiB); use a "
+                              f"smaller {setting}")
+
+
 def build(problem: Problem, settings: Settings) -> Components:
     """Model, backend, loss and objective for a run, within the settings' memory budget."""
     device = device_of(settings.device)
     dtype = DTYPES[settings.dtype]
     sizes = [problem.dim] + [settings.width] * settings.depth + [1]
-    model = build_mlp(sizes, settings.network, settings.activation, settings.rank,
-                      shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed).to(device)
+    check_memory(problem, settings)  # before the backend draws its samples
     backend = make_backend(settings, problem.dim)
     per_point = backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
+    check_memory(problem, settings, per_point)
+    model = build_mlp(sizes, settings.network, settings.activation, settings.rank,
+                      shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed).to(device)
     plan = plan_chunks(per_point * (settings.batch + settings.condition_batch * len(problem.conditions)),
                        sizes, dtype, settings.memory_mb)
     backend.rows_per_chunk = plan.rows_per_chunk

@@ -142,6 +142,7 @@ MINIMUM = {"width": 1, "depth": 1, "rank": 1, "samples": 1, "level": 1, "decay_e
            "gn_directions": 1, "history": 1,
            "steps": 1, "batch": 1, "condition_batch": 1, "eval_every": 1, "eval_points": 2, "memory_mb": 1,
            "decay_epochs": 1, "epochs": 1, "validation": 1}
+MAXIMUM_INTEGER = 2**62  # seeds and sizes beyond it overflow torch's generators and tensor sizes
 POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
 BELOW_ONE = {"momentum"}  # floats in [0, 1)
 
@@ -159,6 +160,8 @@ def _coerce(value: Any, kind: str, where: str, name: str):
         minimum = MINIMUM.get(name, 0)
         if value < minimum:
             raise PinnzoError(f"{where}: expected an integer >= {minimum}; found {value}")
+        if value > MAXIMUM_INTEGER:
+            raise PinnzoError(f"{where}: expected an integer <= {MAXIMUM_INTEGER:,} (2^62); found {value}")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -251,3 +251,22 @@ def test_a_second_writer_of_a_run_folder_is_refused(small, tmp_path):
         with pytest.raises(PinnzoError, match="another pinnzo process is writing this run folder"):
             train(small, settings, tmp_path / "run", resume=True)
     assert train(small, settings, tmp_path / "run", resume=True)["steps"] == 4
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch", "1000000000"], "batch: 1,000,000,000 needs about"),
+    (["--width", "10000000"], "width: 10,000,000 needs about"),
+    (["--width", "4096", "--depth", "100000"], "depth: 100,000 needs about"),
+    (["--rank", "100000"], "rank: 100,000 needs about"),
+    (["--set", "directions=100000000"], "directions: 100,000,000 needs about"),
+    (["--set", "eval_points=2000000000"], "eval_points: 2,000,000,000 needs about"),
+    (["--backend", "stein", "--set", "samples=1000000000"], "samples: 1,000,000,000 needs about"),
+    (["--seed", str(2**64 - 1)], "--seed: expected an integer <= 4,611,686,018,427,387,904"),
+])
+def test_oversized_settings_are_refused_before_allocating(tmp_path, args, needle):
+    problem = tmp_path / "small.yaml"
+    problem.write_text(SMALL)
+    result = run_cli(["solve", str(problem), *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "r").exists()
