@@ -192,9 +192,15 @@ class PINNTask:
 
     def describe(self) -> str:
         s = self.settings
-        return (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
+        text = (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
                 f"{s.network} {s.width}x{s.depth} ({self.objective.dim:,} parameters); {s.steps} steps of "
                 f"{s.batch} points")
+        residuals = s.batch + s.condition_batch * len(self.problem.conditions)
+        if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
+            text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "
+                     f"problem is underdetermined and the fit may be exact at the points and wrong between them; "
+                     f"raise batch / condition_batch")
+        return text
 
     def sample(self, step: int, generators):
         """Fresh points (and Monte-Carlo Stein samples) every ``resample_every`` steps; the same ones

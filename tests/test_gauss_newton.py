@@ -230,3 +230,12 @@ def test_impossible_combinations_are_refused_with_one_line(tmp_path, args, needl
 def test_mnist_refuses_gauss_newton():
     result = run_cli(["mnist", "--optimizer", "zo-gn", "--data-dir", "nowhere"])
     assert result.exit_code == 2 and "Gauss-Newton needs a least-squares loss" in result.output
+
+
+def test_an_underdetermined_least_squares_problem_is_warned_about(tmp_path, capsys):
+    solve(LINE, optimizer="zo-gn", backend="fd", batch=20, condition_batch=2, steps=1, quiet=False,
+          out=tmp_path / "few")
+    assert "warning: 22 residuals for 97 parameters: the least-squares problem is underdetermined" in \
+        capsys.readouterr().err
+    solve(LINE, optimizer="zo-gn", backend="fd", steps=1, quiet=False, out=tmp_path / "enough")
+    assert "underdetermined" not in capsys.readouterr().err
