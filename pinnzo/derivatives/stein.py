@@ -21,7 +21,6 @@ float32 (the weights reach 204 and are scaled by 1/sigma^2 ... 1/sigma^4).
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import torch
