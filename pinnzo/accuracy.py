@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 from pinnzo import runs
 from pinnzo.errors import PinnzoError
-from pinnzo.fileio import atomic_write
+from pinnzo.fileio import atomic_write, make_folder
 from pinnzo.registry import Registry
 
 THRESHOLDS = (1e-2, 1e-3)
@@ -125,7 +125,7 @@ def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: flo
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cells": records}
     from pinnzo.bench import machine_info
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write(out / "accuracy.json", json.dumps({"machine": machine_info(), **report}, indent=2).encode())
     atomic_write(out / "accuracy.md", markdown(report).encode())
     return [out / "accuracy.json", out / "accuracy.md"]

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from pinnzo.errors import PinnzoError
+from pinnzo.errors import PinnzoError, one_line
 
 
 class _OneLineErrors(TyperGroup):
@@ -39,7 +39,7 @@ class _OneLineErrors(TyperGroup):
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"pinnzo: error: {message}", err=True)
+    typer.echo(f"pinnzo: error: {one_line(message)}", err=True)
     sys.exit(2)
 
 
@@ -331,8 +331,10 @@ def reproduce(
     numbers = TABLES.names() if table == "all" else [table]
     for number in numbers:
         TABLES[number]  # one "must be one of" error before any work
-    context = Context(SCALES[scale], out or Path("results/reproduce") / scale, problem, data_dir, device, quiet,
-                      typer.echo)
+    from pinnzo.fileio import make_folder
+
+    context = Context(SCALES[scale], make_folder(out or Path("results/reproduce") / scale), problem, data_dir,
+                      device, quiet, typer.echo)
     from pinnzo.loop import Interrupted
 
     try:

@@ -47,3 +47,20 @@ def atomic_write(path: Path | str, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def make_folder(path: Path | str, flag: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents); one-line PinnzoError when that is impossible
+    (a file in the way, no permission, a read-only file system)."""
+    from pinnzo.errors import PinnzoError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PinnzoError(f"{flag} {path}: this is a file, not a folder; choose another")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PinnzoError(f"{flag} {path}: cannot create the folder ({error.strerror or type(error).__name__})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PinnzoError(f"{flag} {path}: the folder is not writable; choose another")
+    return path

@@ -31,6 +31,7 @@ import torch
 
 from pinnzo import runs
 from pinnzo.errors import PinnzoError
+from pinnzo.fileio import make_folder
 from pinnzo.optim import StepInfo, smoothed
 
 Callback = Callable[[int, "TrainState"], None]
@@ -94,7 +95,8 @@ def check_finite(info: StepInfo, theta: torch.Tensor, step: int, checkpoint: "Ch
     if math.isfinite(info.loss) and torch.isfinite(theta).all():
         return
     what = (f"the loss became {info.loss}" if not math.isfinite(info.loss)
-            else f"the parameters became non-finite (loss {info.loss:.6g})")
+            else f"the parameters became non-finite (the loss before the update was a finite {info.loss:.6g}, "
+                 f"the update was not)")
     raise Diverged(f"{what} at step {step + 1}; stopped. {checkpoint.describe()}")
 
 
@@ -189,7 +191,7 @@ def train(task: Task, run_dir: Path, config: dict, resume: bool = False, quiet: 
         runs.open_run_dir(run_dir, config, resume=True)  # checks only
     else:
         runs.refuse_nonempty(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir)
     with runs.writer_lock(run_dir):
         if not resume:
             runs.open_run_dir(run_dir, config, False, files)

@@ -346,7 +346,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise PinnzoError(f"{run_dir}: no such run folder")
     config = runs.read_config(run_dir)
     if config.get("task", "pinn") != "pinn":
-        raise PinnzoError(f"{run_dir}: a {config['task']} run, not a PINN run")
+        raise PinnzoError(f"{run_dir}: a {config['task']} run; this command reads PINN runs (pinnzo solve) only")
     summary = runs.read_summary(run_dir, SUMMARY_FIELDS)
     metrics = runs.read_metrics(run_dir, ("step", "queries", "loss", "val_mse", "val_rel_l2"))
     problem = _run_problem(run_dir, config)

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from pinnzo import runs  # noqa: E402
 from pinnzo.errors import PinnzoError  # noqa: E402
+from pinnzo.fileio import make_folder  # noqa: E402
 from pinnzo.pinn import Run, load_run  # noqa: E402
 
 BACKEND_COLORS = {"ad": "#1b9e77", "fd": "#d95f02", "stein": "#7570b3", "sparse-grid": "#e7298a"}
@@ -369,7 +370,7 @@ def compare_runs(run_dirs: list[Path], out: Path, fmt: str = "png") -> tuple[lis
         raise PinnzoError(f"--format: unknown value {fmt!r}; must be one of {', '.join(FORMATS)}")
     runs = [load_run(path) for path in run_dirs]
     rows = compare_rows(runs)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     (out / "compare.md").write_text(markdown_table(rows) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COMPARE_COLUMNS)

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from pinnzo import atoms as A
-from pinnzo.errors import PinnzoError
+from pinnzo.errors import PinnzoError, one_line
 from pinnzo.expr import SCALAR_FUNCTIONS, CONSTANTS, VECTOR_REDUCTIONS, ExpressionError, Scope, compile_torch, parse
 from pinnzo.settings import Settings
 
@@ -37,15 +37,7 @@ class ProblemError(PinnzoError):
     """
 
     def __init__(self, message: str):
-        super().__init__(_one_line(str(message)))
-
-
-MAX_MESSAGE = 1000  # characters of one error message
-
-
-def _one_line(text: str) -> str:
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:4 * MAX_MESSAGE])
-    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
+        super().__init__(one_line(str(message)))
 
 
 @dataclass(frozen=True)

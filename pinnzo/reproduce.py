@@ -29,7 +29,7 @@ from typing import Callable, Mapping
 
 from pinnzo import runs
 from pinnzo.errors import PinnzoError
-from pinnzo.fileio import atomic_write
+from pinnzo.fileio import atomic_write, make_folder
 from pinnzo.registry import Registry
 
 NO_CONVERGENCE = "no conv."  # the paper's empty fields ("Empty fields indicate no convergence")
@@ -460,7 +460,7 @@ def reproduce(number: str, context: Context) -> list[Path]:
     """Run table ``number`` at ``context.scale``; write its Markdown, JSON and plots."""
     table = TABLES[number](context.scale)
     results = run_table(table, context)
-    context.out.mkdir(parents=True, exist_ok=True)
+    make_folder(context.out)
     markdown, record = context.out / f"table-{table.number}.md", context.out / f"table-{table.number}.json"
     atomic_write(markdown, table_markdown(table, context.scale, results).encode())
     atomic_write(record, json.dumps(table_record(table, context.scale, results), indent=2).encode())

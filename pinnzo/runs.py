@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from pinnzo.errors import PinnzoError
-from pinnzo.fileio import atomic_write
+from pinnzo.fileio import atomic_write, make_folder
 
 CONFIG, PROBLEM_COPY, METRICS, CHECKPOINT = "config.yaml", "problem.yaml", "metrics.csv", "checkpoint.pt"
 MODEL, BEST, SUMMARY, LOCK = "model.pt", "best.pt", "summary.json", ".lock"
@@ -76,7 +76,7 @@ def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str
     run_dir = Path(run_dir)
     if not resume:
         refuse_nonempty(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir)
         for name, text in (files or {}).items():
             atomic_write(run_dir / name, text.encode())
         atomic_write(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
@@ -84,14 +84,19 @@ def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / CONFIG).is_file():
         raise PinnzoError(f"--resume {run_dir}: no checkpoint.pt and config.yaml there; nothing to resume")
     saved = read_config(run_dir)
-    differences = []
     if saved.get("task", "pinn") != config.get("task"):
-        differences.append(f"it is a {saved.get('task', 'pinn')} run, not a {config.get('task')} run")
-    elif saved.get("problem_sha256") != config.get("problem_sha256"):
+        raise PinnzoError(f"--resume {run_dir}: it is a {saved.get('task', 'pinn')} run, not a "
+                          f"{config.get('task')} run")
+    differences = []
+    if saved.get("problem_sha256") != config.get("problem_sha256"):
         differences.append(f"the problem differs from the one the run used ({saved.get('problem')})")
-    for key, value in config["settings"].items():
-        if saved.get("settings", {}).get(key) != value:
-            differences.append(f"{key}: saved {saved.get('settings', {}).get(key)!r}, now {value!r}")
+    saved_settings = saved["settings"]
+    missing = [key for key in config["settings"] if key not in saved_settings]
+    if missing:
+        raise PinnzoError(f"{run_dir / CONFIG}: damaged or written by an older pinnzo: it lacks the settings "
+                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; the run cannot be resumed")
+    differences += [f"{key}: saved {saved_settings[key]!r}, now {value!r}"
+                    for key, value in config["settings"].items() if saved_settings[key] != value]
     if differences:
         raise PinnzoError(f"--resume {run_dir}: the configuration does not match the saved run: "
                           + "; ".join(differences))

@@ -45,7 +45,7 @@ class Settings(SettingsBase):
     # network
     network: str = "tt"  # mlp | tt
     width: int = 64  # hidden width
-    depth: int = 2  # hidden layers (21 -> 512 -> 512 -> 1 is depth 2)
+    depth: int = 2  # hidden layers (21 -> 512 -> 512 -> 1 is depth 2; at most 1000)
     rank: int = 2  # TT rank of the compressed layers
     activation: str = "sin"  # sin | tanh | relu | gelu
     shapes: str = ""  # TT factorisations "input,hidden", e.g. 1x1x3x7,8x4x4x4 (empty: automatic)
@@ -143,6 +143,9 @@ MINIMUM = {"width": 1, "depth": 1, "rank": 1, "samples": 1, "level": 1, "decay_e
            "steps": 1, "batch": 1, "condition_batch": 1, "eval_every": 1, "eval_points": 2, "memory_mb": 1,
            "decay_epochs": 1, "epochs": 1, "validation": 1}
 MAXIMUM_INTEGER = 2**62  # seeds and sizes beyond it overflow torch's generators and tensor sizes
+# Largest allowed value of the settings with a practical ceiling below MAXIMUM_INTEGER: a plain MLP
+# deeper than this does not train, and building one takes minutes and gigabytes of layer objects.
+MAXIMUM = {"depth": 1000}
 POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
 BELOW_ONE = {"momentum"}  # floats in [0, 1)
 
@@ -162,6 +165,8 @@ def _coerce(value: Any, kind: str, where: str, name: str):
             raise PinnzoError(f"{where}: expected an integer >= {minimum}; found {value}")
         if value > MAXIMUM_INTEGER:
             raise PinnzoError(f"{where}: expected an integer <= {MAXIMUM_INTEGER:,} (2^62); found {value}")
+        if value > MAXIMUM.get(name, value):
+            raise PinnzoError(f"{where}: expected an integer <= {MAXIMUM[name]:,}; found {value:,}")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):

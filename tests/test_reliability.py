@@ -550,3 +550,107 @@ def test_fuzzed_problem_files_give_a_result_or_one_line(tmp_path):
             assert not syntax, (case, text, syntax)
     assert outcomes["report"] > 20 and outcomes["error"] > 150, outcomes  # both outcomes are reached
     assert time.perf_counter() - started < 30
+
+
+# ---- run folders, --out and resume: one line and exit 2, nothing written outside --out ----------------
+
+SMALL_RUN = ["--steps", "2", "--batch", "8", "--set", "condition_batch=8", "--set", "eval_points=50",
+             "--set", "eval_every=1", "--no-plots", "-q"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny PINN run and a finished tiny MNIST run (copied by each case before damaging it)."""
+    from helpers import tiny_mnist
+
+    root = tmp_path_factory.mktemp("finished")
+    problem = REPO / "problems" / "poisson2d.yaml"
+    assert run_cli(["solve", str(problem), *SMALL_RUN, "--out", str(root / "pinn")]).exit_code == 0
+    data = tiny_mnist(root / "data")
+    mnist = ["mnist", "--data-dir", str(data), "--epochs", "1", "--batch", "16", "--set", "steps_per_epoch=2",
+             "--set", "validation=20", "--network", "mlp", "--set", "width=8", "-q"]
+    assert run_cli([*mnist, "--out", str(root / "mnist")]).exit_code == 0
+    return {"root": root, "problem": problem, "mnist": mnist}
+
+
+def _truncate_lines(path: Path, lines: int) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:lines]))
+
+
+def _truncate_bytes(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+# name, command (placeholders: {problem} {run} {mnist} {file} {mnist_args}), damage of the copied run, message
+RUN_CASES = [
+    ("solve-out-file", ["solve", "{problem}", *SMALL_RUN, "--out", "{file}"], None, "this is a file, not a folder"),
+    ("solve-out-under-file", ["solve", "{problem}", *SMALL_RUN, "--out", "{file}/sub"], None,
+     "cannot create the folder (Not a directory)"),
+    ("solve-out-unwritable", ["solve", "{problem}", *SMALL_RUN, "--out", "/proc/pinnzo-run"], None,
+     "cannot create the folder"),
+    ("mnist-out-under-file", ["{mnist_args}", "--out", "{file}/sub"], None, "cannot create the folder"),
+    ("compare-out-under-file", ["compare", "{run}", "{run}", "--out", "{file}/sub"], None, "cannot create the folder"),
+    ("reproduce-out-under-file", ["reproduce", "4", "--out", "{file}/sub"], None, "cannot create the folder"),
+    ("resume-empty-checkpoint", ["solve", "{problem}", *SMALL_RUN, "--resume", "{run}"],
+     lambda run: (run / "checkpoint.pt").write_bytes(b""), "damaged checkpoint"),
+    ("resume-truncated-config-lines", ["solve", "{problem}", *SMALL_RUN, "--resume", "{run}"],
+     lambda run: _truncate_lines(run / "config.yaml", 12), "lacks the settings"),
+    ("resume-truncated-config-bytes", ["solve", "{problem}", *SMALL_RUN, "--resume", "{run}"],
+     lambda run: _truncate_bytes(run / "config.yaml", 100), "config.yaml: damaged"),
+    ("plot-truncated-model", ["plot", "{run}"], lambda run: _truncate_bytes(run / "model.pt", 50), "model.pt"),
+    ("plot-empty-summary", ["plot", "{run}"], lambda run: (run / "summary.json").write_text("{}"), "summary.json"),
+    ("plot-metrics-wrong-columns", ["plot", "{run}"],
+     lambda run: (run / "metrics.csv").write_text("a,b\n1,2\n"), "metrics.csv"),
+    ("compare-two-mnist-runs", ["compare", "{mnist}", "{mnist}", "--out", "{root}/cmp"], None,
+     "this command reads PINN runs"),
+    ("mnist-resume-of-pinn-run", ["{mnist_args}", "--resume", "{run}"], None, "not a mnist run"),
+    ("set-key-with-newline", ["solve", "{problem}", "--set", "a\nb=1"], None, "--set a\\nb: unknown setting"),
+]
+
+
+def _fill(command, values) -> list[str]:
+    filled = []
+    for item in command:
+        if item == "{mnist_args}":
+            filled += values["mnist_args"]
+        else:
+            filled.append(item.format(**values))
+    return filled
+
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command, damage, needle", [case[1:] for case in RUN_CASES], ids=[c[0] for c in RUN_CASES])
+def test_bad_run_folder_or_out_gives_one_line_and_changes_nothing(finished, tmp_path, command, damage, needle):
+    import shutil
+
+    run, mnist = tmp_path / "run", tmp_path / "mnist"
+    shutil.copytree(finished["root"] / "pinn", run)
+    shutil.copytree(finished["root"] / "mnist", mnist)
+    (tmp_path / "a-file").write_text("keep me")
+    if damage:
+        damage(run)
+    before = _listing(tmp_path)
+    values = {"problem": finished["problem"], "run": run, "mnist": mnist, "file": tmp_path / "a-file",
+              "root": tmp_path, "mnist_args": finished["mnist"]}
+    result = run_cli(_fill(command, values))
+    assert "Traceback" not in result.output
+    assert result.exit_code == 2, result.output[-2000:]
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pinnzo: error:") and needle in lines[0], result.output[-2000:]
+    after = _listing(tmp_path)
+    assert {k: v for k, v in after.items() if not k.endswith(".lock")} == \
+        {k: v for k, v in before.items() if not k.endswith(".lock")}, "a refused command changed files"
+
+
+def test_absurd_fd_step_diverges_with_a_truthful_line(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(["solve", str(REPO / "problems" / "poisson2d.yaml"), *SMALL_RUN, "--backend", "fd",
+                      "--set", "fd_step=1e300", "--out", str(out)])
+    assert "Traceback" not in result.output and result.exit_code == 2, result.output[-2000:]
+    line = result.output.strip().splitlines()[-1]
+    assert "the parameters became non-finite" in line and "the update was not" in line, line
+    assert "No checkpoint was written yet" in line and sorted(p.name for p in out.iterdir() if p.name != ".lock") == \
+        ["config.yaml", "problem.yaml"]

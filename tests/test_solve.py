@@ -203,6 +203,7 @@ def test_cli_flags_override_the_file(tmp_path):
     (["--lr", "-1"], "--lr: expected a positive finite number; found -1.0"),
     (["--set", "momentum=1"], "--set momentum: expected a number in [0, 1); found 1.0"),
     (["--set", "mu=nan"], "--set mu: expected a positive finite number; found nan"),
+    (["--set", "depth=100000"], "--set depth: expected an integer <= 1,000; found 100,000"),
 ])
 def test_cli_bad_flags_give_exit_2_and_one_line(tmp_path, args, needle):
     problem = tmp_path / "small.yaml"
@@ -256,7 +257,7 @@ def test_a_second_writer_of_a_run_folder_is_refused(small, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--batch", "1000000000"], "batch: 1,000,000,000 needs about"),
     (["--width", "10000000"], "width: 10,000,000 needs about"),
-    (["--width", "4096", "--depth", "100000"], "depth: 100,000 needs about"),
+    (["--width", "4096", "--depth", "1000"], "depth: 1,000 needs about"),
     (["--rank", "100000"], "rank: 100,000 needs about"),
     (["--set", "directions=100000000"], "directions: 100,000,000 needs about"),
     (["--set", "eval_points=2000000000"], "eval_points: 2,000,000,000 needs about"),

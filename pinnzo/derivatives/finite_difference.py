@@ -75,7 +75,7 @@ class FiniteDifference(StencilBackend):
     def rounding_gain(self, dtype) -> float:
         """A second difference [f(+h) + f(-h) - 2 f] / h^2 multiplies rounding by 4 / h^2."""
         h1, h2 = self.steps(dtype)
-        return max(1 / h1, 4 / h2**2)
+        return max(1 / h1, 4 / h2 / h2)
 
     def combine(self, F, atoms, spatial):
         _, weights, _ = self._plan(atoms, spatial, F.dtype, F.device)
