@@ -6,6 +6,8 @@ line ``pinnzo: error: ...`` with exit code 2 and no traceback.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -191,10 +193,74 @@ def _report(line: str, run, run_dir: Path, no_plots: bool) -> None:
     typer.echo(f"results in {run_dir}")
 
 
-def _run_folder(resume: Optional[Path], out: Optional[Path], default) -> Path:
+def _run_folder(resume: Optional[Path], out: Optional[Path], default) -> tuple[Path, bool]:
+    """(run folder, whether to resume it): --resume, --out or the default (rank 0's, in a distributed
+    run); after torchrun restarted the workers (--max-restarts) a run with a checkpoint resumes."""
+    from pinnzo import distributed, runs
+
     if resume is not None and out is not None and resume != out:
         raise PinnzoError("--resume names the run folder; do not also give a different --out")
-    return resume or out or default()
+    world = distributed.current()
+    if resume is None and out is None and os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") not in ("", "0"):
+        raise PinnzoError("torchrun --max-restarts: give --out, so that restarted workers find the run's checkpoint")
+    run_dir = resume or out or Path(world.broadcast_text(str(default()) if world.writer else ""))
+    restarted = distributed.restarted() and (run_dir / runs.CHECKPOINT).is_file()
+    return run_dir, resume is not None or restarted
+
+
+@contextlib.contextmanager
+def _distributed(workers: Optional[int], backend: str, split: str, timeout: float, device: str | None,
+                 auto_split: str):
+    """This command's World: joins torchrun's process group (alone when not launched by torchrun);
+    with --workers N, first starts N local copies of the command through torch's launcher."""
+    from pinnzo import distributed
+
+    if workers is not None:
+        _launch_workers(workers)
+    world = distributed.init(backend, split, timeout, device or "cpu", auto_split)
+    try:
+        yield world
+    finally:
+        distributed.shutdown()
+
+
+def _launch_workers(workers: int) -> None:
+    """Run this command again as ``torchrun --standalone --nproc-per-node N -m pinnzo ...`` (torch's
+    own launcher, torch.distributed.run) and exit with its status."""
+    from pinnzo import distributed
+
+    if workers < 1:
+        raise PinnzoError(f"--workers: expected an integer >= 1; found {workers}")
+    if distributed.launched():
+        raise PinnzoError("--workers: this process is already one of torchrun's workers; give either torchrun or "
+                          "--workers, not both")
+    from torch.distributed.run import get_args_parser, run
+
+    argv, rest, skip = sys.argv[1:], [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--workers":
+            skip = True
+        elif not item.startswith("--workers="):
+            rest.append(item)
+    arguments = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(workers), "--module",
+                                              "pinnzo", *rest])
+    try:
+        run(arguments)
+    except Exception as error:  # torch's ChildFailedError: the workers printed their own lines
+        typer.echo(f"pinnzo: error: a worker failed ({type(error).__name__}); see the lines above", err=True)
+        sys.exit(2)
+    sys.exit(0)
+
+
+DIST_HELP = {
+    "workers": "Start N local processes through torch's launcher (torchrun --standalone); 1 thread each is "
+               "best on a CPU (OMP_NUM_THREADS).",
+    "dist_backend": "Process-group backend under torchrun or --workers: auto (gloo on CPU, nccl on CUDA) | gloo | nccl.",
+    "dist_split": "Split each step over the processes: auto | points (data parallel) | queries (parameter vectors).",
+    "dist_timeout": "Seconds a process waits for the others before it stops (a dead or hung worker).",
+}
 
 
 @app.command("solve")
@@ -219,6 +285,10 @@ def solve(
     preset: Annotated[Optional[str], typer.Option(help="Named settings: paper (the paper's scale, for a GPU).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw the figures at the end.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help=DIST_HELP["workers"])] = None,
+    dist_backend: Annotated[str, typer.Option(help=DIST_HELP["dist_backend"])] = "auto",
+    dist_split: Annotated[str, typer.Option(help=DIST_HELP["dist_split"])] = "auto",
+    dist_timeout: Annotated[float, typer.Option(help=DIST_HELP["dist_timeout"])] = 60.0,
 ):
     """Train a PINN on a problem file and write a run folder (with plots)."""
     from pinnzo.loop import Interrupted
@@ -229,11 +299,17 @@ def solve(
     flags = dict(backend=backend, optimizer=optimizer, network=network, width=width, depth=depth, rank=rank,
                  steps=steps, batch=batch, lr=lr, sigma=sigma, seed=seed, dtype=dtype, device=device)
     settings = resolve_settings(loaded, preset, assignments or [], flags)
-    run_dir = _run_folder(resume, out, lambda: default_run_dir(loaded, settings))
-    try:
-        run = solve_problem(loaded, settings, out=run_dir, resume=resume is not None, quiet=quiet)
-    except Interrupted:
-        raise typer.Exit(130)
+    from pinnzo.distributed import auto_split
+
+    with _distributed(workers, dist_backend, dist_split, dist_timeout, settings.device,
+                      auto_split(settings.optimizer)) as world:
+        run_dir, resuming = _run_folder(resume, out, lambda: default_run_dir(loaded, settings))
+        try:
+            run = solve_problem(loaded, settings, out=run_dir, resume=resuming, quiet=quiet)
+        except Interrupted:
+            raise typer.Exit(130)
+    if not world.writer:
+        return
     summary = run.summary
     _report(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
             f"MSE {summary['final_mse']:.3e}, {summary['total_queries']:,} loss queries, "
@@ -256,6 +332,10 @@ def mnist(
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="Any MNIST setting: --set key=value.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw the accuracy curves.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help=DIST_HELP["workers"])] = None,
+    dist_backend: Annotated[str, typer.Option(help=DIST_HELP["dist_backend"])] = "auto",
+    dist_split: Annotated[str, typer.Option(help=DIST_HELP["dist_split"])] = "auto",
+    dist_timeout: Annotated[float, typer.Option(help=DIST_HELP["dist_timeout"])] = 60.0,
 ):
     """Classify MNIST with a (TT-)MLP trained by any optimizer (paper section 5.1)."""
     from pinnzo.loop import Interrupted
@@ -271,13 +351,19 @@ def mnist(
     if settings.optimizer in LEAST_SQUARES:
         raise PinnzoError(f"--optimizer {settings.optimizer}: Gauss-Newton needs a least-squares loss; the MNIST "
                           f"loss is a cross-entropy (use adam, sgd, lbfgs, adam-lbfgs or a zeroth-order optimizer)")
-    run_dir = _run_folder(resume, out, lambda: default_run_dir(settings))
     folder = data_dir or default_data_dir()
     data = load_mnist(folder, settings.validation)
-    try:
-        summary = train_mnist(data, settings, run_dir, resume=resume is not None, quiet=quiet, data_dir=folder)
-    except Interrupted:
-        raise typer.Exit(130)
+    from pinnzo.distributed import auto_split
+
+    with _distributed(workers, dist_backend, dist_split, dist_timeout, settings.device,
+                      auto_split(settings.optimizer)) as world:
+        run_dir, resuming = _run_folder(resume, out, lambda: default_run_dir(settings))
+        try:
+            summary = train_mnist(data, settings, run_dir, resume=resuming, quiet=quiet, data_dir=folder)
+        except Interrupted:
+            raise typer.Exit(130)
+    if not world.writer:
+        return
     _report(f"mnist {settings.network} ({summary['parameters']:,} parameters), {settings.optimizer}: "
             f"test accuracy {100 * summary['test_accuracy']:.2f}%, {summary['total_queries']:,} loss queries, "
             f"{summary['wall_time_s']:.0f} s", run_dir, run_dir, no_plots)
@@ -440,6 +526,29 @@ def bench_tt_layer(
     from pinnzo.bench import tt_layer_benchmark, write_report
 
     write_report(out, tt_layer_benchmark())
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("distributed")
+def bench_distributed(
+    out: Annotated[Path, typer.Option("--out", help="JSON report to write.")] = Path("results/bench/distributed.json"),
+    steps: Annotated[int, typer.Option(help="Training steps per run.")] = 20,
+    data_dir: Annotated[Optional[Path], typer.Option(help="MNIST IDX files for the MNIST case (default: "
+                                                          "$PINNZO_MNIST_DIR, then data/mnist; skipped if absent).")] = None,
+):
+    """Steps/s on 1 and 2 processes (1 thread each, torchrun, gloo) and bytes per step, for ZO-signRGE and
+    zo-gn on hjb20, FO Adam and the MNIST hybrid."""
+    from pinnzo.bench import write_report
+    from pinnzo.bench_distributed import distributed_benchmark
+    from pinnzo.mnist import default_data_dir
+
+    if steps < 2:
+        raise PinnzoError(f"--steps: expected an integer >= 2; found {steps}")
+    folder = data_dir or default_data_dir()
+    if data_dir is not None and not folder.is_dir():
+        raise PinnzoError(f"--data-dir {folder}: no such folder")
+    report = distributed_benchmark(steps, folder if folder.is_dir() else None, typer.echo)
+    write_report(out, report)
     typer.echo(f"wrote {out}")
 
 

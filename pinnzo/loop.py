@@ -19,6 +19,7 @@ the numbers of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
+import yaml
 
 from pinnzo import runs
 from pinnzo.errors import PinnzoError
@@ -115,12 +117,15 @@ def commit(state: TrainState, step: int, theta, optimizer_state, info: StepInfo,
 class Checkpointer:
     """Writes checkpoint.pt and metrics.csv of the committed state."""
 
-    def __init__(self, run_dir: Path, fields: list[str], started: float, saved_step: int | None):
+    def __init__(self, run_dir: Path, fields: list[str], started: float, saved_step: int | None,
+                 writer: bool = True):
         self.run_dir, self.fields, self.started, self.saved_step = Path(run_dir), fields, started, saved_step
+        self.writer = writer  # in a distributed run only rank 0 writes
 
     def __call__(self, state: TrainState) -> None:
         state.elapsed = time.perf_counter() - self.started
-        runs.write_checkpoint(self.run_dir, vars(state), state.metrics, self.fields)
+        if self.writer:
+            runs.write_checkpoint(self.run_dir, vars(state), state.metrics, self.fields)
         self.saved_step = state.step
 
     def describe(self) -> str:
@@ -187,24 +192,37 @@ def train(task: Task, run_dir: Path, config: dict, resume: bool = False, quiet: 
     written beside it (name -> text) when the run starts.
     """
     run_dir, config = Path(run_dir), {"task": task.kind, **config}
-    if resume:
-        runs.open_run_dir(run_dir, config, resume=True)  # checks only
-    else:
-        runs.refuse_nonempty(run_dir)
-        make_folder(run_dir)
-    with runs.writer_lock(run_dir):
-        if not resume:
-            runs.open_run_dir(run_dir, config, False, files)
+    world = task.objective.world
+    same = {key: value for key, value in config.items() if key not in ("problem", "data_dir")}  # paths may differ
+    world.refuse_mismatch(yaml.safe_dump(same, sort_keys=True), "problem files or settings")
+    if not world.writer:  # in a distributed run only rank 0 writes the run folder
+        world.settle(None)
+        return _train(task, run_dir, resume, True, callbacks, seed)
+    with contextlib.ExitStack() as stack:
+        try:
+            if resume:
+                runs.open_run_dir(run_dir, config, resume=True)  # checks only
+            else:
+                runs.refuse_nonempty(run_dir)
+                make_folder(run_dir)
+            stack.enter_context(runs.writer_lock(run_dir))
+            if not resume:
+                runs.open_run_dir(run_dir, config, False, files)
+        except PinnzoError as error:
+            world.settle(error)
+        world.settle(None)
         return _train(task, run_dir, resume, quiet, callbacks, seed)
 
 
 def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequence[Callback],
            seed: int) -> tuple[dict, TrainState]:
     state, generators = _start(task, run_dir, resume, seed)
-    progress = Progress(task.steps, quiet, metric=task.progress_metric[0])
+    world = task.objective.world
+    progress = Progress(task.steps, quiet or not world.writer, metric=task.progress_metric[0])
     progress.message(task.describe())
     started = time.perf_counter() - state.elapsed
-    checkpoint = Checkpointer(run_dir, task.metric_fields, started, state.step if resume else None)
+    checkpoint = Checkpointer(run_dir, task.metric_fields, started, state.step if resume else None, world.writer)
+    sent, first_step = world.payload_bytes, state.step
     shown = state.metrics[-1][task.progress_metric[1]] if state.metrics else None
     try:
         for step in range(state.step, task.steps):
@@ -216,8 +234,10 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
             for event in info.events:
                 progress.message(event)
             out_of_time = task.time_budget and time.perf_counter() - started >= task.time_budget
+            if task.time_budget:  # rank 0's clock decides for every rank
+                out_of_time = world.any(bool(out_of_time) and world.writer)
             stop = out_of_time or info.converged
-            if task.should_evaluate(step) or stop:
+            if (task.should_evaluate(step) or stop) and world.writer:
                 row = task.evaluate(state.theta, step, info, state)
                 row["wall_s"] = time.perf_counter() - started
                 _record(task, state, row)
@@ -239,8 +259,10 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
         raise Interrupted(str(run_dir)) from None
     finally:
         progress.close()
-    summary = {**task.finish(state, run_dir), **_run_fields(task, state, started)}
-    runs.write_summary(run_dir, summary)
+    summary = _run_fields(task, state, started, (world.payload_bytes - sent, state.step - first_step))
+    if world.writer:
+        summary = {**task.finish(state, run_dir), **summary}
+        runs.write_summary(run_dir, summary)
     return summary, state
 
 
@@ -269,10 +291,14 @@ def _record(task: Task, state: TrainState, row: dict) -> None:
         state.best_score, state.best_theta = score, state.theta.clone()
 
 
-def _run_fields(task: Task, state: TrainState, started: float) -> dict:
+def _run_fields(task: Task, state: TrainState, started: float, sent: tuple[int, int]) -> dict:
+    """The summary's fields about the run itself; ``sent``: (bytes this rank handed to the process
+    group, steps) in this invocation."""
     from pinnzo import __version__
 
+    world = task.objective.world
     return {"steps": state.step, "stopped_by": state.stopped_by,
+            **world.describe(), "bytes_per_step": sent[0] / max(1, sent[1]),
             "total_queries": state.queries, "queries_per_step": state.queries / max(1, state.step),
             "events": state.events, "wall_time_s": time.perf_counter() - started, "device": str(task.device),
             "versions": {"pinnzo": __version__, "torch": torch.__version__, "python": platform.python_version()},

@@ -153,11 +153,12 @@ class CrossEntropy:
         return batch[0]
 
     def criterion(self, logits: torch.Tensor, batch) -> torch.Tensor:
-        """logits (..., B, 10) -> mean cross-entropy (...)."""
+        """logits (..., B, 10) -> mean cross-entropy (...); for a rank's shard of the mini-batch
+        (images, labels, whole batch size) its part of the mean, sum / whole batch size."""
         labels = batch[1].expand(logits.shape[:-1])
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                   reduction="none")
-        return losses.reshape(labels.shape).mean(-1)
+                                                   reduction="none").reshape(labels.shape)
+        return losses.mean(-1) if len(batch) < 3 else losses.sum(-1) / batch[2]
 
     def __call__(self, network, batch) -> torch.Tensor:
         return self.criterion(network(self.inputs(batch)), batch)
@@ -220,6 +221,10 @@ class MnistTask:
         if k == 0 or self.order is None:
             self.order = torch.randperm(len(self.train_y), generator=generators["shuffle"]).to(self.device)
         index = self.order[k * self.settings.batch:(k + 1) * self.settings.batch]
+        world = self.objective.world
+        if world.sharded:
+            index = index[world.shard(len(index))]
+            return self.train_x[index], self.train_y[index], self.settings.batch
         return self.train_x[index], self.train_y[index]
 
     def should_evaluate(self, step: int) -> bool:

@@ -188,7 +188,8 @@ class PINNTask:
             **self.settings.as_dict(), "resample_every": self.resample_every,
             "rounding_gain": components.loss.backend.rounding_gain(components.dtype)})
         self.validation = Validation.create(self.problem, self.settings, components.dtype, components.device)
-        self.batch, self.stein_state = None, None
+        self.batch, self.stein_state = None, None  # the step's points (all ranks' when distributed)
+        self.world = components.objective.world
 
     def describe(self) -> str:
         s = self.settings
@@ -211,7 +212,8 @@ class PINNTask:
                                       c.device)
             self.stein_state = generators["stein"].get_state()
             c.loss.backend.refresh(generators["stein"])
-        return self.batch
+            self._mine = self.batch.shard(self.world) if self.world.sharded else self.batch
+        return self._mine
 
     def should_evaluate(self, step: int) -> bool:
         return (step + 1) % self.settings.eval_every == 0 or step + 1 == self.steps or step == 0
@@ -242,6 +244,7 @@ class PINNTask:
     def load_state_dict(self, saved: dict) -> None:
         if saved:
             self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]))
+            self._mine = self.batch.shard(self.world) if self.world.sharded else self.batch
             self.stein_state = saved["stein_state"]
             self.components.loss.backend.refresh(torch.Generator().set_state(self.stein_state))
 

@@ -38,6 +38,20 @@ class Batch:
 
     interior: torch.Tensor
     conditions: tuple[tuple[torch.Tensor, torch.Tensor | None], ...]
+    counts: tuple[int, ...] | None = None  # points per term in the whole step, when this is a rank's shard
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Points of every term in the whole step (interior, then each condition)."""
+        return self.counts or (len(self.interior), *(len(X) for X, _ in self.conditions))
+
+    def shard(self, world) -> "Batch":
+        """This rank's share of every term's points (``world.shard``; distributed.py), remembering
+        the whole step's count of each term's points."""
+        conditions = tuple((X[world.shard(len(X))], None if n is None else n[world.shard(len(X))])
+                           for X, n in self.conditions)
+        return Batch(self.interior[world.shard(len(self.interior))], conditions,
+                     (len(self.interior), *(len(X) for X, _ in self.conditions)))
 
 
 def sample_batch(problem: Problem, interior: int, per_condition: int, generator: torch.Generator,
@@ -58,15 +72,18 @@ class PINNLoss:
         self._inputs_of, self._inputs = None, None  # the stencil points of the last batch
         self._affine_of, self._affine = None, None  # the ansatz's (a, b) at them, when affine in N
 
-    def _residuals(self, atoms_at, batch: Batch) -> list[tuple[str, torch.Tensor, float]]:
-        """(name, residual (..., B_k), weight) of every term; ``atoms_at(k, X, atoms)`` gives the
-        atoms at the points of term k (0: interior, c + 1: condition c)."""
+    def _residuals(self, atoms_at, batch: Batch) -> list[tuple[str, torch.Tensor, float, int | None]]:
+        """(name, residual (..., B_k), weight, count) of every term; ``atoms_at(k, X, atoms)`` gives the
+        atoms at the points of term k (0: interior, c + 1: condition c); count: the term's points in the
+        whole step when ``batch`` is a shard (its mean is then the ranks' summed sum / count), else None."""
         problem = self.problem
+        counts = batch.counts or (None,) * (1 + len(problem.conditions))
         terms = [("residual", problem.residual_from_atoms(batch.interior, atoms_at(0, batch.interior, problem.atoms)),
-                  1.0)]
+                  1.0, counts[0])]
         for k, (condition, (X, normals)) in enumerate(zip(problem.conditions, batch.conditions), 1):
             values = atoms_at(k, X, self.condition_atoms[k - 1])
-            terms.append((condition.name, problem.condition_residual(condition, X, normals, values), condition.weight))
+            terms.append((condition.name, problem.condition_residual(condition, X, normals, values), condition.weight,
+                          counts[k]))
         return terms
 
     def _backend_atoms(self, network: Network):
@@ -75,7 +92,7 @@ class PINNLoss:
 
     def terms(self, network: Network, batch: Batch) -> dict[str, torch.Tensor]:
         """Each term of the loss: {"residual": scalar, <condition name>: scalar}."""
-        return {name: _term(residual, weight) for name, residual, weight
+        return {name: _term(residual, weight, count) for name, residual, weight, count
                 in self._residuals(self._backend_atoms(network), batch)}
 
     def __call__(self, network: Network, batch: Batch) -> torch.Tensor:
@@ -132,7 +149,7 @@ class PINNLoss:
 
     def criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The loss (...,) from network values (..., R) at ``inputs(batch)``."""
-        return sum(_term(residual, weight) for _, residual, weight
+        return sum(_term(residual, weight, count) for _, residual, weight, count
                    in self._residuals(self._atoms_from_outputs(outputs, batch), batch))
 
     def residual_criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -140,10 +157,14 @@ class PINNLoss:
         return _stack(self._residuals(self._atoms_from_outputs(outputs, batch), batch))
 
 
-def _term(residual: torch.Tensor, weight: float) -> torch.Tensor:
-    """weight * mean r^2 over the last axis."""
-    return weight * residual.square().mean(-1)
+def _term(residual: torch.Tensor, weight: float, count: int | None = None) -> torch.Tensor:
+    """weight * mean r^2 over the last axis (a shard's part of it, sum r^2 / count, given the
+    whole step's ``count``)."""
+    if count is None:
+        return weight * residual.square().mean(-1)
+    return weight * (residual.square().sum(-1) / count)
 
 
-def _stack(terms: list[tuple[str, torch.Tensor, float]]) -> torch.Tensor:
-    return torch.cat([residual * (weight / residual.shape[-1]) ** 0.5 for _, residual, weight in terms], dim=-1)
+def _stack(terms: list[tuple[str, torch.Tensor, float, int | None]]) -> torch.Tensor:
+    return torch.cat([residual * (weight / (count or residual.shape[-1])) ** 0.5
+                      for _, residual, weight, count in terms], dim=-1)

@@ -142,10 +142,9 @@ class GaussNewton:
     def update(self, step: int, theta, state: GNState, objective: Objective, batch, generator):
         jacobian = self.jacobian(objective, theta, batch, generator)
         r0, J = jacobian.residual.double(), jacobian.matrix.double()
-        loss = (r0 @ r0).item()
+        A, g, loss = _normal_equations(objective, batch, J, r0)
         if not math.isfinite(loss):
             return theta, state, StepInfo(loss, self.stage)
-        A, g = J.T @ J, J.T @ r0
         scale = _marquardt_scale(A)
         damping, growth, rejected = state.damping, state.growth, state.rejected
         for _ in range(self.max_tries):
@@ -153,7 +152,7 @@ class GaussNewton:
             move = a if jacobian.directions is None else a @ jacobian.directions.double()
             candidate = theta + move.to(theta.dtype)
             r1 = objective.residuals(candidate[None], batch)[0].double()
-            new_loss = (r1 @ r1).item()
+            new_loss = objective.sum_rows(batch, lambda rows: r1[rows] @ r1[rows]).item()
             predicted = -(2 * (a @ g) + a @ (A @ a)).item()
             gain = (loss - new_loss) / predicted if predicted > 0 else -1.0
             if math.isfinite(new_loss) and gain > 0:
@@ -186,6 +185,19 @@ class GaussNewton:
                               f"(~{needed:,.0f} MB), more than memory_mb = {self.memory_mb}: lower batch or "
                               f"condition_batch, use gn_subspace=orthonormal with fewer gn_directions, "
                               f"or raise memory_mb")
+
+
+def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Tensor):
+    """(J^T J (k, k), J^T r (k,), |r|^2) summed over the residual rows in fixed blocks, so that a
+    run whose points are split over processes (each holding its rows) gets the same numbers."""
+    k = J.shape[1]
+
+    def partial(rows):
+        block, residual = J[rows], r[rows]
+        return torch.cat([(block.T @ block).reshape(-1), block.T @ residual, (residual @ residual)[None]])
+
+    total = objective.sum_rows(batch, partial)
+    return total[:k * k].reshape(k, k), total[k * k:-1], total[-1].item()
 
 
 def _marquardt_scale(A: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,13 @@ losses of a step are one ``losses(thetas, batch)`` call, evaluated as batched
 forwards (torch.func.functional_call + vmap over parameter sets), chunked so a
 chunk stays within the memory budget. Every evaluation at one parameter
 vector is one *query*; the objective is the one owner of the count (``queries``).
+
+In a distributed run (distributed.py) the objective also owns the communication:
+with the points split, each rank evaluates its shard of the batch and loss values
+and gradients are summed over the ranks (``reduce``; residual vectors stay the
+shard's rows, so Gauss-Newton sums its J^T J and J^T r); with the queries split,
+each rank evaluates its share of the parameter vectors on all the points and the
+values are gathered. A single process does neither.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from pinnzo.distributed import World, current, row_blocks
 from pinnzo.errors import PinnzoError
 
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]
@@ -29,8 +37,9 @@ class Objective:
         queries_per_chunk: parameter vectors evaluated together in one vmap.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, queries_per_chunk: int = 16):
+    def __init__(self, model: nn.Module, loss_fn: LossFn, queries_per_chunk: int = 16, world: World | None = None):
         self.model, self.loss_fn = model, loss_fn
+        self.world = world or current()
         self.names = [name for name, _ in model.named_parameters()]
         self.shapes = [p.shape for _, p in model.named_parameters()]
         self.sizes = [p.numel() for _, p in model.named_parameters()]
@@ -66,11 +75,27 @@ class Objective:
         params = self.unflatten(theta)
         return lambda X: functional_call(self.model, params, (X,))
 
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A sum over the points of the step from this rank's part of it (itself unless the
+        points are split over ranks)."""
+        return self.world.all_reduce(tensor) if self.world.sharded else tensor
+
+    def sum_rows(self, batch, partial: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The sum over the step's residual rows of ``partial(rows)`` (rows: local row indices),
+        taken in fixed blocks added in a fixed order, so that it is bit for bit the same on any
+        power-of-two number of processes (distributed.row_blocks)."""
+        world = self.world if self.world.sharded else World()
+        blocks = row_blocks(batch.sizes, world)
+        if blocks is None:
+            return self.reduce(partial(torch.arange(self.loss_fn.residual_count(batch))))
+        parts = [partial(torch.cat([torch.arange(s.start, s.stop) for s in block])) for block in blocks]
+        return world.tree_sum(parts)
+
     def loss(self, theta: torch.Tensor, batch) -> torch.Tensor:
         """L(theta), no autograd graph: one query."""
         self.queries += 1
         with torch.no_grad():
-            return self.loss_fn(self.network(theta), batch)
+            return self.reduce(self.loss_fn(self.network(theta), batch))
 
     def losses(self, thetas: torch.Tensor, batch) -> torch.Tensor:
         """L(theta_i) for a batch thetas (P, d) -> (P,), no graph: P queries, batched.
@@ -79,7 +104,7 @@ class Objective:
         forward; with a chunk of 1 (queries large enough to fill the machine on
         their own) it is one forward per vector, without vmap's overhead.
         """
-        return self._batched(self.loss_fn, thetas, batch)
+        return self.reduce(self._split(self._batched, self.loss_fn, thetas, batch))
 
     def losses_looped(self, thetas: torch.Tensor, batch) -> torch.Tensor:
         """The same as ``losses`` with one forward per parameter vector (reference)."""
@@ -88,7 +113,7 @@ class Objective:
     def residuals(self, thetas: torch.Tensor, batch) -> torch.Tensor:
         """The residual vectors rho(theta_i) (P, n) of a least-squares loss, |rho|^2 = L: P queries,
         batched and chunked like ``losses``."""
-        return self._batched(self._residual_vector(), thetas, batch)
+        return self._split(self._batched, self._residual_vector(), thetas, batch)
 
     def residual_count(self, batch) -> int:
         """n, the length of the residual vector on ``batch``."""
@@ -137,12 +162,27 @@ class Objective:
     def coordinate_losses(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """L(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E,): E queries, computed
         by re-running only the layers after each perturbed one (optim/coordinates.py)."""
-        return self._coordinates(self.loss_fn.criterion, theta, batch, chosen, mu)
+        return self.reduce(self._split(lambda _, part, b: self._coordinates(self.loss_fn.criterion, theta, b, part, mu),
+                                       None, chosen, batch))
 
     def coordinate_residuals(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """rho(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E, n), the layered way: E queries."""
         self._residual_vector()
-        return self._coordinates(self.loss_fn.residual_criterion, theta, batch, chosen, mu)
+        return self._split(lambda _, part, b: self._coordinates(self.loss_fn.residual_criterion, theta, b, part, mu),
+                           None, chosen, batch)
+
+    def _split(self, evaluate, value, items: torch.Tensor, batch) -> torch.Tensor:
+        """evaluate(value, items, batch) for P items (parameter vectors or coordinates); with the
+        queries split over ranks, each rank evaluates its share and the results are gathered (the
+        query count stays P on every rank)."""
+        world = self.world
+        if world.size == 1 or world.sharded or len(items) < world.size:
+            return evaluate(value, items, batch)
+        before = self.queries
+        mine = evaluate(value, items[world.shard(len(items))], batch)
+        self.queries = before + len(items)
+        counts = [len(range(len(items))[world.shard_of(rank, len(items))]) for rank in range(world.size)]
+        return world.all_gather(mine, counts)
 
     def _coordinates(self, criterion, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         from pinnzo.optim.coordinates import perturbed_outputs
@@ -165,4 +205,4 @@ class Objective:
         with torch.enable_grad():
             value = self.loss_fn(self.network(theta), batch)
             (gradient,) = torch.autograd.grad(value, theta)
-        return value.detach(), gradient
+        return self.reduce(value.detach()), self.reduce(gradient)
