@@ -28,11 +28,8 @@ import dataclasses
 
 import torch
 
-from pinnzo.errors import PinnzoError
 from pinnzo.residual import Batch
 
-WEIGHTINGS = ("fixed", "relobralo", "softadapt")
-RESAMPLINGS = ("uniform", "rad")
 TINY = 1e-300  # guards a division by a term that is exactly zero
 
 
@@ -116,30 +113,12 @@ def rad_choice(residuals: torch.Tensor, count: int, k: float, c: float, generato
 
 # ---------------------------------------------------------------- the hook of the PINN task
 
-def check(settings) -> None:
-    """Refuse impossible adaptivity settings with one line."""
-    s = settings
-    if s.loss_weights not in WEIGHTINGS:
-        raise PinnzoError(f"loss_weights: unknown value {s.loss_weights!r}; must be one of {', '.join(WEIGHTINGS)}")
-    if s.resample not in RESAMPLINGS:
-        raise PinnzoError(f"resample: unknown value {s.resample!r}; must be one of {', '.join(RESAMPLINGS)}")
-    for name in ("relobralo_alpha", "relobralo_rho"):
-        if not 0 <= getattr(s, name) <= 1:
-            raise PinnzoError(f"{name}: expected a number in [0, 1]; found {getattr(s, name)!r}")
-    for name in ("relobralo_tau", "softadapt_beta"):
-        if not getattr(s, name) > 0:
-            raise PinnzoError(f"{name}: expected a positive number; found {getattr(s, name)!r}")
-    if s.rad_pool < 1:
-        raise PinnzoError(f"rad_pool: expected an integer >= 1; found {s.rad_pool}")
-
-
 class Adaptivity:
     """What ``PINNTask.sample`` applies to a freshly drawn batch: RAD's interior points, then the
     term weights. ``generator`` (the run's seeded "adaptive" generator) draws the pool, the
     selection and the lookback."""
 
     def __init__(self, settings, loss, objective):
-        check(settings)
         self.settings, self.loss, self.objective = settings, loss, objective
         self.balancer = None
         if settings.loss_weights != "fixed":
@@ -197,5 +176,5 @@ class Adaptivity:
             self.balancer.load_state_dict(saved)
 
 
-__all__ = ["Adaptivity", "RESAMPLINGS", "TermBalancer", "WEIGHTINGS", "check", "rad_choice", "rad_probabilities",
+__all__ = ["Adaptivity", "TermBalancer", "rad_choice", "rad_probabilities",
            "relobralo_weights", "softadapt_weights"]

@@ -157,6 +157,10 @@ MINIMUM = {"width": 1, "depth": 1, "rank": 1, "samples": 1, "level": 1, "decay_e
 MAXIMUM_INTEGER = 2**62  # seeds and sizes beyond it overflow torch's generators and tensor sizes
 POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
 BELOW_ONE = {"momentum"}  # floats in [0, 1)
+# loss-only adaptivity (adaptive.py)
+POSITIVE |= {"relobralo_tau", "softadapt_beta"}
+UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho"}  # floats in [0, 1]
+MINIMUM["rad_pool"] = 1
 
 
 def _coerce(value: Any, kind: str, where: str, name: str):
@@ -184,6 +188,8 @@ def _coerce(value: Any, kind: str, where: str, name: str):
                               f"finite number; found {value!r}")
         if name in BELOW_ONE and not value < 1:
             raise PinnzoError(f"{where}: expected a number in [0, 1); found {value!r}")
+        if name in UNIT_INTERVAL and not value <= 1:
+            raise PinnzoError(f"{where}: expected a number in [0, 1]; found {value!r}")
         return value
     if not isinstance(value, str):
         raise PinnzoError(f"{where}: expected a string; found {value!r}")
