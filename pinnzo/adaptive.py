@@ -129,6 +129,15 @@ class Adaptivity:
     def active(self) -> bool:
         return self.balancer is not None or self.settings.resample == "rad"
 
+    def describe(self) -> str:
+        """Empty, or the adaptivity in use, e.g. "; relobralo term weights; RAD points (pool 10 x batch)"."""
+        s, text = self.settings, ""
+        if self.balancer is not None:
+            text += f"; {s.loss_weights} term weights"
+        if s.resample == "rad":
+            text += f"; RAD points (pool {s.rad_pool} x batch, k = {s.rad_k:g}, c = {s.rad_c:g})"
+        return text
+
     def term_names(self) -> list[str]:
         return ["residual"] + [condition.name for condition in self.loss.problem.conditions]
 

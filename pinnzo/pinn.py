@@ -197,7 +197,7 @@ class PINNTask:
         s = self.settings
         text = (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
                 f"{s.network} {s.width}x{s.depth} ({self.objective.dim:,} parameters); {s.steps} steps of "
-                f"{s.batch} points")
+                f"{s.batch} points{self.adaptivity.describe()}")
         residuals = s.batch + s.condition_batch * len(self.problem.conditions)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "
