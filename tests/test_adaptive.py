@@ -199,3 +199,21 @@ def test_bad_adaptivity_settings_give_one_line(tmp_path, args, needle):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pinnzo: error:") and needle in lines[0], result.output
+
+
+def test_a_crashed_adaptive_run_resumes_bit_identically(tmp_path):
+    """Like kill -9: no checkpoint at the crash, so the resumed run redoes steps, RAD draws and
+    weight updates from the last checkpoint (every 4 steps) and must land on the same numbers."""
+    problem = load_problem(LINE)
+    settings = resolve_settings(problem, {"resample": "rad", "loss_weights": "relobralo", "relobralo_alpha": 0.5,
+                                          "relobralo_rho": 0.5, "resample_every": 3, "eval_every": 4})
+    straight = solve(problem, settings, out=tmp_path / "straight")
+
+    def crash(step, state):
+        if step == 13:
+            raise SystemExit(137)
+    with pytest.raises(SystemExit):
+        solve(problem, settings, out=tmp_path / "broken", callbacks=[crash])
+    resumed = solve(problem, settings, out=tmp_path / "broken", resume=True)
+    assert _rows(tmp_path / "straight") == _rows(tmp_path / "broken")
+    assert torch.equal(straight.theta, resumed.theta)
