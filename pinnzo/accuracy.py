@@ -63,6 +63,20 @@ METHODS.register("zo-gn", Method(
     {"network": "mlp", "width": 16, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
      "optimizer": "zo-gn", "batch": 500, "condition_batch": 100, "resample_every": 50, "eval_every": 5}, False))
 
+# Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
+# points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs
+# 10 queries, one per step on average); zo-gn's at its own resamples (every 50 steps).
+_ZO_GN = dict(METHODS["zo-gn"].changes)
+METHODS.register("adam-rad", Method("adam, interior points by RAD (pool 10 x batch, k = c = 1) every 10 steps",
+                                    {**METHODS["adam"].changes, "resample": "rad", "resample_every": 10}, True))
+METHODS.register("adam-relobralo", Method("adam, term weights by ReLoBRaLo (alpha 0.999, tau 0.1, rho 0.99)",
+                                          {**METHODS["adam"].changes, "loss_weights": "relobralo"}, True))
+METHODS.register("zo-gn-rad", Method("zo-gn, interior points by RAD (pool 10 x batch, k = c = 1) at each resample",
+                                     {**_ZO_GN, "resample": "rad"}, False))
+METHODS.register("zo-gn-relobralo", Method("zo-gn, term weights by ReLoBRaLo (alpha 0.9, tau 0.1, rho 0.99) at "
+                                           "each resample", {**_ZO_GN, "loss_weights": "relobralo",
+                                                             "relobralo_alpha": 0.9}, False))
+
 
 def shipped_problems(folder: Path) -> list[Path]:
     """The problem files with an exact solution (the others have nothing to measure against)."""

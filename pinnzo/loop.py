@@ -2,7 +2,7 @@
 
 A *task* says what is trained and how it is judged; the loop does the rest:
 
-    task.sample(step, generators) -> batch          the step's data
+    task.sample(step, generators, theta) -> batch   the step's data (theta: the parameters now)
     task.optimizer.update(...)                      one step on task.objective
     task.should_evaluate(step) / task.evaluate(...) a metrics row now and then
     task.finish(state, run_dir) -> summary fields   model files and final figures
@@ -61,7 +61,7 @@ class Task(Protocol):
     progress_metric: tuple[str, str]  # (label, metrics-row key) shown by the progress display
 
     def describe(self) -> str: ...
-    def sample(self, step: int, generators: dict[str, torch.Generator]) -> Any: ...
+    def sample(self, step: int, generators: dict[str, torch.Generator], theta: torch.Tensor) -> Any: ...
     def should_evaluate(self, step: int) -> bool: ...
     def evaluate(self, theta: torch.Tensor, step: int, info: StepInfo, state: "TrainState") -> dict: ...
     def score(self, row: dict) -> float | None: ...
@@ -226,7 +226,7 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
     shown = state.metrics[-1][task.progress_metric[1]] if state.metrics else None
     try:
         for step in range(state.step, task.steps):
-            batch = task.sample(step, generators)
+            batch = task.sample(step, generators, state.theta)
             theta, optimizer_state, info = task.optimizer.update(step, state.theta, state.optimizer, task.objective,
                                                                  batch, generators["zo"])
             check_finite(info, theta, step, checkpoint)

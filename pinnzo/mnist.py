@@ -216,7 +216,7 @@ class MnistTask:
         return (f"pinnzo mnist: {s.network} 784-{s.width}-10 ({self.objective.dim:,} parameters), {s.optimizer}, "
                 f"{s.epochs} epochs of {self.steps_per_epoch} steps x {s.batch}")
 
-    def sample(self, step: int, generators):
+    def sample(self, step: int, generators, theta=None):
         k = step % self.steps_per_epoch
         if k == 0 or self.order is None:
             self.order = torch.randperm(len(self.train_y), generator=generators["shuffle"]).to(self.device)

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import torch
 
 from pinnzo import loop, runs
+from pinnzo.adaptive import Adaptivity
 from pinnzo.derivatives import BACKENDS, make_backend, plan_chunks
 from pinnzo.errors import PinnzoError
 from pinnzo.nets import build_mlp, parse_shape
@@ -174,8 +175,6 @@ class PINNTask:
     """A PINN solve as a task of the training loop."""
 
     kind = "pinn"
-    generator_names = ("points", "zo", "stein")
-    metric_fields = METRIC_FIELDS
     progress_metric = ("val rel-L2", "val_rel_l2")
 
     def __init__(self, components: Components):
@@ -190,12 +189,16 @@ class PINNTask:
         self.validation = Validation.create(self.problem, self.settings, components.dtype, components.device)
         self.batch, self.stein_state = None, None  # the step's points (all ranks' when distributed)
         self.world = components.objective.world
+        self.adaptivity = Adaptivity(self.settings, components.loss, self.objective)
+        # the adaptive draws get a generator of their own, so that the uniform draws stay those of a plain run
+        self.generator_names = ("points", "zo", "stein") + (("adaptive",) if self.adaptivity.active else ())
+        self.metric_fields = METRIC_FIELDS + self.adaptivity.metric_fields()
 
     def describe(self) -> str:
         s = self.settings
         text = (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
                 f"{s.network} {s.width}x{s.depth} ({self.objective.dim:,} parameters); {s.steps} steps of "
-                f"{s.batch} points")
+                f"{s.batch} points{self.adaptivity.describe()}")
         residuals = s.batch + s.condition_batch * len(self.problem.conditions)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "
@@ -203,15 +206,18 @@ class PINNTask:
                      f"raise batch / condition_batch")
         return text
 
-    def sample(self, step: int, generators):
+    def sample(self, step: int, generators, theta: torch.Tensor):
         """Fresh points (and Monte-Carlo Stein samples) every ``resample_every`` steps; the same ones
-        in between, so that second-order methods see one least-squares problem."""
+        in between, so that second-order methods see one least-squares problem. With adaptivity on,
+        a fresh batch gets RAD's interior points and new term weights at ``theta`` (adaptive.py)."""
         if self.batch is None or step % self.resample_every == 0:
             s, c = self.settings, self.components
             self.batch = sample_batch(self.problem, s.batch, s.condition_batch, generators["points"], c.dtype,
                                       c.device)
             self.stein_state = generators["stein"].get_state()
             c.loss.backend.refresh(generators["stein"])
+            if self.adaptivity.active:
+                self.batch = self.adaptivity.adapt(self.batch, theta, generators["adaptive"])
             self._mine = self.batch.shard(self.world) if self.world.sharded else self.batch
         return self._mine
 
@@ -229,7 +235,8 @@ class PINNTask:
         mse, rel, mse_raw, rel_raw = self.errors(theta)
         return {"step": step + 1, "queries": state.queries, "loss": info.loss, "smoothed_loss": state.smoothed_loss,
                 "val_mse": mse, "val_rel_l2": rel, "val_mse_raw": mse_raw, "val_rel_l2_raw": rel_raw,
-                "lr": self.optimizer.schedule(step), "stage": info.stage}
+                "lr": self.optimizer.schedule(step), "stage": info.stage,
+                **self.adaptivity.metric_values(self.batch)}
 
     def score(self, row: dict) -> float:
         return row["val_rel_l2"] if not math.isnan(row["val_rel_l2"]) else row["loss"]
@@ -238,14 +245,19 @@ class PINNTask:
         """The points in use (reused until the next resample) and the Stein generator before their draw."""
         if self.batch is None:
             return {}
-        return {"interior": self.batch.interior, "conditions": list(self.batch.conditions),
-                "stein_state": self.stein_state}
+        saved = {"interior": self.batch.interior, "conditions": list(self.batch.conditions),
+                 "stein_state": self.stein_state}
+        if self.adaptivity.active:
+            saved["weights"], saved["adaptivity"] = self.batch.weights, self.adaptivity.state_dict()
+        return saved
 
     def load_state_dict(self, saved: dict) -> None:
         if saved:
-            self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]))
+            self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]),
+                               weights=saved.get("weights"))
             self._mine = self.batch.shard(self.world) if self.world.sharded else self.batch
             self.stein_state = saved["stein_state"]
+            self.adaptivity.load_state_dict(saved.get("adaptivity", {}))
             self.components.loss.backend.refresh(torch.Generator().set_state(self.stein_state))
 
     def finish(self, state, run_dir: Path) -> dict:

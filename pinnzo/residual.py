@@ -34,11 +34,14 @@ class Batch:
 
     interior: (B, D) points in the domain.
     conditions: per condition of the problem, (X (Bc, D), outward normals (Bc, d) or None).
+    weights: adaptive factors lambda of the terms (interior first, then each condition), which
+        multiply their configured weights; None: all 1 (adaptive.py, ``loss_weights``).
     """
 
     interior: torch.Tensor
     conditions: tuple[tuple[torch.Tensor, torch.Tensor | None], ...]
     counts: tuple[int, ...] | None = None  # points per term in the whole step, when this is a rank's shard
+    weights: tuple[float, ...] | None = None  # adaptive factors of the terms' weights (adaptive.py)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -51,7 +54,7 @@ class Batch:
         conditions = tuple((X[world.shard(len(X))], None if n is None else n[world.shard(len(X))])
                            for X, n in self.conditions)
         return Batch(self.interior[world.shard(len(self.interior))], conditions,
-                     (len(self.interior), *(len(X) for X, _ in self.conditions)))
+                     (len(self.interior), *(len(X) for X, _ in self.conditions)), self.weights)
 
 
 def sample_batch(problem: Problem, interior: int, per_condition: int, generator: torch.Generator,
@@ -84,6 +87,9 @@ class PINNLoss:
             values = atoms_at(k, X, self.condition_atoms[k - 1])
             terms.append((condition.name, problem.condition_residual(condition, X, normals, values), condition.weight,
                           counts[k]))
+        if batch.weights is not None:
+            terms = [(name, residual, weight * factor, count)
+                     for (name, residual, weight, count), factor in zip(terms, batch.weights)]
         return terms
 
     def _backend_atoms(self, network: Network):
@@ -102,6 +108,11 @@ class PINNLoss:
     def residual_vector(self, network: Network, batch: Batch) -> torch.Tensor:
         """rho (n,), n = B + sum_c B_c, with |rho|^2 = the loss."""
         return _stack(self._residuals(self._backend_atoms(network), batch))
+
+    def interior_residual(self, network: Network, X: torch.Tensor) -> torch.Tensor:
+        """The equation's residual r (B,) at interior points X (B, D), unweighted (RAD's pool)."""
+        problem = self.problem
+        return problem.residual_from_atoms(X, self._backend_atoms(network)(0, X, problem.atoms))
 
     def residual_count(self, batch: Batch) -> int:
         """n: one residual per interior point and per condition point."""

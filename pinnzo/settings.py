@@ -90,6 +90,16 @@ class Settings(SettingsBase):
     device: str = "cpu"  # cpu | cuda
     memory_mb: int = 1024  # budget for one chunk of batched evaluations
     time_budget: float = 0.0  # stop after the step that passes this many seconds of training (0: no limit)
+    # loss-only adaptivity, applied at each resample of the points (pinnzo/adaptive.py)
+    loss_weights: str = "fixed"  # fixed | relobralo | softadapt: factors of the terms' weights from their loss values
+    relobralo_alpha: float = 0.999  # ReLoBRaLo's exponential smoothing alpha, in [0, 1]
+    relobralo_tau: float = 0.1  # ReLoBRaLo's softmax temperature tau (> 0)
+    relobralo_rho: float = 0.99  # ReLoBRaLo's expected lookback E[rho] (Bernoulli), in [0, 1]
+    softadapt_beta: float = 0.1  # SoftAdapt's softmax scale beta (> 0)
+    resample: str = "uniform"  # uniform | rad: interior points uniform, or by residual (RAD)
+    rad_pool: int = 10  # RAD: candidates per kept interior point (pool of rad_pool x batch)
+    rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
+    rad_c: float = 1.0
 
 
 
@@ -134,6 +144,8 @@ CHOICES = {
     "gn_subspace": ("auto", "coordinates", "gaussian", "orthonormal"),
     "damping_rule": ("nielsen", "marquardt"),
     "device": ("cpu", "cuda"),
+    "loss_weights": ("fixed", "relobralo", "softadapt"),
+    "resample": ("uniform", "rad"),
 }
 
 
@@ -148,6 +160,10 @@ MAXIMUM_INTEGER = 2**62  # seeds and sizes beyond it overflow torch's generators
 MAXIMUM = {"depth": 1000}
 POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
 BELOW_ONE = {"momentum"}  # floats in [0, 1)
+# loss-only adaptivity (adaptive.py)
+POSITIVE |= {"relobralo_tau", "softadapt_beta"}
+UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho"}  # floats in [0, 1]
+MINIMUM["rad_pool"] = 1
 
 
 def _coerce(value: Any, kind: str, where: str, name: str):
@@ -177,6 +193,8 @@ def _coerce(value: Any, kind: str, where: str, name: str):
                               f"finite number; found {value!r}")
         if name in BELOW_ONE and not value < 1:
             raise PinnzoError(f"{where}: expected a number in [0, 1); found {value!r}")
+        if name in UNIT_INTERVAL and not value <= 1:
+            raise PinnzoError(f"{where}: expected a number in [0, 1]; found {value!r}")
         return value
     if not isinstance(value, str):
         raise PinnzoError(f"{where}: expected a string; found {value!r}")

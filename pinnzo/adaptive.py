@@ -1,0 +1,189 @@
+"""Loss-only adaptivity: term weights from loss values, and residual-based adaptive resampling.
+
+Both use nothing but forward queries of the loss, so they work with every optimizer
+(first order, zeroth order, Gauss-Newton); both act only when the training points are
+resampled (``PINNTask.sample``), so that between resamples every optimizer sees one fixed
+problem (the points and the weights of its terms). docs/method.md, "Loss-only adaptivity".
+
+Term weights (``loss_weights``): the loss is sum_i w_i lambda_i L_i with L_i the mean squared
+residual of term i (the interior residual, then each condition) and w_i its configured weight;
+the lambda_i come from the term values w_i L_i alone:
+
+- ``relobralo`` (Bischof & Kraus 2021, relative loss balancing with random lookback),
+  ``relobralo_weights``;
+- ``softadapt`` (Heydari et al. 2019, normalised slopes), ``softadapt_weights``.
+
+Resampling (``resample: rad``; Wu et al. 2023): the interior points are B of a uniform pool of
+``rad_pool`` x B candidates, drawn with replacement with probability
+p(x) proportional to |r(x)|^k / mean |r|^k + c (``rad_probabilities``).
+
+Cost, in loss queries (counted by the objective): one per weight update (the terms at the
+current parameters on the new points) and ``rad_pool`` per RAD resample (the pool's residuals,
+evaluated in chunks of B points).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from pinnzo.residual import Batch
+
+TINY = 1e-300  # guards a division by a term that is exactly zero
+
+
+# ---------------------------------------------------------------- term weights
+
+def _balance(ratios: torch.Tensor, tau: float) -> torch.Tensor:
+    """m softmax(ratios / tau) (m,): weights that average to 1."""
+    return len(ratios) * torch.softmax(ratios / tau, dim=0)
+
+
+def relobralo_weights(losses: torch.Tensor, previous: torch.Tensor, first: torch.Tensor, weights: torch.Tensor,
+                      alpha: float, tau: float, lookback: bool) -> torch.Tensor:
+    """ReLoBRaLo's lambda(t) (m,) from the term losses L(t), L(t-1), L(0) (m,) and lambda(t-1) (m,).
+
+        bal(t, t')  = m softmax_i( L_i(t) / (tau L_i(t')) )
+        hist        = rho lambda(t-1) + (1 - rho) bal(t, 0)      rho ~ Bernoulli (``lookback``)
+        lambda(t)   = alpha hist + (1 - alpha) bal(t, t-1)
+    """
+    rho = 1.0 if lookback else 0.0
+    history = rho * weights + (1 - rho) * _balance(losses / first.clamp_min(TINY), tau)
+    return alpha * history + (1 - alpha) * _balance(losses / previous.clamp_min(TINY), tau)
+
+
+def softadapt_weights(losses: torch.Tensor, previous: torch.Tensor, beta: float) -> torch.Tensor:
+    """SoftAdapt's lambda(t) (m,) from L(t) and L(t-1) (m,): the normalised slopes
+    n_i = s_i / sum_j |s_j|, s_i = L_i(t) - L_i(t-1), through m softmax(beta n)."""
+    slopes = losses - previous
+    return _balance(slopes / slopes.abs().sum().clamp_min(TINY), 1 / beta)
+
+
+@dataclasses.dataclass
+class TermBalancer:
+    """The adaptive weights lambda (m,) and the loss history they need; lambda = 1 at the first update."""
+
+    rule: str
+    alpha: float = 0.999
+    tau: float = 0.1
+    rho: float = 0.99
+    beta: float = 0.1
+    first: torch.Tensor | None = None  # L(0)
+    previous: torch.Tensor | None = None  # L(t-1)
+    weights: torch.Tensor | None = None  # lambda(t-1)
+
+    def update(self, losses: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """lambda(t) (m,) float64 from the term losses L(t) (m,); one Bernoulli draw (relobralo)."""
+        losses = losses.detach().double().cpu()
+        if self.weights is None:
+            self.first, weights = losses, torch.ones_like(losses)
+        elif self.rule == "relobralo":
+            lookback = bool(torch.rand((), generator=generator, dtype=torch.float64) < self.rho)
+            weights = relobralo_weights(losses, self.previous, self.first, self.weights, self.alpha, self.tau,
+                                        lookback)
+        else:
+            weights = softadapt_weights(losses, self.previous, self.beta)
+        self.previous, self.weights = losses, weights
+        return weights
+
+    def state_dict(self) -> dict:
+        return {"first": self.first, "previous": self.previous, "weights": self.weights}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.first, self.previous, self.weights = saved["first"], saved["previous"], saved["weights"]
+
+
+# ---------------------------------------------------------------- residual-based resampling
+
+def rad_probabilities(residuals: torch.Tensor, k: float, c: float) -> torch.Tensor:
+    """RAD's sampling probabilities (P,) float64 of P candidates with residuals r (P,):
+    p proportional to |r|^k / mean |r|^k + c (uniform when every residual is 0)."""
+    density = residuals.detach().double().abs().pow(k)
+    mean = density.mean()
+    density = density / mean + c if mean > 0 else torch.ones_like(density)
+    return density / density.sum()
+
+
+def rad_choice(residuals: torch.Tensor, count: int, k: float, c: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices (count,) of the kept candidates, drawn with replacement with RAD's probabilities."""
+    probabilities = rad_probabilities(residuals, k, c).cpu()
+    return torch.multinomial(probabilities, count, replacement=True, generator=generator)
+
+
+# ---------------------------------------------------------------- the hook of the PINN task
+
+class Adaptivity:
+    """What ``PINNTask.sample`` applies to a freshly drawn batch: RAD's interior points, then the
+    term weights. ``generator`` (the run's seeded "adaptive" generator) draws the pool, the
+    selection and the lookback."""
+
+    def __init__(self, settings, loss, objective):
+        self.settings, self.loss, self.objective = settings, loss, objective
+        self.balancer = None
+        if settings.loss_weights != "fixed":
+            self.balancer = TermBalancer(settings.loss_weights, settings.relobralo_alpha, settings.relobralo_tau,
+                                         settings.relobralo_rho, settings.softadapt_beta)
+
+    @property
+    def active(self) -> bool:
+        return self.balancer is not None or self.settings.resample == "rad"
+
+    def describe(self) -> str:
+        """Empty, or the adaptivity in use, e.g. "; relobralo term weights; RAD points (pool 10 x batch)"."""
+        s, text = self.settings, ""
+        if self.balancer is not None:
+            text += f"; {s.loss_weights} term weights"
+        if s.resample == "rad":
+            text += f"; RAD points (pool {s.rad_pool} x batch, k = {s.rad_k:g}, c = {s.rad_c:g})"
+        return text
+
+    def term_names(self) -> list[str]:
+        return ["residual"] + [condition.name for condition in self.loss.problem.conditions]
+
+    def metric_fields(self) -> list[str]:
+        """metrics.csv's weight columns: the effective weight w_i lambda_i of each term."""
+        return [f"weight_{name}" for name in self.term_names()] if self.balancer is not None else []
+
+    def metric_values(self, batch: Batch) -> dict:
+        if self.balancer is None:
+            return {}
+        configured = [1.0] + [condition.weight for condition in self.loss.problem.conditions]
+        weights = batch.weights or (1.0,) * len(configured)
+        return {f"weight_{name}": w * lam for name, w, lam in zip(self.term_names(), configured, weights)}
+
+    def adapt(self, batch: Batch, theta: torch.Tensor, generator: torch.Generator) -> Batch:
+        """The batch with RAD's interior points and the updated term weights."""
+        network = self.objective.network(theta)
+        if self.settings.resample == "rad":
+            batch = dataclasses.replace(batch, interior=self._rad_points(network, batch.interior, generator))
+        if self.balancer is not None:
+            self.objective.queries += 1
+            with torch.no_grad():
+                terms = self.loss.terms(network, batch)
+            weights = self.balancer.update(torch.stack(list(terms.values())), generator)
+            batch = dataclasses.replace(batch, weights=tuple(weights.tolist()))
+        return batch
+
+    def _rad_points(self, network, interior: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """B points (B, D) of a uniform pool of rad_pool x B, chosen by their residuals."""
+        s, count = self.settings, len(interior)
+        pool = self.loss.problem.sample_interior(s.rad_pool * count, generator, interior.dtype, interior.device)
+        residuals = []
+        with torch.no_grad():
+            for block in torch.split(pool, count):
+                self.objective.queries += 1
+                residuals.append(self.loss.interior_residual(network, block))
+        chosen = rad_choice(torch.cat(residuals), count, s.rad_k, s.rad_c, generator)
+        return pool[chosen.to(pool.device)]
+
+    def state_dict(self) -> dict:
+        return self.balancer.state_dict() if self.balancer is not None else {}
+
+    def load_state_dict(self, saved: dict) -> None:
+        if self.balancer is not None and saved:
+            self.balancer.load_state_dict(saved)
+
+
+__all__ = ["Adaptivity", "TermBalancer", "rad_choice", "rad_probabilities",
+           "relobralo_weights", "softadapt_weights"]

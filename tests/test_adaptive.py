@@ -1,0 +1,219 @@
+"""Loss-only adaptivity: ReLoBRaLo and SoftAdapt term weights against their closed forms, RAD's
+sampling probabilities, and runs with each setting that record the weights and resume bit-identically."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from scipy.stats import chi2
+
+from helpers import run_cli
+from pinnzo.adaptive import TermBalancer, rad_choice, rad_probabilities, relobralo_weights, softadapt_weights
+from pinnzo.loop import Interrupted
+from pinnzo.pinn import resolve_settings, solve
+from pinnzo.problem import load_problem
+
+E = math.e
+
+
+def _tensor(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- term weights
+
+@pytest.mark.parametrize("lookback", [True, False])
+def test_relobralo_matches_its_closed_form(lookback):
+    # L(t) = (2, 1), L(t-1) = (4, 1), L(0) = (8, 2), lambda(t-1) = (1.2, 0.8), alpha 0.9, tau 0.5:
+    # bal(t, 0)   = 2 softmax((0.25, 0.5) / 0.5) = 2 (1, e^0.5) / (1 + e^0.5)
+    # bal(t, t-1) = 2 softmax((0.5, 1) / 0.5)    = 2 (1, e) / (1 + e)
+    to_first = _tensor(2 / (1 + E**0.5), 2 * E**0.5 / (1 + E**0.5))
+    to_previous = _tensor(2 / (1 + E), 2 * E / (1 + E))
+    history = _tensor(1.2, 0.8) if lookback else to_first
+    expected = 0.9 * history + 0.1 * to_previous
+    got = relobralo_weights(_tensor(2, 1), _tensor(4, 1), _tensor(8, 2), _tensor(1.2, 0.8), 0.9, 0.5, lookback)
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
+
+
+def test_softadapt_matches_its_closed_form():
+    # s = L(t) - L(t-1) = (2, -1), n = s / |s|_1 = (2/3, -1/3), beta 3: 2 softmax((2, -1)) = 2 (e^2, e^-1) / (e^2 + e^-1)
+    got = softadapt_weights(_tensor(3, 1), _tensor(1, 2), 3.0)
+    expected = 2 * _tensor(E**2, E**-1) / (E**2 + E**-1)
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=0)
+
+
+def test_the_balancer_follows_a_loss_history():
+    """Three updates of ReLoBRaLo with rho = 1 (always look back) and rho = 0 (never), by hand."""
+    history = [_tensor(8, 2), _tensor(4, 1), _tensor(2, 1)]
+    tau, alpha = 0.5, 0.9
+    bal = lambda now, then: 2 * torch.softmax(now / then / tau, 0)  # noqa: E731
+    for rho in (1.0, 0.0):
+        balancer = TermBalancer("relobralo", alpha=alpha, tau=tau, rho=rho)
+        generator = torch.Generator().manual_seed(0)
+        got = [balancer.update(losses, generator) for losses in history]
+        one = torch.ones(2, dtype=torch.float64)
+        second = alpha * (one if rho else bal(history[1], history[0])) + (1 - alpha) * bal(history[1], history[0])
+        third = alpha * (second if rho else bal(history[2], history[0])) + (1 - alpha) * bal(history[2], history[1])
+        for value, want in zip(got, [one, second, third]):
+            torch.testing.assert_close(value, want, rtol=1e-14, atol=0)
+    softadapt = TermBalancer("softadapt", beta=3.0)
+    weights = [softadapt.update(losses, generator) for losses in (_tensor(1, 2), _tensor(3, 1))]
+    torch.testing.assert_close(weights[1], softadapt_weights(_tensor(3, 1), _tensor(1, 2), 3.0), rtol=0, atol=0)
+    assert torch.equal(weights[0], torch.ones(2, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- RAD
+
+def test_rad_probabilities_match_the_formula():
+    # |r|^2 = (0, 1, 4, 9), mean 3.5; p ~ |r|^2 / 3.5 + 0.5
+    expected = _tensor(0.5, 1 / 3.5 + 0.5, 4 / 3.5 + 0.5, 9 / 3.5 + 0.5)
+    got = rad_probabilities(_tensor(0, 1, -2, 3), k=2.0, c=0.5)
+    torch.testing.assert_close(got, expected / expected.sum(), rtol=1e-14, atol=0)
+    assert torch.equal(rad_probabilities(torch.zeros(5), 1.0, 0.0), torch.full((5,), 0.2, dtype=torch.float64))
+
+
+def test_rad_draws_have_the_rad_frequencies():
+    """Chi-square goodness of fit of 40,000 draws from 8 candidates with known residuals (fixed
+    seed): consistent with |r|^k / E|r|^k + c, and inconsistent with uniform draws or another k."""
+    residuals = _tensor(0.0, 0.1, -0.5, 1.0, 2.0, -3.0, 0.2, 4.0)
+    draws = 40_000
+    chosen = rad_choice(residuals, draws, k=1.0, c=0.2, generator=torch.Generator().manual_seed(5))
+    counts = torch.bincount(chosen, minlength=len(residuals)).double()
+
+    def statistic(probabilities):
+        expected = draws * probabilities
+        return float(((counts - expected) ** 2 / expected).sum())
+
+    limit = chi2.ppf(0.999, df=len(residuals) - 1)
+    assert statistic(rad_probabilities(residuals, 1.0, 0.2)) < limit
+    assert statistic(torch.full((8,), 1 / 8, dtype=torch.float64)) > limit
+    assert statistic(rad_probabilities(residuals, 2.0, 0.2)) > limit
+
+
+# ---------------------------------------------------------------- runs
+
+LINE = {
+    "name": "line",
+    "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 1]}},
+    "equation": "d(u, x, x) = -pi**2 * sin(pi * x)",
+    "exact": "sin(pi * x)",
+    "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 2.0}},
+    "solve": {"network": "mlp", "width": 8, "activation": "tanh", "backend": "ad", "optimizer": "adam",
+              "lr": 0.01, "steps": 24, "batch": 16, "condition_batch": 4, "eval_every": 1, "eval_points": 50},
+}
+
+
+def _rows(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as file:
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(file)]
+
+
+def _interrupted_and_resumed(problem, settings, folder, at_step):
+    def interrupt(step, state):
+        if step == at_step:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        solve(problem, settings, out=folder, callbacks=[interrupt])
+    return solve(problem, settings, out=folder, resume=True)
+
+
+@pytest.mark.parametrize("changes, queries_per_step", [
+    ({"loss_weights": "relobralo", "relobralo_alpha": 0.5, "relobralo_rho": 0.5}, 2),  # the step + the terms
+    ({"loss_weights": "softadapt", "softadapt_beta": 5.0}, 2),
+    ({"resample": "rad", "rad_pool": 4}, 5),  # the step + the pool of 4 x 16 points in 4 chunks
+    ({"resample": "rad", "loss_weights": "relobralo", "relobralo_alpha": 0.5, "optimizer": "zo-signrge",
+      "directions": 4, "resample_every": 3}, None),
+])
+def test_an_adaptive_run_records_its_weights_and_resumes_bit_identically(tmp_path, changes, queries_per_step):
+    problem = load_problem(LINE)
+    settings = resolve_settings(problem, changes)
+    straight = solve(problem, settings, out=tmp_path / "straight")
+    resumed = _interrupted_and_resumed(problem, settings, tmp_path / "broken", at_step=10)
+    assert _rows(tmp_path / "straight") == _rows(tmp_path / "broken")
+    assert torch.equal(straight.theta, resumed.theta)
+    rows = _rows(tmp_path / "straight")
+    if queries_per_step is not None:
+        assert [int(row["queries"]) for row in rows] == [queries_per_step * (step + 1) for step in range(24)]
+    if "loss_weights" not in changes:
+        assert "weight_residual" not in rows[0]
+        return
+    weights = [(float(row["weight_residual"]), float(row["weight_ends"])) for row in rows]
+    assert weights[0] == (1.0, 2.0)  # lambda = 1 at the first update: the configured weights
+    assert len(set(weights)) > 1  # and they adapt
+    period = settings.resample_every or 1
+    for step in range(1, 24):  # they change only when the points are resampled
+        if step % period:
+            assert weights[step] == weights[step - 1]
+
+
+def test_zo_gn_keeps_its_weights_between_resamples(tmp_path):
+    """With a fixed-points method the weights change only every resample_every steps."""
+    problem = load_problem(LINE)
+    settings = resolve_settings(problem, {"optimizer": "zo-gn", "backend": "fd", "dtype": "float64",
+                                          "loss_weights": "relobralo", "relobralo_alpha": 0.5, "relobralo_rho": 0.0,
+                                          "resample_every": 5, "steps": 16})
+    solve(problem, settings, out=tmp_path / "run")
+    weights = [float(row["weight_residual"]) for row in _rows(tmp_path / "run")]
+    assert len(weights) == 16
+    changed = [step for step in range(1, 16) if weights[step] != weights[step - 1]]
+    assert changed and set(changed) <= {5, 10, 15}
+
+
+def test_rad_takes_interior_points_where_the_residual_is_large(tmp_path):
+    """After training, the RAD batch concentrates where |r| is large: its mean |r| exceeds that of
+    uniform points (measured on the run's own network)."""
+    from pinnzo.pinn import PINNTask, build
+
+    problem = load_problem(LINE)
+    settings = resolve_settings(problem, {"resample": "rad", "rad_pool": 20, "rad_k": 2.0, "rad_c": 0.0,
+                                          "batch": 64})
+    components = build(problem, settings)
+    task = PINNTask(components)
+    theta = components.objective.flatten()
+    generators = {name: torch.Generator().manual_seed(i) for i, name in enumerate(task.generator_names)}
+    batch = task.sample(0, generators, theta)
+    network = components.objective.network(theta)
+    with torch.no_grad():
+        chosen = components.loss.interior_residual(network, batch.interior).abs().mean()
+        uniform_points = problem.sample_interior(2000, torch.Generator().manual_seed(9))
+        uniform = components.loss.interior_residual(network, uniform_points).abs().mean()
+    assert chosen > 1.3 * uniform
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "loss_weights=magic"], "--set loss_weights: unknown value 'magic'; must be one of fixed, relobralo"),
+    (["--set", "resample=smart"], "--set resample: unknown value 'smart'; must be one of uniform, rad"),
+    (["--set", "relobralo_alpha=1.5"], "--set relobralo_alpha: expected a number in [0, 1]; found 1.5"),
+    (["--set", "relobralo_tau=0"], "--set relobralo_tau: expected a positive finite number; found 0.0"),
+    (["--set", "rad_pool=0"], "--set rad_pool: expected an integer >= 1; found 0"),
+])
+def test_bad_adaptivity_settings_give_one_line(tmp_path, args, needle):
+    import yaml
+
+    problem = tmp_path / "line.yaml"
+    problem.write_text(yaml.safe_dump(LINE))
+    result = run_cli(["solve", str(problem), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pinnzo: error:") and needle in lines[0], result.output
+
+
+def test_a_crashed_adaptive_run_resumes_bit_identically(tmp_path):
+    """Like kill -9: no checkpoint at the crash, so the resumed run redoes steps, RAD draws and
+    weight updates from the last checkpoint (every 4 steps) and must land on the same numbers."""
+    problem = load_problem(LINE)
+    settings = resolve_settings(problem, {"resample": "rad", "loss_weights": "relobralo", "relobralo_alpha": 0.5,
+                                          "relobralo_rho": 0.5, "resample_every": 3, "eval_every": 4})
+    straight = solve(problem, settings, out=tmp_path / "straight")
+
+    def crash(step, state):
+        if step == 13:
+            raise SystemExit(137)
+    with pytest.raises(SystemExit):
+        solve(problem, settings, out=tmp_path / "broken", callbacks=[crash])
+    resumed = solve(problem, settings, out=tmp_path / "broken", resume=True)
+    assert _rows(tmp_path / "straight") == _rows(tmp_path / "broken")
+    assert torch.equal(straight.theta, resumed.theta)
