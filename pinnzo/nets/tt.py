@@ -86,7 +86,7 @@ def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, ou
         dz[b, (p, i, q)] / dG_k[a, i, j, c] = sum_{s, t} L[p, s, a] x[b, (s, j, t)] R[c, q, t],
 
     the same for every output index i of core k. It is computed once, as two matrix products,
-    into T[a, p, j, c, q, b] (rows last, so that a block of rows of an entry is a slab).
+    into T[c, q, a, p, j, b] (rows last, so that a block of rows of an entry is a slab).
     """
     x, in_shape = _padded_input(x, cores)
     out_shape = tuple(core.shape[1] for core in cores)
@@ -95,19 +95,19 @@ def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, ou
     (P, N_before, r0), (r1, Q, N_after) = L.shape, R.shape
     m_k, n_k = cores[k].shape[1:3]
     B = x.shape[0]
-    xT = x.T.reshape(N_before, n_k * N_after * B)
-    y = (L.permute(2, 0, 1).reshape(r0 * P, N_before) @ xT).reshape(r0 * P * n_k, N_after, B)  # (a p j, t, b)
-    T = (R.reshape(r1 * Q, N_after) @ y).reshape(r0, P, n_k, r1, Q, B)  # (a, p, j, c, q, b)
+    xt = x.reshape(B, N_before * n_k, N_after).permute(2, 1, 0).reshape(N_after, -1)  # (t, (s, j, b))
+    y = (R.reshape(r1 * Q, N_after) @ xt).reshape(r1 * Q, N_before, n_k * B)  # (c q, s, (j, b))
+    T = (L.permute(2, 0, 1).reshape(r0 * P, N_before) @ y).reshape(r1, Q, r0, P, n_k, B)  # (c, q, a, p, j, b)
     after = math.prod(out_shape[k + 1:])
-    base = (torch.arange(P, device=x.device)[:, None] * (m_k * after)
-            + torch.arange(after, device=x.device)[None, :]).flatten()
+    base = (torch.arange(P, device=x.device)[None, :] * (m_k * after)  # unit of (q, p), i = 0
+            + torch.arange(after, device=x.device)[:, None]).flatten()
 
     def responses(entries: torch.Tensor):
         a, i, j, c = torch.unravel_index(entries, cores[k].shape)
         units = base[None, :] + (i * after)[:, None]  # (E, U) flat output indices
 
         def values(rows=slice(None)):
-            return T[a, :, j, c, :, rows].reshape(len(entries), P * Q, -1)  # (E, U, rows)
+            return T[c, :, a, :, j, rows].reshape(len(entries), Q * P, -1)  # (E, U, rows)
 
         padded = units >= out_features  # outputs cut off by the padding of the factorisation
         if not padded.any():
