@@ -8,14 +8,18 @@ paper eq. 7). Moving entry j of one tensor by mu therefore gives exactly
                                                 (``layer.unit_responses``, prepared once
                                                 per parameter tensor),
 
-and only the layers after the perturbed one need to run again: for all chosen
-entries of a tensor as one batch. The values are the outputs a black-box query
-at theta + mu e_j computes (to rounding); nothing is differentiated.
+and only the layers after the perturbed one see a change. ``LayeredForward`` carries the
+change itself (not the perturbed values) through those layers: activation increments by a
+Taylor series at the cached pre-activations (nets/increments.py), the next layer's change
+as a product with its weights on the moved units only. The outputs' changes dF_j are the
+differences a black-box query at theta + mu e_j computes (to rounding), without their
+cancellation; nothing is differentiated.
 
 It applies to a model with ``layers``, ``activation`` and ``squeeze`` (nets.MLP)
 whose layers report ``unit_responses``, and a loss of the form
 ``criterion(network(inputs(batch)), batch)`` (mnist.CrossEntropy, and PINN
-losses whose derivative backend evaluates the network at fixed points).
+losses whose derivative backend evaluates the network at fixed points; a PINN loss
+takes the changes directly, ``PINNLoss.around``: its stencil atoms are linear in them).
 """
 
 from __future__ import annotations
