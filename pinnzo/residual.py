@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from pinnzo.atoms import VALUE
+from pinnzo.atoms import VALUE, assemble
 from pinnzo.derivatives.base import DerivativeBackend, StencilBackend
 from pinnzo.problem import Problem
 
@@ -143,20 +143,34 @@ class PINNLoss:
             self._inputs_of = batch
         return self._inputs
 
+    def _ansatz(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The affine ansatz's (a, b) (R,) at ``inputs(batch)`` (u = a + b N), or None."""
+        if self._affine_of is not batch:
+            self._affine, self._affine_of = self.problem.ansatz_coefficients(self.inputs(batch)), batch
+        return self._affine
+
+    def _solution_values(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """u (..., R) from network values N (..., R) at ``inputs(batch)``."""
+        affine = self._ansatz(batch)
+        if affine is None:
+            return self.problem.apply_ansatz(self.inputs(batch), outputs)
+        return affine[0] + affine[1] * outputs
+
+    def _stencils(self, batch: Batch) -> list[tuple[slice, int, int, frozenset]]:
+        """Per segment: its rows of ``inputs(batch)``, its points B, its stencil size S, its atoms."""
+        result, start = [], 0
+        for X, atoms in self._segments(batch):
+            stencil = len(self.backend.offsets(atoms, tuple(self.problem.spatial), X.shape[1], X.dtype, X.device))
+            result.append((slice(start, start + len(X) * stencil), len(X), stencil, atoms))
+            start += len(X) * stencil
+        return result
+
     def _atoms_from_outputs(self, outputs: torch.Tensor, batch: Batch):
         """atoms_at for network values (..., R) at ``inputs(batch)``."""
-        problem, segments = self.problem, self._segments(batch)
-        points = self.inputs(batch)
-        if self._affine_of is not batch:
-            self._affine, self._affine_of = problem.ansatz_coefficients(points), batch
-        u = problem.apply_ansatz(points, outputs) if self._affine is None else self._affine[0] + self._affine[1] * outputs
-        blocks, start = [], 0
-        for X, atoms in segments:
-            stencil = len(self.backend.offsets(atoms, tuple(problem.spatial), X.shape[1], X.dtype, X.device))
-            rows = len(X) * stencil
-            blocks.append(u[..., start:start + rows].reshape(*u.shape[:-1], len(X), stencil))
-            start += rows
-        return lambda k, X, atoms: self.backend.combine(blocks[k], atoms, problem.spatial)
+        u = self._solution_values(outputs, batch)
+        blocks = [u[..., rows].reshape(*u.shape[:-1], count, stencil)
+                  for rows, count, stencil, _ in self._stencils(batch)]
+        return lambda k, X, atoms: self.backend.combine(blocks[k], atoms, self.problem.spatial)
 
     def criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The loss (...,) from network values (..., R) at ``inputs(batch)``."""
@@ -166,6 +180,60 @@ class PINNLoss:
     def residual_criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The residual vector (..., n) from network values (..., R) at ``inputs(batch)``."""
         return _stack(self._residuals(self._atoms_from_outputs(outputs, batch), batch))
+
+    def around(self, outputs: torch.Tensor, batch: Batch) -> "Perturbations":
+        """The loss and residual vector at network values outputs + changes, for many changes."""
+        return Perturbations(self, outputs, batch)
+
+
+class Perturbations:
+    """The loss terms at network values N + dN (..., R) at ``inputs(batch)``, for many changes dN of
+    the network values N (R,) at once (the layered coordinate queries, optim/coordinates.py).
+
+    A stencil backend's elementary atoms are linear in u: their changes are one matmul of
+    du (..., B, S) with the stencil's weights W (S, a) per segment (points and atoms of one term),
+
+        parts(u + du) = parts(u) + du @ W,      du = b dN for an affine ansatz u = a + b N,
+
+    and only the equation itself (gradsq, products of atoms) is evaluated per change, on
+    (..., B) tensors. The values are those of criterion(N + dN) to rounding (the rounding of du
+    is relative to du, not to u).
+    """
+
+    def __init__(self, loss: PINNLoss, outputs: torch.Tensor, batch: Batch):
+        self.loss, self.outputs, self.batch = loss, outputs, batch
+        self.u = loss._solution_values(outputs, batch)
+        spatial = loss.problem.spatial
+        self.segments = []
+        for rows, count, stencil, atoms in loss._stencils(batch):
+            base = loss.backend.parts(self.u[rows].reshape(count, stencil), atoms, spatial)
+            keys, weights = loss.backend.linear_map(atoms, spatial, loss.problem.dim, outputs.dtype, outputs.device)
+            self.segments.append((rows, count, stencil, atoms, base, keys, weights))
+
+    def _change_of_u(self, changes: torch.Tensor) -> torch.Tensor:
+        affine = self.loss._ansatz(self.batch)
+        if affine is not None:
+            return affine[1] * changes
+        if self.loss.problem.ansatz is None:
+            return changes
+        return self.loss._solution_values(self.outputs + changes, self.batch) - self.u
+
+    def _terms(self, changes: torch.Tensor) -> list[tuple[str, torch.Tensor, float, int | None]]:
+        du = self._change_of_u(changes)
+        atoms_of = []
+        for rows, count, stencil, atoms, base, keys, weights in self.segments:
+            moved = du[..., rows].reshape(*du.shape[:-1], count, stencil) @ weights  # (..., B, a)
+            parts = {key: base[key] + moved[..., i] for i, key in enumerate(keys)}
+            atoms_of.append(assemble(atoms, parts, self.loss.problem.spatial))
+        return self.loss._residuals(lambda k, X, atoms: atoms_of[k], self.batch)
+
+    def losses(self, changes: torch.Tensor) -> torch.Tensor:
+        """The loss (...,) at N + changes (..., R)."""
+        return sum(_term(residual, weight, count) for _, residual, weight, count in self._terms(changes))
+
+    def residuals(self, changes: torch.Tensor) -> torch.Tensor:
+        """The residual vector (..., n) at N + changes (..., R)."""
+        return _stack(self._terms(changes))
 
 
 def _term(residual: torch.Tensor, weight: float, count: int | None = None) -> torch.Tensor:

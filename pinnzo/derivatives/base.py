@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from pinnzo.atoms import Atom
+from pinnzo.atoms import Atom, assemble
 
 Function = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,8 +69,21 @@ class StencilBackend(DerivativeBackend):
         """The stencil (S, D): f is evaluated at X[b] + offsets[s]."""
 
     @abstractmethod
+    def parts(self, F: torch.Tensor, atoms: frozenset, spatial: tuple[int, ...]) -> dict:
+        """The elementary atoms (atoms.elementary) from the stencil values F (..., B, S):
+        {atom: (..., B)}, each a linear combination of the values of its row."""
+
     def combine(self, F: torch.Tensor, atoms: frozenset, spatial: tuple[int, ...]) -> dict:
         """Atoms from the stencil values F (..., B, S): {atom: (..., B)}."""
+        return assemble(atoms, self.parts(F, atoms, spatial), spatial)
+
+    def linear_map(self, atoms: frozenset, spatial: tuple[int, ...], dim: int, dtype, device) -> tuple[list, torch.Tensor]:
+        """The elementary atoms as one matrix: (their keys, W (S, a)) with parts(F)[key_i] = F @ W[:, i]
+        (read off the parts of the unit values)."""
+        stencil = len(self.offsets(atoms, tuple(spatial), dim, dtype, device))
+        parts = self.parts(torch.eye(stencil, dtype=dtype, device=device), atoms, spatial)
+        keys = sorted(parts)
+        return keys, torch.stack([parts[key] for key in keys], 1)
 
     def points(self, X: torch.Tensor, atoms: frozenset, spatial: tuple[int, ...]) -> torch.Tensor:
         """Every stencil point of every row of X: (B * S, D), row b * S + s = X[b] + offsets[s]."""

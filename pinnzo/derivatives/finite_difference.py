@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pinnzo.atoms import Atom, assemble, elementary
+from pinnzo.atoms import Atom, elementary
 from pinnzo.derivatives.base import StencilBackend
 
 # Near-optimal steps for unit-scale smooth f: h1 ~ eps^(1/3), h2 ~ eps^(1/4).
@@ -77,8 +77,8 @@ class FiniteDifference(StencilBackend):
         h1, h2 = self.steps(dtype)
         return max(1 / h1, 4 / h2 / h2)
 
-    def combine(self, F, atoms, spatial):
+    def parts(self, F, atoms, spatial):
         _, weights, _ = self._plan(atoms, spatial, F.dtype, F.device)
         parts = {atom: F[..., rows] @ coefficients for atom, (rows, coefficients) in weights.items()}
         parts[Atom("value")] = F[..., 0]
-        return assemble(atoms, parts, spatial)
+        return parts

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pinnzo.atoms import VALUE, Atom, assemble, elementary
+from pinnzo.atoms import VALUE, Atom, elementary
 from pinnzo.derivatives.base import StencilBackend
 
 
@@ -81,8 +81,8 @@ class SteinEstimator(StencilBackend):
             self._cache[key] = torch.as_tensor(self.sigma * self.nodes, dtype=dtype, device=device)
         return self._cache[key]
 
-    def combine(self, F, atoms, spatial):
-        """Atoms from F[..., b, j] = f(X[b] + sigma z_j) (..., B, n) by the pair differences."""
+    def parts(self, F, atoms, spatial):
+        """Elementary atoms from F[..., b, j] = f(X[b] + sigma z_j) (..., B, n) by the pair differences."""
         ordered = tuple(sorted(elementary(atoms, spatial, direct=("lap",))))
         first = [a for a in ordered if a.kind == "d1"]
         second = [a for a in ordered if a.kind != "d1"]
@@ -96,7 +96,7 @@ class SteinEstimator(StencilBackend):
             parts.update(zip(second, (D2 @ W2).unbind(-1)))
         if VALUE in parts:
             parts[VALUE] = parts[VALUE] + F[..., self.center]
-        return assemble(atoms, parts, spatial)
+        return parts
 
     def evaluations_per_point(self, atoms, spatial, dim):
         return len(self.nodes)

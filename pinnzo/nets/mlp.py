@@ -23,14 +23,14 @@ class DenseLinear(nn.Linear):
 
     def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor):
         """How the output at x (B, in) changes per unit change of entries of parameter ``name``
-        ("weight" (out, in) or "bias"): a function entries (E,) -> sparse (units (E, 1),
-        values (E, B, 1)). The layer is linear in each of its parameter tensors."""
+        ("weight" (out, in) or "bias"): a function entries (E,) -> sparse (units (E, 1), values: rows
+        (a slice of x's rows) -> (E, 1, rows)). The layer is linear in each of its parameter tensors."""
         if name == "bias":
-            return lambda entries: (entries[:, None], x.new_ones(len(entries), x.shape[0], 1))
+            return lambda entries: (entries[:, None], lambda rows=slice(None): x.new_ones(len(entries), 1, len(x[rows])))
 
         def responses(entries):
             out_index, in_index = torch.unravel_index(entries, params["weight"].shape)
-            return out_index[:, None], x[:, in_index].T[:, :, None]
+            return out_index[:, None], lambda rows=slice(None): x[rows, in_index].T[:, None, :]
         return responses
 
 

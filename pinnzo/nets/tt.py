@@ -9,7 +9,6 @@ core's entries). ``TTLinear`` holds the cores and a bias and calls them.
 from __future__ import annotations
 
 import math
-import string
 from typing import Sequence
 
 import torch
@@ -65,43 +64,56 @@ def tt_matvec(cores: Sequence[torch.Tensor], x: torch.Tensor, out_features: int)
     return t.reshape(*batch, out_size)[..., :out_features]
 
 
+def _merged(cores: Sequence[torch.Tensor], rank: int, like: torch.Tensor) -> torch.Tensor:
+    """The product of consecutive cores, the first of rank ``rank`` on its left, as one core
+    (rank, M, N, r_last) (the identity (rank, 1, 1, rank) for none)."""
+    result = torch.eye(rank, dtype=like.dtype, device=like.device).reshape(rank, 1, 1, rank)
+    for core in cores:
+        r0, M, N, _ = result.shape
+        _, m, n, r = core.shape
+        result = torch.einsum("aijb,bklc->aikjlc", result, core).reshape(r0, M * m, N * n, r)
+    return result
+
+
 def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, out_features: int):
     """How W x changes per unit change of entries of core k: a function entries (E,) (flat indices)
-    -> (units (E, U), values (E, B, U)), the sparse form, U = out_size / m_k.
+    -> (units (E, U), values: rows (a slice of x's rows) -> (E, U, rows)), the sparse form,
+    U = out_size / m_k.
 
-    x (B, in_features). W is linear in core k, so the change is exact: x is contracted
-    with every core but k once (one einsum), leaving core k's indices (r_{k-1}, n_k, r_k)
-    open; entry (a, i, j, c) changes exactly the outputs whose k-th output index is i.
+    x (B, in_features). W is linear in core k, so the change is exact: with the cores before k
+    merged into L (P, N_<, r_{k-1}) and those after into R (r_k, Q, N_>),
+
+        dz[b, (p, i, q)] / dG_k[a, i, j, c] = sum_{s, t} L[p, s, a] x[b, (s, j, t)] R[c, q, t],
+
+    the same for every output index i of core k. It is computed once, as two matrix products,
+    into T[c, q, a, p, j, b] (rows last, so that a block of rows of an entry is a slab).
     """
-    L = len(cores)
-    letters = iter(string.ascii_letters)
-    b = next(letters)
-    n = [next(letters) for _ in range(L)]
-    m = [next(letters) for _ in range(L)]
-    r = [next(letters) for _ in range(L + 1)]
     x, in_shape = _padded_input(x, cores)
     out_shape = tuple(core.shape[1] for core in cores)
-    ones = x.new_ones(1)  # closes the boundary ranks r_0 = r_L = 1
-    operands, subscripts = [x.reshape(-1, *in_shape), ones, ones], [b + "".join(n), r[0], r[L]]
-    for j in range(L):
-        if j != k:
-            operands.append(cores[j])
-            subscripts.append(r[j] + m[j] + n[j] + r[j + 1])
-    others = "".join(m[j] for j in range(L) if j != k)
-    T = torch.einsum(",".join(subscripts) + "->" + b + others + r[k] + n[k] + r[k + 1], *operands)
-    B = T.shape[0]
-    m_k, after = out_shape[k], math.prod(out_shape[k + 1:])
-    before = math.prod(out_shape[:k])
-    T = T.reshape(B, before * after, *T.shape[-3:])
-    base = (torch.arange(before, device=x.device)[:, None] * (m_k * after)
-            + torch.arange(after, device=x.device)[None, :]).flatten()
+    L = _merged(cores[:k], 1, x)[0]  # (P, N_<, r_{k-1})
+    R = _merged(cores[k + 1:], cores[k].shape[3], x)[..., 0]  # (r_k, Q, N_>)
+    (P, N_before, r0), (r1, Q, N_after) = L.shape, R.shape
+    m_k, n_k = cores[k].shape[1:3]
+    B = x.shape[0]
+    xt = x.reshape(B, N_before * n_k, N_after).permute(2, 1, 0).reshape(N_after, -1)  # (t, (s, j, b))
+    y = (R.reshape(r1 * Q, N_after) @ xt).reshape(r1 * Q, N_before, n_k * B)  # (c q, s, (j, b))
+    T = (L.permute(2, 0, 1).reshape(r0 * P, N_before) @ y).reshape(r1, Q, r0, P, n_k, B)  # (c, q, a, p, j, b)
+    after = math.prod(out_shape[k + 1:])
+    base = (torch.arange(P, device=x.device)[None, :] * (m_k * after)  # unit of (q, p), i = 0
+            + torch.arange(after, device=x.device)[:, None]).flatten()
 
-    def responses(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def responses(entries: torch.Tensor):
         a, i, j, c = torch.unravel_index(entries, cores[k].shape)
-        values = T[:, :, a, j, c].permute(2, 0, 1)  # (E, B, U)
         units = base[None, :] + (i * after)[:, None]  # (E, U) flat output indices
+
+        def values(rows=slice(None)):
+            return T[c, :, a, :, j, rows].reshape(len(entries), Q * P, -1)  # (E, U, rows)
+
         padded = units >= out_features  # outputs cut off by the padding of the factorisation
-        return units.masked_fill(padded, 0), values.masked_fill(padded[:, None, :], 0.0)
+        if not padded.any():
+            return units, values
+        kept = ~padded[:, :, None]
+        return units.masked_fill(padded, 0), lambda rows=slice(None): values(rows) * kept
 
     return responses
 
@@ -172,9 +184,10 @@ class TTLinear(nn.Module):
     def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor):
         """How this layer's output at x (B, in) changes per unit change of entries of parameter
         ``name`` (as in named_parameters), with the given parameter values: a function entries (E,)
-        -> sparse (units (E, U), values (E, B, U)), prepared once per parameter tensor."""
+        -> sparse (units (E, U), values: rows (a slice of x's rows) -> (E, U, rows)), prepared once
+        per parameter tensor."""
         if name == "bias":
-            return lambda entries: (entries[:, None], x.new_ones(len(entries), x.shape[0], 1))
+            return lambda entries: (entries[:, None], lambda rows=slice(None): x.new_ones(len(entries), 1, len(x[rows])))
         names = [f"cores.{k}" for k in range(len(self.cores))]
         return tt_unit_responses([params[core] for core in names], names.index(name), x, self.out_features)
 

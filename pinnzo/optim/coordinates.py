@@ -8,14 +8,18 @@ paper eq. 7). Moving entry j of one tensor by mu therefore gives exactly
                                                 (``layer.unit_responses``, prepared once
                                                 per parameter tensor),
 
-and only the layers after the perturbed one need to run again: for all chosen
-entries of a tensor as one batch. The values are the outputs a black-box query
-at theta + mu e_j computes (to rounding); nothing is differentiated.
+and only the layers after the perturbed one see a change. ``LayeredForward`` carries the
+change itself (not the perturbed values) through those layers: activation increments by a
+Taylor series at the cached pre-activations (nets/increments.py), the next layer's change
+as a product with its weights on the moved units only. The outputs' changes dF_j are the
+differences a black-box query at theta + mu e_j computes (to rounding), without their
+cancellation; nothing is differentiated.
 
 It applies to a model with ``layers``, ``activation`` and ``squeeze`` (nets.MLP)
 whose layers report ``unit_responses``, and a loss of the form
 ``criterion(network(inputs(batch)), batch)`` (mnist.CrossEntropy, and PINN
-losses whose derivative backend evaluates the network at fixed points).
+losses whose derivative backend evaluates the network at fixed points; a PINN loss
+takes the changes directly, ``PINNLoss.around``: its stencil atoms are linear in them).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Iterator
 
 import torch
 from torch.func import functional_call
+
+from pinnzo.nets.increments import Increments
 
 
 def supports(model, loss_fn) -> bool:
@@ -49,55 +55,131 @@ def _layer_params(model, params: dict[str, torch.Tensor]) -> list[tuple[dict[str
     return result
 
 
-def perturbed_outputs(model, params: dict[str, torch.Tensor], x: torch.Tensor, chosen: torch.Tensor, mu: float,
-                      max_elements: int = 2**24) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class LayeredForward:
+    """The unperturbed forward of an MLP at x (R, D), kept layer by layer, and the exact
+    changes of its outputs when single parameter entries move.
+
+    A move of entry j of layer l's tensor by mu changes z_l by mu dz_j on a few units U
+    (a dense weight: 1 unit; a TT core: out / m_k units), and then, layer after layer,
+
+        da_l = act(z_l + dz_l) - act(z_l)          (nets/increments.py: a Taylor series at the
+                                                    cached z_l, exact to rounding, for sin and tanh)
+        dz_{l+1} = W_{l+1} da_l                    (the next layer is linear: its bias cancels; on
+                                                    the U moved units only, for the first one)
+
+    down to the change of the outputs dF (E, R) or (E, R, C). These are the differences
+    F(theta + mu e_j) - F(theta) that black-box queries compute, without their cancellation.
+    """
+
+    def __init__(self, model, params: dict[str, torch.Tensor], x: torch.Tensor):
+        self.model, self.layers = model, list(model.layers)
+        self.per_layer = _layer_params(model, params)
+        self.inputs, self.outputs, self.increments = [], [], []
+        a = x
+        for index, layer in enumerate(self.layers):
+            z = functional_call(layer, self.per_layer[index][0], (a,))
+            self.inputs.append(a)
+            self.outputs.append(z)
+            if index < len(self.layers) - 1:
+                a = model.activation(z)
+                self.increments.append(Increments(model.activation, z.T.contiguous(), a.T.contiguous()))
+        self._weights: dict[int, torch.Tensor] = {}
+        last = len(self.layers) - 1
+        self.folded = last > 0 and self.outputs[last].shape[-1] == 1  # one output: its weights fold into
+        if self.folded:                                                # the last increments
+            self.increments[last - 1].weights = self.weights(last)[0]
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The unperturbed outputs F (R,) or (R, C)."""
+        return self.outputs[-1].squeeze(-1) if self.model.squeeze else self.outputs[-1]
+
+    def weights(self, index: int) -> torch.Tensor:
+        """The (out, in) matrix of layer ``index`` (linear): layer(I) - layer(0), transposed."""
+        if index not in self._weights:
+            self._weights[index] = _input_weights(self.layers[index], self.per_layer[index][0],
+                                                  self.outputs[index - 1].shape[-1], self.outputs[index]).T
+        return self._weights[index]
+
+    def changes(self, chosen: torch.Tensor, mu: float, columns: int = 32,
+                tile: int = 2**18) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """dF for the flat coordinates ``chosen`` (E,) moved by mu, in blocks of up to ``columns``:
+        (positions in ``chosen`` (e,), dF (e, R) or (e, R, C)).
+
+        Entries that move the same units (a TT core's entries with the same output index, a dense
+        weight's row) form blocks of their own, which share the per-unit work. Each block is computed
+        a tile of rows at a time, with about ``tile`` values in each (e, width, rows) tensor, so
+        that they stay in the processor's cache."""
+        offset = 0
+        for index, (layer_params, names) in enumerate(self.per_layer):
+            for name in names:
+                count = layer_params[name].numel()
+                inside = ((chosen >= offset) & (chosen < offset + count)).nonzero().flatten()
+                if len(inside):
+                    responses = self.layers[index].unit_responses(layer_params, name, self.inputs[index])
+                    for part, shared in _blocks(responses(chosen[inside] - offset)[0], columns):
+                        yield inside[part], self._block(index, responses(chosen[inside[part]] - offset),
+                                                        shared, mu, tile)
+                offset += count
+
+    def _block(self, index: int, response, shared: bool, mu: float, tile: int) -> torch.Tensor:
+        """dF (e, R) or (e, R, C) of one block of entries of a tensor of layer ``index``."""
+        units, values = response
+        rows, (E, U) = self.inputs[0].shape[0], units.shape
+        width = max([U] + [z.shape[-1] for z in self.outputs[index + 1:-1]])
+        step = max(1, tile // (E * width))
+        units = units[0] if shared else units
+        change = self.outputs[-1].new_empty(E, self.outputs[-1].shape[-1], rows)
+        for start in range(0, rows, step):
+            tile_rows = slice(start, min(start + step, rows))
+            change[:, :, tile_rows] = self._propagate(index, units, mu * values(tile_rows), tile_rows)
+        return change[:, 0] if self.model.squeeze else change.transpose(1, 2)
+
+    def _propagate(self, index: int, units: torch.Tensor, dz: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The outputs' change (E, C, r) at ``rows`` from the change dz (E, U, r) of layer ``index``'s
+        pre-activation at its ``units`` (E, U), or (U,) when every entry moves the same units."""
+        last = len(self.layers) - 1
+        if index == last:
+            E, U, R = dz.shape
+            width = self.outputs[last].shape[-1]
+            units = units.expand(E, U)
+            return dz.new_zeros(E, width, R).scatter_add_(1, units[:, :, None].expand(E, U, R), dz)
+        da = self.increments[index](dz, units, rows)
+        if index == last - 1 and self.folded:
+            return da
+        weights = self.weights(index + 1)[:, units]  # (out, U) or (out, E, U)
+        dz = (weights if units.dim() == 1 else weights.permute(1, 0, 2)) @ da  # (E, out, r)
+        for later in range(index + 1, last):
+            dz = self.increments[later](dz, None, rows)
+            if not (later == last - 1 and self.folded):
+                dz = self.weights(later + 1) @ dz
+        return dz
+
+
+def _blocks(units: torch.Tensor, columns: int) -> list[tuple[torch.Tensor, bool]]:
+    """Blocks of up to ``columns`` entries (positions into units (E, U)) and whether they share
+    their units: the groups of at least 4 entries with the same units, then the rest together."""
+    _, group, sizes = torch.unique(units, dim=0, return_inverse=True, return_counts=True)
+    order = torch.argsort(group, stable=True)
+    blocks, rest = [], []
+    for members in torch.split(order, sizes.tolist()):
+        if len(members) >= 4:
+            blocks += [(part, True) for part in torch.split(members, columns)]
+        else:
+            rest.append(members)
+    if rest:
+        blocks += [(part, False) for part in torch.split(torch.cat(rest), columns)]
+    return blocks
+
+
+def perturbed_outputs(model, params: dict[str, torch.Tensor], x: torch.Tensor, chosen: torch.Tensor,
+                      mu: float) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The network's outputs at theta + mu e_j for the flat coordinates ``chosen`` (E,),
     in blocks: (positions in ``chosen`` (e,), outputs (e, R) or (e, R, C)).
 
     ``params``: theta unflattened by name (model.named_parameters order); x (R, D):
-    the network inputs. ``max_elements`` bounds the (e, R, width) blocks.
+    the network inputs.
     """
-    layers = list(model.layers)
-    per_layer = _layer_params(model, params)
-    a = x
-    inputs, outputs = [], []
-    for index, layer in enumerate(layers):
-        z = functional_call(layer, per_layer[index][0], (a,))
-        inputs.append(a)
-        outputs.append(z)
-        a = model.activation(z) if index < len(layers) - 1 else z
-    widest = max(z.shape[-1] for z in outputs)
-    per_block = max(1, max_elements // (a.shape[0] * widest))
-    last = len(layers) - 1
-    offset = 0
-    for index, (layer_params, names) in enumerate(per_layer):
-        if index == last - 1:  # the next layer is the (linear) output layer
-            weights = _input_weights(layers[last], per_layer[last][0], outputs[index].shape[-1], a)
-        for name in names:
-            count = layer_params[name].numel()
-            inside = ((chosen >= offset) & (chosen < offset + count)).nonzero().flatten()
-            if len(inside):
-                responses = layers[index].unit_responses(layer_params, name, inputs[index])
-            for part in torch.split(inside, per_block) if len(inside) else ():
-                units, values = responses(chosen[part] - offset)
-                h = _propagate(model, layers, per_layer, index, inputs, outputs, units, values, mu,
-                               weights if index == last - 1 else None)
-                yield part, (h.squeeze(-1) if model.squeeze else h)
-            offset += count
-
-
-def _propagate(model, layers, per_layer, index, inputs, outputs, units, values, mu, weights):
-    """Outputs (E, R, out) after moving layer ``index``'s pre-activation by mu * the unit responses."""
-    E, R, U = values.shape
-    z = outputs[index]
-    if weights is not None:
-        # only the changed units: output + W_out[units]^T (act(z_u + mu dz_u) - act(z_u));
-        # act(z) is the output layer's input
-        z_units = z[:, units].permute(1, 0, 2)  # (E, R, U)
-        change = model.activation(z_units + mu * values) - inputs[index + 1][:, units].permute(1, 0, 2)
-        return outputs[-1] + torch.einsum("ebu,euc->ebc", change, weights[units])
-    h = z + mu * z.new_zeros(E, R, z.shape[-1]).scatter_add_(2, units[:, None, :].expand(E, R, U), values)
-    for later in range(index + 1, len(layers)):
-        h = functional_call(layers[later], per_layer[later][0],
-                            (model.activation(h).reshape(E * R, -1),)).reshape(E, R, -1)
-    return h
+    forward = LayeredForward(model, params, x)
+    for part, change in forward.changes(chosen, mu):
+        yield part, forward.output + change

@@ -162,14 +162,16 @@ class Objective:
     def coordinate_losses(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """L(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E,): E queries, computed
         by re-running only the layers after each perturbed one (optim/coordinates.py)."""
-        return self.reduce(self._split(lambda _, part, b: self._coordinates(self.loss_fn.criterion, theta, b, part, mu),
-                                       None, chosen, batch))
+        return self.reduce(self._split(
+            lambda _, part, b: self._coordinates("losses", self.loss_fn.criterion, theta, b, part, mu),
+            None, chosen, batch))
 
     def coordinate_residuals(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """rho(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E, n), the layered way: E queries."""
         self._residual_vector()
-        return self._split(lambda _, part, b: self._coordinates(self.loss_fn.residual_criterion, theta, b, part, mu),
-                           None, chosen, batch)
+        return self._split(
+            lambda _, part, b: self._coordinates("residuals", self.loss_fn.residual_criterion, theta, b, part, mu),
+            None, chosen, batch)
 
     def _split(self, evaluate, value, items: torch.Tensor, batch) -> torch.Tensor:
         """evaluate(value, items, batch) for P items (parameter vectors or coordinates); with the
@@ -184,15 +186,21 @@ class Objective:
         counts = [len(range(len(items))[world.shard_of(rank, len(items))]) for rank in range(world.size)]
         return world.all_gather(mine, counts)
 
-    def _coordinates(self, criterion, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
-        from pinnzo.optim.coordinates import perturbed_outputs
+    def _coordinates(self, kind: str, criterion, theta: torch.Tensor, batch, chosen: torch.Tensor,
+                     mu: float) -> torch.Tensor:
+        """criterion at the network outputs of each theta + mu e_j; from the outputs' changes directly
+        when the loss takes them (``loss_fn.around(outputs, batch)``: a PINN loss, whose stencil
+        atoms are linear in the outputs)."""
+        from pinnzo.optim.coordinates import LayeredForward
 
         self.queries += len(chosen)
-        parts = []
         with torch.no_grad():
-            inputs = self.loss_fn.inputs(batch)
-            for part, outputs in perturbed_outputs(self.model, self.unflatten(theta), inputs, chosen, mu):
-                parts.append((part, criterion(outputs, batch)))
+            forward = LayeredForward(self.model, self.unflatten(theta), self.loss_fn.inputs(batch))
+            around = getattr(self.loss_fn, "around", None)
+            around = around(forward.output, batch) if around is not None else None
+            value = getattr(around, kind) if around is not None else \
+                lambda change: criterion(forward.output + change, batch)
+            parts = [(part, value(change)) for part, change in forward.changes(chosen, mu)]
         result = theta.new_empty((len(chosen), *parts[0][1].shape[1:]))
         for part, values in parts:
             result[part] = values

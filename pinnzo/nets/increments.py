@@ -1,0 +1,125 @@
+"""Increments of an activation, act(z + delta) - act(z), for many small deltas at the same z.
+
+The layered coordinate queries (optim/coordinates.py) move a layer's pre-activation z
+(R, W) by a small delta for each of E parameter entries at once: (E, R, W) values. Evaluating
+act(z + delta) costs one transcendental function per value; the Taylor series
+
+    act(z + delta) - act(z) = sum_{k=1..K} c_k(z) delta^k + remainder,   c_k = act^(k)(z) / k!,
+
+costs K fused multiply-adds per value once the c_k are known, and they are computed once
+per z (sin: +-sin z, +-cos z over k!; tanh: polynomials in tanh z). The order K is chosen
+from max |delta| so that the remainder bound is at most eps(dtype) / 4, below the rounding
+of act(z + delta) itself (|act| <= 1; the rounding of the argument z + delta alone moves it
+by about eps |z act'(z)| / 2), so the increments are the black-box ones to rounding:
+
+    sin:   |remainder| <= |delta|^(K+1) / (K+1)!          (every derivative is at most 1)
+    tanh:  |remainder| <= M |delta|^(K+1) / (1 - |delta|) (Cauchy's estimate on the disc of
+                                                          radius 1, M = max |tanh| there = tan 1)
+
+Larger deltas, and activations without a series here (relu, gelu), take the direct
+difference act(z + delta) - act(z), which is what a black-box query computes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+MAX_ORDER = 6  # beyond it (|delta| too large) the direct difference costs less than the series
+TANH_BOUND = 1.6  # >= tan(1) = 1.5574, the largest |tanh| on a disc of radius 1 about a real point
+
+
+def _sin_bound(order: int, delta: float) -> float:
+    return delta ** (order + 1) / math.factorial(order + 1)
+
+
+def _tanh_bound(order: int, delta: float) -> float:
+    return TANH_BOUND * delta ** (order + 1) / (1 - delta) if delta < 1 else math.inf
+
+
+def _tanh_polynomials(count: int) -> list[np.ndarray]:
+    """P_k with tanh^(k)(z) = P_k(tanh z), k = 0..count (numpy coefficients, lowest first):
+    P_0 = t, P_{k+1} = P_k'(t) (1 - t^2)."""
+    polynomials = [np.array([0.0, 1.0])]
+    for _ in range(count):
+        derivative = np.polynomial.polynomial.polyder(polynomials[-1])
+        polynomials.append(np.polynomial.polynomial.polymul(derivative, [1.0, 0.0, -1.0]))
+    return polynomials
+
+
+_TANH = _tanh_polynomials(MAX_ORDER)
+
+
+class Increments:
+    """act(z + delta) - act(z) at fixed z, unit-major: zT (W, R), with act(z) = ``aT`` (W, R)
+    already computed."""
+
+    def __init__(self, activation, zT: torch.Tensor, aT: torch.Tensor, weights: torch.Tensor | None = None):
+        """``weights`` (W,): the increments are only needed summed with these weights (a linear output
+        layer with one output follows): sum_w weights[w] increment[w], folded into the c_k."""
+        self.activation, self.z, self.a, self.weights = activation, zT, aT, weights
+        self.kind = {torch.sin: "sin", torch.tanh: "tanh"}.get(activation)
+        self._coefficients: list[torch.Tensor] = []  # c_1, c_2, ... (W, R), computed as needed
+        self._cos = None
+
+    def order(self, delta_max: float) -> int | None:
+        """The smallest series order whose remainder is below eps / 4, or None."""
+        if self.kind is None:
+            return None
+        if delta_max == 0:
+            return 0
+        bound = _sin_bound if self.kind == "sin" else _tanh_bound
+        tolerance = torch.finfo(self.z.dtype).eps / 4
+        for order in range(1, MAX_ORDER + 1):
+            if bound(order, delta_max) <= tolerance:
+                return order
+        return None
+
+    def coefficient(self, k: int) -> torch.Tensor:
+        """c_k = act^(k)(z) / k! (W, R), times the weights when given."""
+        while len(self._coefficients) < k:
+            scale = 1 / math.factorial(len(self._coefficients) + 1)
+            scale = scale if self.weights is None else scale * self.weights[:, None]
+            self._coefficients.append(self._derivative(len(self._coefficients) + 1) * scale)
+        return self._coefficients[k - 1]
+
+    def _derivative(self, k: int) -> torch.Tensor:
+        if self.kind == "sin":  # sin^(k) z = sin(z + k pi / 2): cos, -sin, -cos, sin, ...
+            if self._cos is None:
+                self._cos = torch.cos(self.z)
+            return (self._cos, -self.a, -self._cos, self.a)[(k - 1) % 4]
+        result = torch.zeros_like(self.a)  # tanh: Horner in t = tanh z
+        for coefficient in _TANH[k][::-1]:
+            result = result * self.a + coefficient
+        return result
+
+    def __call__(self, delta: torch.Tensor, units: torch.Tensor | None = None, rows: slice = slice(None)) -> torch.Tensor:
+        """Increments (E, U, r) for deltas (E, U, r) at the units ``units`` (E, U), or (U,) the same
+        for all E, and the ``rows`` of z; or (E, W, r) for deltas (E, W, r) at every unit when
+        ``units`` is None. With weights: their weighted sums over the units (E, 1, r)."""
+        order = self.order(largest(delta))
+        pick = (lambda t: t[:, rows]) if units is None else (lambda t: t[units, rows])
+        if order is None:
+            change = self.activation(pick(self.z) + delta) - pick(self.a)
+            if self.weights is None:
+                return change
+            weights = self.weights if units is None else self.weights[units]  # (W,), (U,) or (E, U)
+            return (change * weights[..., None]).sum(-2, keepdim=True)
+        if order == 0:
+            return torch.zeros_like(delta) if self.weights is None else delta.new_zeros(len(delta), 1, delta.shape[-1])
+        result = pick(self.coefficient(order))
+        for k in range(order - 1, 0, -1):  # Horner: c_1 + delta (c_2 + delta (c_3 + ...))
+            result = torch.addcmul(pick(self.coefficient(k)), delta, result)
+        if self.weights is None:
+            return result * delta
+        return torch.linalg.vecdot(result.expand_as(delta), delta, dim=-2)[:, None]
+
+
+def largest(values: torch.Tensor) -> float:
+    """max |values| (0 for none), in one pass."""
+    if not values.numel():
+        return 0.0
+    low, high = torch.aminmax(values)
+    return max(-low.item(), high.item())

@@ -1,0 +1,123 @@
+"""The layered coordinate queries: activation increments by series, TT unit responses, and the
+Jacobian columns of nonlinear PINN residuals (gradsq, products of atoms, an ansatz) against
+black-box residual queries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pinnzo.nets.increments import Increments
+from pinnzo.nets.tt import TTLinear, tt_matvec, tt_unit_responses
+from pinnzo.pinn import build, resolve_settings
+from pinnzo.problem import load_problem
+from pinnzo.residual import sample_batch
+
+
+@pytest.mark.parametrize("activation", [torch.sin, torch.tanh])
+@pytest.mark.parametrize("scale", [1e-9, 1e-4, 1e-2, 0.3])
+def test_increments_equal_the_direct_difference(activation, scale):
+    generator = torch.Generator().manual_seed(0)
+    z = 2 * torch.randn(7, 50, dtype=torch.float64, generator=generator)  # (W, R)
+    delta = scale * torch.randn(3, 7, 50, dtype=torch.float64, generator=generator)
+    increments = Increments(activation, z, activation(z))
+    direct = activation(z + delta) - activation(z)
+    floor = 2e-15  # the direct difference's own rounding: about eps |z + delta| |act'| with |z| up to ~8
+    assert (increments(delta) - direct).abs().max() <= floor
+    if scale <= 1e-4:  # small steps take the series (the direct difference is only a fallback)
+        assert increments.order(delta.abs().max().item()) is not None
+    # at some units of the rows 10..39, per entry or shared
+    units = torch.tensor([[0, 3], [6, 6], [1, 2]])
+    picked = activation(z[units, 10:40] + delta[:, :2, 10:40]) - activation(z[units, 10:40])
+    assert (increments(delta[:, :2, 10:40], units, slice(10, 40)) - picked).abs().max() <= floor
+    shared = activation(z[units[0], 10:40] + delta[:, :2, 10:40]) - activation(z[units[0], 10:40])
+    assert (increments(delta[:, :2, 10:40], units[0], slice(10, 40)) - shared).abs().max() <= floor
+    # summed with output weights
+    weights = torch.randn(7, dtype=torch.float64, generator=generator)
+    folded = Increments(activation, z, activation(z), weights)
+    assert (folded(delta)[:, 0] - (direct * weights[:, None]).sum(1)).abs().max() <= 10 * floor
+    assert (folded(delta[:, :2, 10:40], units, slice(10, 40))[:, 0]
+            - (picked * weights[units][:, :, None]).sum(1)).abs().max() <= 10 * floor
+
+
+def test_the_series_order_meets_its_remainder_bound():
+    z = torch.zeros(1, 1, dtype=torch.float64)
+    sin, tanh = Increments(torch.sin, z, z), Increments(torch.tanh, z, z)
+    eps = torch.finfo(torch.float64).eps
+    for delta in (1e-8, 1e-5, 1e-3):
+        order = sin.order(delta)
+        assert delta ** (order + 1) / math.factorial(order + 1) <= eps / 4
+        assert delta ** order / math.factorial(order) > eps / 4  # and no higher than needed
+        assert tanh.order(delta) >= order
+    # beyond MAX_ORDER terms the direct difference is used; relu has no series here
+    assert sin.order(0.1) is None and sin.order(0.0) == 0 and Increments(torch.relu, z, z).order(1e-8) is None
+
+
+@pytest.mark.parametrize("sizes", [(21, 32), (30, 20), (7, 13)])
+def test_tt_unit_responses_are_the_exact_changes_of_the_layer(sizes):
+    """Moving one core entry by 1 changes W x exactly by the responses (padded factorisations too)."""
+    n_in, n_out = sizes
+    layer = TTLinear(n_in, n_out, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(40, n_in, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    cores = [core.detach() for core in layer.core_list()]
+    for k in range(len(cores)):
+        entries = torch.arange(cores[k].numel())
+        units, values = tt_unit_responses(cores, k, x, n_out)(entries)
+        block = values(slice(5, 30))
+        assert block.shape == (len(entries), units.shape[1], 25)
+        for n in entries[torch.randperm(len(entries), generator=torch.Generator().manual_seed(k))[:8]].tolist():
+            moved = [core.clone() for core in cores]
+            moved[k].view(-1)[n] += 1.0
+            change = (tt_matvec(moved, x, n_out) - tt_matvec(cores, x, n_out))[5:30]
+            ours = torch.zeros(25, n_out, dtype=torch.float64).index_add_(1, units[n], block[n].T)
+            torch.testing.assert_close(ours, change, rtol=0, atol=1e-13)
+
+
+NONLINEAR = {
+    "name": "nonlinear2d",
+    "variables": {"space": {"name": "x", "dim": 2, "domain": [0, 1]}},
+    "equation": "lap(u) - gradsq(u) + u * d(u, x1) + u**3 = 1",
+    "conditions": {"walls": {"at": "boundary", "value": 0, "weight": 2.0}},
+}
+
+
+AFFINE, NONLINEAR_ANSATZ = "x1 * (1 - x1) * N + 1", "x1 * N + N**3 / 10"
+
+
+@pytest.mark.parametrize("backend, network, depth, activation, ansatz", [
+    ("fd", "mlp", 3, "tanh", None), ("fd", "tt", 2, "sin", AFFINE),
+    ("stein", "mlp", 3, "tanh", NONLINEAR_ANSATZ), ("stein", "tt", 2, "sin", None),
+    ("sparse-grid", "mlp", 3, "tanh", AFFINE), ("sparse-grid", "tt", 2, "sin", NONLINEAR_ANSATZ),
+])
+def test_layered_columns_of_a_nonlinear_residual_equal_black_box_queries(backend, network, depth, activation,
+                                                                         ansatz):
+    """gradsq, products of atoms, u^3, a boundary term; no ansatz, an affine one, a nonlinear one;
+    three hidden layers (changes through two later hidden layers) or the TT-MLP; every backend with
+    each network and each kind of ansatz."""
+    document = {**NONLINEAR, **({"ansatz": ansatz} if ansatz else {})}
+    problem = load_problem(document)
+    settings = resolve_settings(problem, {"dtype": "float64", "network": network, "width": 6, "depth": depth,
+                                          "activation": activation, "backend": backend, "samples": 8,
+                                          "fd_step": 1e-2})
+    components = build(problem, settings)
+    objective = components.objective
+    batch = sample_batch(problem, 5, 3, torch.Generator().manual_seed(0), torch.float64)
+    theta = objective.flatten() + 0.2 * torch.randn(objective.dim, dtype=torch.float64,
+                                                     generator=torch.Generator().manual_seed(1))
+    assert objective.layered
+    # Stein: to 1e-12. fd: to the black-box queries' own rounding, which its second differences
+    # amplify by 4 / h^2 (h = 1e-2), about 2e-16 x 4e4 per atom
+    floor = 1e-12 if backend != "fd" else 100 * 2.2e-16 * 4 / 1e-2**2
+    chosen = torch.cat([torch.arange(0, objective.dim, 4), torch.tensor([objective.dim - 1])])  # every tensor
+    steps = torch.eye(objective.dim, dtype=torch.float64)[chosen]
+    for mu in (1e-3, 1e-7):
+        layered = objective.coordinate_residuals(theta, batch, chosen, mu)
+        black_box = objective.residuals(theta + mu * steps, batch)
+        assert (layered - black_box).abs().max() <= floor * max(1.0, black_box.abs().max().item())
+        moved = (black_box - objective.residuals(theta[None], batch)).abs().amax(1)
+        assert moved.min() > 0 and moved.median() > 1e-2 * mu  # the columns move, far above the floor
+    losses = objective.coordinate_losses(theta, batch, chosen, 1e-3)
+    black_box = objective.losses(theta + 1e-3 * steps, batch)
+    assert (losses - black_box).abs().max() <= 10 * floor * max(1.0, black_box.abs().max().item())
