@@ -56,8 +56,12 @@ def _unit_vectors(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
     return torch.where(norm > 0, g / norm.clamp_min(1e-300), first)  # g = 0 has probability zero
 
 
-def _unit_ball_volume(dim: int) -> float:
-    return math.exp(dim / 2 * math.log(math.pi) - math.lgamma(dim / 2 + 1))
+def _ball_measure(dim: int, radius: float) -> float:
+    """pi^(d/2) / Gamma(d/2 + 1) r^d, in logarithms (inf when it overflows, 0 when it underflows)."""
+    try:
+        return math.exp(dim / 2 * math.log(math.pi) - math.lgamma(dim / 2 + 1) + dim * math.log(radius))
+    except OverflowError:
+        return math.inf
 
 
 def _choose(weights: list[float], n: int, generator: torch.Generator) -> torch.Tensor:
@@ -226,7 +230,7 @@ class Ball(Primitive):
 
     @property
     def measure(self):
-        return _unit_ball_volume(self.dim) * self.radius**self.dim
+        return _ball_measure(self.dim, self.radius)
 
     @property
     def bounds(self):
@@ -267,12 +271,12 @@ class Annulus(Primitive):
         self.center, self.inner, self.outer = tuple(map(float, center)), float(inner), float(outer)
         self.dim = len(self.center)
         self.ratio = self.inner / self.outer
-        self.boundary_measure = self.dim * _unit_ball_volume(self.dim) * (self.inner ** (self.dim - 1)
-                                                                          + self.outer ** (self.dim - 1))
+        self.boundary_measure = self.dim * _ball_measure(self.dim, self.outer) / self.outer * (
+            1 + self.ratio ** (self.dim - 1))
 
     @property
     def measure(self):
-        return _unit_ball_volume(self.dim) * self.outer**self.dim * (1 - self.ratio**self.dim)
+        return _ball_measure(self.dim, self.outer) * (1 - self.ratio**self.dim)
 
     @property
     def bounds(self):
@@ -304,7 +308,7 @@ class Annulus(Primitive):
         """The inner sphere with probability a^(d-1) / (a^(d-1) + b^(d-1)), its normal pointing to the centre."""
         directions = _unit_vectors(n, self.dim, generator)
         inner = _choose([1.0, self.ratio ** (self.dim - 1)], n, generator).bool().unsqueeze(1)
-        radii = torch.where(inner, self.inner, self.outer)
+        radii = torch.where(inner, torch.tensor(self.inner, dtype=torch.float64), self.outer)
         X = torch.tensor(self.center, dtype=torch.float64) + radii * directions
         return X.to(dtype), torch.where(inner, -directions, directions).to(dtype)
 
@@ -715,13 +719,13 @@ def _interval(value: Any, key: str) -> tuple[float, float]:
 def _box_from_pairs(value: list, dim: int, key: str) -> Box:
     if len(value) == 2 and not isinstance(value[0], list):
         low, high = _interval(value, key)
-        return Box([low] * dim, [high] * dim)
+        return _finite(Box([low] * dim, [high] * dim), key)
     if not all(isinstance(pair, list) for pair in value):
         raise DomainError(key, f"expected [low, high] or a list of {dim} [low, high] pairs; found {_kind(value)}")
     if len(value) != dim:
         raise DomainError(key, f"expected {dim} [low, high] pairs (dim is {dim}); found {len(value)}")
     pairs = [_interval(pair, f"{key}[{i}]") for i, pair in enumerate(value)]
-    return Box([p[0] for p in pairs], [p[1] for p in pairs])
+    return _finite(Box([p[0] for p in pairs], [p[1] for p in pairs]), key)
 
 
 @SHAPES.register("box")
@@ -732,7 +736,14 @@ def _box(value, dim, key):
         if not low < high:
             raise DomainError(key, f"expected lows < highs in every coordinate (a box of positive measure); "
                                    f"found [{low:g}, {high:g}] in coordinate {i + 1}")
-    return Box(lows, highs)
+    return _finite(Box(lows, highs), key)
+
+
+def _finite(shape: Primitive, key: str) -> Primitive:
+    """The shape, when its bounding box has a finite diameter."""
+    if not math.isfinite(shape.diameter):
+        raise DomainError(key, "the domain is too large: its bounding box has no finite diameter")
+    return shape
 
 
 def _radius(value, key, what="radius") -> float:
@@ -745,7 +756,7 @@ def _radius(value, key, what="radius") -> float:
 @SHAPES.register("ball")
 def _ball(value, dim, key):
     spec = _fields(value, key, ("center", "radius"))
-    return Ball(_point(spec["center"], dim, f"{key}.center"), _radius(spec["radius"], f"{key}.radius"))
+    return _finite(Ball(_point(spec["center"], dim, f"{key}.center"), _radius(spec["radius"], f"{key}.radius")), key)
 
 
 @SHAPES.register("disk")
@@ -768,7 +779,7 @@ def _annulus(value, dim, key):
     if not inner < outer:
         raise DomainError(key, f"expected inner < outer (a domain of positive measure); found inner {inner:g}, "
                                f"outer {outer:g}")
-    return Annulus(center, inner, outer)
+    return _finite(Annulus(center, inner, outer), key)
 
 
 @SHAPES.register("polygon")
@@ -781,14 +792,23 @@ def _polygon(value, dim, key):
         raise DomainError(f"{key}.vertices", f"expected a list of 3 to {MAX_VERTICES} [x, y] points; "
                                              f"found {_kind(vertices)}")
     points = [_point(v, 2, f"{key}.vertices[{i}]") for i, v in enumerate(vertices)]
+    xs, ys = zip(*points)
+    scale = max(max(xs) - min(xs), max(ys) - min(ys))
+    if not math.isfinite(scale * scale):
+        raise DomainError(key, "the domain is too large: its bounding box has no finite diameter")
+    far = max(points, key=lambda p: math.dist(p, points[0]))
+    if max(abs(_cross(points[0], far, p)) for p in points) <= 1e-12 * scale**2:
+        raise DomainError(f"{key}.vertices", "the polygon has zero area: its vertices are collinear (a domain "
+                                             "needs positive measure)")
     defect = simplicity_defect(points)
     if defect:
         raise DomainError(f"{key}.vertices", f"expected a simple polygon (no self-intersection); {defect}")
-    xs, ys = zip(*points)
-    scale = max(max(xs) - min(xs), max(ys) - min(ys))
     if abs(signed_area(points)) <= 1e-12 * scale**2:
-        raise DomainError(f"{key}.vertices", "the polygon has zero area (its vertices are collinear)")
-    return Polygon(points)
+        raise DomainError(f"{key}.vertices", "the polygon has zero area (a domain needs positive measure)")
+    try:
+        return _finite(Polygon(points), key)
+    except ValueError:  # no ear: only rounding in a nearly degenerate polygon gets here
+        raise DomainError(f"{key}.vertices", "expected a simple polygon; it cannot be triangulated") from None
 
 
 def _composite(build: Callable[[], Composite], key: str, what: str) -> Composite:
