@@ -28,7 +28,7 @@ from pinnzo.registry import Registry
 TOLERANCE = 1e-9  # "on the boundary", relative to the bounding box's diameter
 PROBE = 1e-7  # step along the normal that tells the inside of a composite's boundary from its outside
 MAX_ROUNDS = 32  # rejection rounds of one composite sample
-ESTIMATE_POINTS = 1 << 16  # candidates that estimate a composite's acceptance fraction at construction
+ESTIMATE_POINTS = 1 << 14  # candidates that estimate a composite's acceptance fraction at construction
 MEASURE_POINTS = 1 << 20  # candidates of the Monte-Carlo estimate of a composite's measure
 MIN_FRACTION = 0.01  # a composite keeping less of the primitives it is sampled from is refused (measure ~zero)
 MAX_VERTICES = 256  # of one polygon (ear clipping is quadratic to cubic in them)
@@ -683,7 +683,7 @@ def _number(value: Any, key: str) -> float:
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise DomainError(key, f"expected a finite number; found {_kind(value)}")
+        raise DomainError(key, f"expected a finite number; found {repr(value)[:60]}")
     return number
 
 
