@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pinnzo import runs  # noqa: E402
+from pinnzo.domains import Box  # noqa: E402
 from pinnzo.errors import PinnzoError  # noqa: E402
 from pinnzo.pinn import Run, load_run  # noqa: E402
 
@@ -63,8 +64,6 @@ def _inside(run: Run, X: torch.Tensor) -> np.ndarray:
     Lines and slices run over the domain's bounding box; the figures mask the
     points outside the domain (and on its boundary) and their CSVs leave them out.
     """
-    from pinnzo.domains import Box
-
     if isinstance(run.problem.domain, Box):  # the bounding box itself, faces included
         return np.ones(len(X), dtype=bool)
     # the open domain: a grid line along a removed part's edge (on no side of the domain) stays blank
@@ -251,10 +250,13 @@ def error_slice(run: Run, out: Path, fmt: str, spec: SliceSpec) -> Path:
     figure, axes = plt.subplots(1, 3, figsize=(13.5, 4.3), constrained_layout=True)
     low, high = min(np.nanmin(predicted), np.nanmin(exact)), max(np.nanmax(predicted), np.nanmax(exact))
     extent = (a[0], a[-1], b[0], b[-1])
+    # a shaped domain keeps its shape (a disk stays round); a box fills the panel
+    spatial = i in run.problem.spatial and j in run.problem.spatial
+    aspect = "equal" if spatial and not isinstance(run.problem.domain, Box) else "auto"
     for axis, values, name, cmap, limits in ((axes[0], predicted, "predicted u", "viridis", (low, high)),
                                              (axes[1], exact, "exact u", "viridis", (low, high)),
                                              (axes[2], error, "|u_pred - u_exact|", "magma", (0, np.nanmax(error)))):
-        image = axis.imshow(values.reshape(shape), origin="lower", extent=extent, aspect="auto", cmap=cmap,
+        image = axis.imshow(values.reshape(shape), origin="lower", extent=extent, aspect=aspect, cmap=cmap,
                             vmin=limits[0], vmax=limits[1] if limits[1] > limits[0] else limits[0] + 1e-12)
         figure.colorbar(image, ax=axis, shrink=0.9)
         axis.set_title(name, fontsize=10)
