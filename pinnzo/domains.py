@@ -516,7 +516,9 @@ class Composite(Shape):
         if self.interior_fraction < MIN_FRACTION:
             raise ValueError("measure zero")
         accepted = self._propose_boundary(ESTIMATE_POINTS, generator)[2]
-        self.boundary_fraction = max(accepted.double().mean().item(), MIN_FRACTION)
+        self.boundary_fraction = accepted.double().mean().item()
+        if self.boundary_fraction < MIN_FRACTION:
+            raise ValueError("boundary")
 
     @property
     def bounds(self):
@@ -814,16 +816,19 @@ def _polygon(value, dim, key):
 def _composite(build: Callable[[], Composite], key: str, what: str) -> Composite:
     try:
         return build()
-    except ValueError:
-        raise DomainError(key, f"the {what} has measure zero or nearly (it keeps less than "
-                               f"{MIN_FRACTION:.0%} of the shapes it is sampled from); a domain needs positive measure") from None
+    except ValueError as error:
+        if str(error) == "boundary":
+            raise DomainError(key, f"less than {MIN_FRACTION:.0%} of its shapes' boundaries is the {what}'s "
+                                   f"boundary; too little to sample it (merge the overlapping shapes)") from None
+        raise DomainError(key, f"the {what} has measure zero or nearly: it keeps less than {MIN_FRACTION:.0%} of "
+                               f"the shapes it is sampled from (a domain needs positive measure)") from None
 
 
 @SHAPES.register("difference")
 def _difference(value, dim, key):
     spec = _fields(value, key, ("of", "minus"))
     kept, removed = parse_domain(spec["of"], dim, f"{key}.of"), parse_domain(spec["minus"], dim, f"{key}.minus")
-    return _composite(lambda: Difference(kept, removed), key, "difference (it removes everything)")
+    return _composite(lambda: Difference(kept, removed), key, "difference")
 
 
 @SHAPES.register("union")
