@@ -177,9 +177,8 @@ class Problem:
         A box draws space and time in one call, as it always did (the same points
         for the same seed); other domains draw space (pinnzo.domains), then time.
         """
-        lows = torch.tensor(self.lows, dtype=dtype)
-        highs = torch.tensor(self.highs, dtype=dtype)
         if isinstance(self.domain, Box):
+            lows, highs = torch.tensor(self.lows, dtype=dtype), torch.tensor(self.highs, dtype=dtype)
             X = lows + (highs - lows) * torch.rand(n, self.dim, generator=generator, dtype=dtype)
             return X.to(device)
         return self._with_time(self.domain.sample(n, generator, dtype), generator).to(device)
