@@ -455,6 +455,7 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
     box = ", ".join(box if len(box) <= 4 else [box[0], "...", box[-1]])
     typer.echo(f"problem       {loaded.name}: {loaded.description}\n"
                f"inputs        {loaded.dim}: {box}\n"
+               f"domain        {_domain_summary(loaded.domain)}\n"
                f"residual      {_short(loaded.residual)} = 0\n"
                f"atoms         {', '.join(sorted(_atom_name(a, loaded) for a in loaded.atoms))}\n"
                f"source        {'manufactured from the exact solution' if loaded.manufactured else 'as written'}\n"
@@ -465,6 +466,16 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
                    f"weight {condition.weight:g}, value {_short(condition.value)}")
     if worst is not None:
         typer.echo(f"exact check   max |residual| of the exact solution at 256 points: {worst:.2e}")
+
+
+def _domain_summary(domain) -> str:
+    """Shape, measure (exact, or a Monte-Carlo estimate with its standard error) and bounding box."""
+    measure = (f"{domain.measure:.6g}" if domain.measure_is_exact
+               else f"{domain.measure:.5g} +- {domain.measure_error:.1g} (Monte Carlo estimate)")
+    lows, highs = domain.bounds
+    box = " x ".join(f"[{lo:g}, {hi:g}]" for lo, hi in zip(lows, highs))
+    box = box if domain.dim <= 4 else f"[{lows[0]:g}, {highs[0]:g}] x ... ({domain.dim} coordinates)"
+    return f"{_short(domain.describe(), 120)}; measure {measure}; bounding box {box}"
 
 
 def _short(expression, limit: int = 90) -> str:

@@ -37,8 +37,9 @@ SCALAR_FUNCTIONS: dict[str, Callable] = {
     "sqrt": sympy.sqrt, "tanh": sympy.tanh, "sinh": sympy.sinh, "cosh": sympy.cosh,
     "asin": sympy.asin, "acos": sympy.acos, "atan": sympy.atan, "abs": sympy.Abs,
     "sign": sympy.sign, "erf": sympy.erf, "erfc": sympy.erfc,
-    "max": sympy.Max, "min": sympy.Min,
+    "max": sympy.Max, "min": sympy.Min, "atan2": sympy.atan2,
 }
+BINARY_FUNCTIONS = ("max", "min", "atan2")  # the functions of two arguments; atan2(y, x) as in C
 CONSTANTS = {"pi": sympy.pi, "e": sympy.E}
 VECTOR_REDUCTIONS = ("sum", "prod", "mean", "norm1", "norm2", "norm2sq")
 
@@ -171,7 +172,7 @@ class _Builder:
             known = sorted(SCALAR_FUNCTIONS) + list(VECTOR_REDUCTIONS) + list(self.scope.calls)
             raise ExpressionError(f"unknown function {name!r}; must be one of {', '.join(known)}")
         function = SCALAR_FUNCTIONS[name]
-        arity = 2 if name in ("max", "min") else 1
+        arity = 2 if name in BINARY_FUNCTIONS else 1
         if len(node.args) != arity:
             raise ExpressionError(f"{name}() takes {arity} argument(s); found {len(node.args)}")
         return function(*[self.build(a, depth) for a in node.args])
@@ -283,6 +284,9 @@ def _compile(expr: sympy.Basic, names: Mapping[sympy.Symbol, str]):
     if isinstance(expr, (sympy.Max, sympy.Min)):
         combine = torch.maximum if isinstance(expr, sympy.Max) else torch.minimum
         return lambda v: _fold(args, v, lambda a, b: combine(_tensor(a, v), _tensor(b, v)))
+    if isinstance(expr, sympy.atan2):
+        y, x = args
+        return lambda v: torch.atan2(_tensor(y(v), v), _tensor(x(v), v))
     function = _TORCH_FUNCTIONS.get(type(expr))
     if function is None:
         raise ExpressionError(f"cannot compile {type(expr).__name__} to torch")

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pinnzo import runs  # noqa: E402
+from pinnzo.domains import Box  # noqa: E402
 from pinnzo.errors import PinnzoError  # noqa: E402
 from pinnzo.fileio import make_folder  # noqa: E402
 from pinnzo.pinn import Run, load_run  # noqa: E402
@@ -56,6 +57,22 @@ def _prediction(run: Run, X: torch.Tensor) -> np.ndarray:
 
 def _exact(run: Run, X: torch.Tensor) -> np.ndarray:
     return run.problem.exact_solution(X.double()).numpy()
+
+
+def _inside(run: Run, X: torch.Tensor) -> np.ndarray:
+    """(n,) bool: the points whose spatial part lies in the problem's domain (a box: all of them).
+
+    Lines and slices run over the domain's bounding box; the figures mask the
+    points outside the domain (and on its boundary) and their CSVs leave them out.
+    """
+    if isinstance(run.problem.domain, Box):  # the bounding box itself, faces included
+        return np.ones(len(X), dtype=bool)
+    # the open domain: a grid line along a removed part's edge (on no side of the domain) stays blank
+    return (run.problem.domain.sdf(X[:, list(run.problem.spatial)]) < 0).numpy()
+
+
+def _masked(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    return np.where(inside, values, np.nan)
 
 
 # ------------------------------------------------------------ training curves
@@ -97,9 +114,10 @@ def _queries_at(metrics: list[dict], step: int) -> float:
 def line_points(run: Run, points: int = 201) -> list[tuple[str, float | None, torch.Tensor, np.ndarray]]:
     """(line name, time, X (points, D), parameter s in [0, 1]) for the lines drawn.
 
-    Lines run through the box's centre: the main diagonal from the low corner to
-    the high corner, and the axes of the first and last spatial coordinates; for
-    time-dependent problems each at t = t0, the mid time and T.
+    Lines run through the centre of the domain's bounding box: the main diagonal
+    from the low corner to the high corner, and the axes of the first and last
+    spatial coordinates; for time-dependent problems each at t = t0, the mid time
+    and T. The figure masks their parts outside the domain.
     """
     problem = run.problem
     lows, highs = np.array(problem.lows), np.array(problem.highs)
@@ -135,7 +153,8 @@ def error_lines(run: Run, out: Path, fmt: str) -> Path:
     for column, name in enumerate(names):
         top, bottom = axes[0, column], axes[1, column]
         for k, (line, t, X, s) in enumerate([entry for entry in lines if entry[0] == name]):
-            predicted, exact = _prediction(run, X), _exact(run, X)
+            inside = _inside(run, X)
+            predicted, exact = _masked(_prediction(run, X), inside), _masked(_exact(run, X), inside)
             error = np.abs(predicted - exact)
             color = TIME_COLORS[k % len(TIME_COLORS)]
             label = f"{time_name} = {t:g}" if t is not None else None
@@ -143,7 +162,7 @@ def error_lines(run: Run, out: Path, fmt: str) -> Path:
                      label="exact" if t is None else None)
             top.plot(s, predicted, color=color, linestyle="--", label="predicted" if t is None else label)
             bottom.semilogy(s, np.maximum(error, 1e-16), color=color, label=label)
-            for j in range(len(s)):
+            for j in np.flatnonzero(inside):
                 rows.append({"line": name, "time": "" if t is None else t, "s": s[j],
                              **{c: X[j, i].item() for i, c in enumerate(run.problem.columns)},
                              "predicted": predicted[j], "exact": exact[j], "abs_error": error[j]})
@@ -220,20 +239,25 @@ def slice_points(run: Run, spec: SliceSpec, resolution: int = 81) -> tuple[torch
 
 
 def error_slice(run: Run, out: Path, fmt: str, spec: SliceSpec) -> Path:
-    """Heatmaps of predicted, exact and |error| over two coordinates, the others fixed."""
+    """Heatmaps of predicted, exact and |error| over two coordinates, the others fixed
+    (blank outside the domain)."""
     X, a, b = slice_points(run, spec)
-    predicted, exact = _prediction(run, X), _exact(run, X)
+    inside = _inside(run, X)
+    predicted, exact = _masked(_prediction(run, X), inside), _masked(_exact(run, X), inside)
     error = np.abs(predicted - exact)
     shape = (len(b), len(a))
     columns = run.problem.columns
     i, j = spec.axes
     figure, axes = plt.subplots(1, 3, figsize=(13.5, 4.3), constrained_layout=True)
-    low, high = min(predicted.min(), exact.min()), max(predicted.max(), exact.max())
+    low, high = min(np.nanmin(predicted), np.nanmin(exact)), max(np.nanmax(predicted), np.nanmax(exact))
     extent = (a[0], a[-1], b[0], b[-1])
+    # a shaped domain keeps its shape (a disk stays round); a box fills the panel
+    spatial = i in run.problem.spatial and j in run.problem.spatial
+    aspect = "equal" if spatial and not isinstance(run.problem.domain, Box) else "auto"
     for axis, values, name, cmap, limits in ((axes[0], predicted, "predicted u", "viridis", (low, high)),
                                              (axes[1], exact, "exact u", "viridis", (low, high)),
-                                             (axes[2], error, "|u_pred - u_exact|", "magma", (0, error.max()))):
-        image = axis.imshow(values.reshape(shape), origin="lower", extent=extent, aspect="auto", cmap=cmap,
+                                             (axes[2], error, "|u_pred - u_exact|", "magma", (0, np.nanmax(error)))):
+        image = axis.imshow(values.reshape(shape), origin="lower", extent=extent, aspect=aspect, cmap=cmap,
                             vmin=limits[0], vmax=limits[1] if limits[1] > limits[0] else limits[0] + 1e-12)
         figure.colorbar(image, ax=axis, shrink=0.9)
         axis.set_title(name, fontsize=10)
@@ -245,7 +269,7 @@ def error_slice(run: Run, out: Path, fmt: str, spec: SliceSpec) -> Path:
         fixed_text += f", ... ({len(others)} fixed; centre unless --at)"
     figure.suptitle(_title(run, f"slice over ({columns[i]}, {columns[j]}) at {fixed_text}"), fontsize=10)
     rows = [{columns[i]: X[k, i].item(), columns[j]: X[k, j].item(), "predicted": predicted[k],
-             "exact": exact[k], "abs_error": error[k]} for k in range(len(X))]
+             "exact": exact[k], "abs_error": error[k]} for k in np.flatnonzero(inside)]
     return _save(figure, out / "slice", fmt, rows)
 
 

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from pinnzo import atoms as A
+from pinnzo.domains import Box, DomainError, Shape, parse_domain
 from pinnzo.errors import PinnzoError, one_line
 from pinnzo.expr import SCALAR_FUNCTIONS, CONSTANTS, VECTOR_REDUCTIONS, ExpressionError, Scope, compile_torch, parse
 from pinnzo.settings import Settings
@@ -44,7 +45,7 @@ class ProblemError(PinnzoError):
 class Condition:
     """A soft penalty term: weight * mean((B[u] - value)^2) on a set of points.
 
-    on: "initial" (t = t0), "terminal" (t = T) or "boundary" (faces of the box).
+    on: "initial" (t = t0), "terminal" (t = T) or "boundary" (of the spatial domain).
     kind: "dirichlet" (B[u] = u) or "neumann" (B[u] = du/dn, outward normal).
     """
 
@@ -58,7 +59,10 @@ class Condition:
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """A PDE on a box (x in prod [lo_i, hi_i], optionally t in [t0, T]).
+    """A PDE on a spatial domain (a box, ball, polygon, ...; ``domain``), optionally times t in [t0, T].
+
+    ``lows`` and ``highs`` bound the inputs: the domain's bounding box, then the
+    time interval (for a box domain, the box itself).
 
     Inputs are batches X of shape (B, D) whose columns are the spatial
     coordinates, then time (``columns``). ``residual`` is the equation in the
@@ -86,6 +90,12 @@ class Problem:
     _exact_fn: Callable | None = field(repr=False)
     _ansatz_fn: Callable | None = field(repr=False)
     _ansatz_affine: tuple[Callable, Callable] | None = field(repr=False, default=None)
+    domain: Shape | None = None  # the spatial domain; None: the box lows x highs
+
+    def __post_init__(self):
+        if self.domain is None:
+            spatial = list(self.spatial)
+            object.__setattr__(self, "domain", Box([self.lows[i] for i in spatial], [self.highs[i] for i in spatial]))
 
     @property
     def dim(self) -> int:
@@ -154,30 +164,44 @@ class Problem:
     # ---- sampling -----------------------------------------------------------
 
     def sample_interior(self, n: int, generator: torch.Generator, dtype=torch.float32, device="cpu") -> torch.Tensor:
-        """n uniform points in the box x time interval: (n, D)."""
-        lows = torch.tensor(self.lows, dtype=dtype)
-        highs = torch.tensor(self.highs, dtype=dtype)
-        X = lows + (highs - lows) * torch.rand(n, self.dim, generator=generator, dtype=dtype)
-        return X.to(device)
+        """n uniform points in the domain x time interval: (n, D).
+
+        A box draws space and time in one call, as it always did (the same points
+        for the same seed); other domains draw space (pinnzo.domains), then time.
+        """
+        if isinstance(self.domain, Box):
+            lows, highs = torch.tensor(self.lows, dtype=dtype), torch.tensor(self.highs, dtype=dtype)
+            X = lows + (highs - lows) * torch.rand(n, self.dim, generator=generator, dtype=dtype)
+            return X.to(device)
+        return self._with_time(self.domain.sample(n, generator, dtype), generator).to(device)
+
+    def _with_time(self, space: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Spatial points (n, d), then a uniform time column when the problem has time: (n, D)."""
+        if self.time_index is None:
+            return space
+        t0, t1 = self.lows[self.time_index], self.highs[self.time_index]
+        t = t0 + (t1 - t0) * torch.rand(len(space), 1, generator=generator, dtype=space.dtype)
+        return torch.cat([space, t], dim=1)
 
     def sample_condition(self, condition: Condition, n: int, generator: torch.Generator,
                          dtype=torch.float32, device="cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """n uniform points of the condition's set: X (n, D), outward normals (n, d) or None."""
-        X = self.sample_interior(n, generator, dtype)
-        normals = None
+        """n uniform points of the condition's set: X (n, D), outward unit normals (n, d) or None.
+
+        The boundary is the spatial domain's boundary (uniform in its surface
+        measure) times the time interval; a box places interior points on faces
+        chosen by measure (for a cube, one randint call, as it always did).
+        """
         if condition.on in ("initial", "terminal"):
+            X = self.sample_interior(n, generator, dtype)
             X[:, self.time_index] = self.lows[self.time_index] if condition.on == "initial" else self.highs[self.time_index]
-        else:
-            d = len(self.spatial)
-            face = torch.randint(0, 2 * d, (n,), generator=generator)
-            axis, upper = face // 2, (face % 2).bool()
-            columns = torch.tensor(self.spatial)[axis]
-            lows, highs = torch.tensor(self.lows, dtype=dtype), torch.tensor(self.highs, dtype=dtype)
-            X[torch.arange(n), columns] = torch.where(upper, highs[columns], lows[columns])
-            normals = torch.zeros(n, d, dtype=dtype)
-            normals[torch.arange(n), axis] = torch.where(upper, 1.0, -1.0).to(dtype)
-            normals = normals.to(device)
-        return X.to(device), normals
+            return X.to(device), None
+        if isinstance(self.domain, Box):
+            X = self.sample_interior(n, generator, dtype)
+            axis, upper = self.domain.faces(n, generator)
+            normals = self.domain.place_on_faces(X, torch.tensor(self.spatial)[axis], axis, upper)
+            return X.to(device), normals.to(device)
+        points, normals = self.domain.sample_boundary(n, generator, dtype)
+        return self._with_time(points, generator).to(device), normals.to(device)
 
 
 # ------------------------------------------------------------------ loading
@@ -321,7 +345,8 @@ class _Space:
     columns: list[str]
     dim: int
     time_index: int | None
-    boxes: list[tuple[float, float]]
+    boxes: list[tuple[float, float]]  # the bounding box of the domain, then the time interval
+    domain: Shape
     symbols: dict[str, sympy.Symbol]
     scope: Scope
     names: dict[sympy.Symbol, str]
@@ -431,7 +456,7 @@ class _Loader:
             lows=tuple(b[0] for b in space.boxes), highs=tuple(b[1] for b in space.boxes),
             residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
             ansatz=ansatz, manufactured=manufactured, solve=solve, _residual_fn=residual_fn,
-            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine)
+            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine, domain=space.domain)
         self.check_finite(problem)
         return problem
 
@@ -446,7 +471,11 @@ class _Loader:
             self.fail("variables.space.dim", f"expected an integer >= 1; found {_show(dim)}")
         if dim > MAX_DIM:
             self.fail("variables.space.dim", f"expected an integer <= {MAX_DIM}; found {_show(dim)}")
-        boxes = self.box(space["domain"], dim)
+        try:
+            domain = parse_domain(space["domain"], dim, "variables.space.domain")
+        except DomainError as error:
+            self.fail(error.key, error.message)
+        boxes = list(zip(*domain.bounds))
         coordinates = [space_name] if dim == 1 else [f"{space_name}{i + 1}" for i in range(dim)]
         columns = list(coordinates)
         time_index = None
@@ -463,7 +492,7 @@ class _Loader:
         base = {**symbols, **{k: sympy.Float(v) if not float(v).is_integer() else sympy.Integer(int(v))
                               for k, v in parameters.items()}}
         scope = Scope(base, space_name, tuple(symbols[c] for c in coordinates))
-        return _Space(columns, dim, time_index, boxes, symbols, scope, {symbols[c]: c for c in columns})
+        return _Space(columns, dim, time_index, boxes, domain, symbols, scope, {symbols[c]: c for c in columns})
 
     def ansatz(self, doc: dict, space: "_Space") -> sympy.Expr | None:
         if "ansatz" not in doc:
@@ -538,16 +567,6 @@ class _Loader:
                 point += ", ..." if problem.dim > 4 else ""
                 self.fail(key, f"is {float(values[bad[0, 0]])} at ({point}); it must be a finite real "
                                f"number everywhere on the domain")
-
-    def box(self, domain: Any, dim: int) -> list[tuple[float, float]]:
-        key = "variables.space.domain"
-        if isinstance(domain, list) and len(domain) == 2 and not isinstance(domain[0], list):
-            return [self.interval(domain, key)] * dim
-        if not isinstance(domain, list) or not all(isinstance(d, list) for d in domain):
-            self.fail(key, f"expected [low, high] or a list of {dim} [low, high] pairs; found {_kind(domain)}")
-        if len(domain) != dim:
-            self.fail(key, f"expected {dim} [low, high] pairs (dim is {dim}); found {len(domain)}")
-        return [self.interval(d, f"{key}[{i}]") for i, d in enumerate(domain)]
 
     def parameters(self, value: Any, taken: set[str]) -> dict[str, float]:
         if not isinstance(value, dict):

@@ -13,6 +13,7 @@ from pinnzo.atoms import GRADIENT_SQUARED, LAPLACIAN, VALUE, Atom, d1, d2
 from pinnzo.derivatives import (BACKENDS, Autodiff, FiniteDifference, MonteCarloStein, SparseGridStein,
                                 make_backend)
 from pinnzo.derivatives.reference import paper_sparse_grid
+from pinnzo.domains import Box
 from pinnzo.errors import PinnzoError
 from pinnzo.problem import load_problem
 from pinnzo.quadrature import get_rule
@@ -225,7 +226,15 @@ SHIPPED = sorted((REPO / "problems").glob("*.yaml"))
 
 
 def _inner_points(problem, n, margin, dtype=torch.float64):
-    """Points at least ``margin`` inside the box, so every stencil stays in the domain."""
+    """Points at least ``margin`` inside the domain, so every stencil stays in it."""
+    if not isinstance(problem.domain, Box):  # keep the points at least margin from the boundary (and the ends of time)
+        X = problem.sample_interior(50 * n, torch.Generator().manual_seed(0), dtype)
+        keep = problem.domain.sdf(X[:, list(problem.spatial)]) <= -margin
+        if problem.time_index is not None:
+            t, t0, t1 = X[:, problem.time_index], problem.lows[-1], problem.highs[-1]
+            keep &= (t >= t0 + margin) & (t <= t1 - margin)
+        assert keep.sum() >= n
+        return X[keep][:n]
     X = problem.sample_interior(n, torch.Generator().manual_seed(0), dtype)
     lows, highs = torch.tensor(problem.lows, dtype=dtype), torch.tensor(problem.highs, dtype=dtype)
     return lows + margin + (X - lows) / (highs - lows) * (highs - lows - 2 * margin)

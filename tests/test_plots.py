@@ -184,3 +184,19 @@ def test_compare_two_runs_and_refuse_different_problems(runs, tmp_path):
     assert _png_size(out / "compare-curves.png") == (round(11.0 * DPI), round(4.2 * DPI))
     refused = run_cli(["compare", str(runs["2d"]), str(runs["21d"]), "--out", str(tmp_path / "x")])
     assert refused.exit_code == 2 and "cannot compare runs of different problems (hjb20, poisson2d)" in refused.output
+
+
+def test_figures_of_an_l_shape_leave_the_removed_quadrant_out(tmp_path):
+    problem = load_problem(REPO / "problems" / "poisson-lshape.yaml")
+    changes = {"steps": 2, "width": 8, "eval_points": 200, "batch": 32, "condition_batch": 16}
+    solve(problem, resolve_settings(problem, changes), out=tmp_path / "run", quiet=True)
+    result = run_cli(["plot", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    for figure in ("lines", "slice", "histogram"):
+        rows = _csv(tmp_path / "run" / "plots" / f"{figure}.csv")
+        x1, x2 = np.array([row["x1"] for row in rows]), np.array([row["x2"] for row in rows])
+        assert not ((x1 >= 0) & (x2 <= 0)).any(), f"{figure}: points of the removed quadrant or its edges"
+        assert np.isfinite([row["abs_error"] for row in rows]).all()
+    slice_rows = _csv(tmp_path / "run" / "plots" / "slice.csv")
+    # the 81 x 81 grid over [-1, 1]^2 strictly inside the L: 79^2 inside the square, less 40^2 with x1 >= 0, x2 <= 0
+    assert len(slice_rows) == 79 * 79 - 40 * 40

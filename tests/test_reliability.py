@@ -51,6 +51,13 @@ def _alias_depth() -> str:
     return BASE + "parameters:\n" + "\n".join(lines) + "\n"
 
 
+def _domain(domain: str, dim: int = 2, time: bool = True) -> str:
+    """A problem on the given spatial domain (YAML flow text)."""
+    text = f"variables:\n  space: {{name: x, dim: {dim}, domain: {domain}}}\n"
+    text += "  time: {name: t, domain: [0, 1]}\nequation: d(u, t) - lap(u)\n" if time else "equation: lap(u)\n"
+    return text
+
+
 PROBLEM_CASES = [
     # 2. YAML bombs and depth: refused before anything is built, one short line
     ("alias-bomb", _alias_bomb(), "expands to more than 100,000 values"),
@@ -121,6 +128,41 @@ PROBLEM_CASES = [
     ("rule-level", BASE + "solve: {backend: sparse-grid, level: 25}\n", "solve.level: quadrature level must be"),
     ("setting-is-a-list", BASE + "solve: {steps: [1, 2]}\n", "solve.steps: expected a number or a string"),
     ("huge-dim", BASE.replace("dim: 2", "dim: 100000000000"), "variables.space.dim: expected an integer <= 1000"),
+    # domains beyond boxes: not simple, measure zero, wrong dimension, unknown shape, conditions without sense
+    ("polygon-not-simple", _domain("{polygon: {vertices: [[0, 0], [3, 2], [3, 0], [0, 1]]}}"),
+     "variables.space.domain.polygon.vertices: expected a simple polygon (no self-intersection); edges 0 and 2"),
+    ("polygon-repeated-vertex", _domain("{polygon: {vertices: [[0, 0], [1, 0], [1, 1], [1, 0], [0, 1]]}}"),
+     "polygon.vertices: expected a simple polygon (no self-intersection); vertices 1 and 3 coincide"),
+    ("polygon-collinear", _domain("{polygon: {vertices: [[0, 0], [1, 1], [2, 2]]}}"),
+     "variables.space.domain.polygon.vertices: the polygon has zero area"),
+    ("polygon-dim-3", _domain("{polygon: {vertices: [[0, 0], [1, 0], [0, 1]]}}", dim=3),
+     "variables.space.domain.polygon: a polygon is 2-D but dim is 3"),
+    ("disk-dim-3", _domain("{disk: {center: [0, 0, 0], radius: 1}}", dim=3),
+     "variables.space.domain.disk: a disk is 2-D but dim is 3; use ball"),
+    ("disk-radius-0", _domain("{disk: {center: [0, 0], radius: 0}}"),
+     "variables.space.domain.disk.radius: expected a radius > 0 (a domain of positive measure); found 0"),
+    ("ball-center-short", _domain("{ball: {center: [0], radius: 1}}"),
+     "variables.space.domain.ball.center: expected a point of 2 numbers (dim is 2)"),
+    ("annulus-inner-outer", _domain("{annulus: {center: [0, 0], inner: 1, outer: 0.5}}"),
+     "variables.space.domain.annulus: expected inner < outer"),
+    ("box-lo-equals-hi", _domain("{box: {lows: [0, 1], highs: [1, 1]}}"),
+     "variables.space.domain.box: expected lows < highs in every coordinate"),
+    ("pairs-lo-equals-hi", _domain("[[0, 1], [2, 2]]"), "variables.space.domain[1]: expected low < high"),
+    ("difference-removes-all", _domain("{difference: {of: {disk: {center: [0, 0], radius: 1}}, minus: [-2, 2]}}"),
+     "variables.space.domain.difference: the difference has measure zero"),
+    ("unknown-shape", _domain("{circle: {center: [0, 0], radius: 1}}"),
+     "variables.space.domain: unknown domain shape 'circle'; must be one of box, ball, disk, annulus, polygon"),
+    ("shape-unknown-key", _domain("{disk: {centre: [0, 0], radius: 1}}"),
+     "variables.space.domain.disk.centre: unknown key; allowed keys: center, radius"),
+    ("union-not-a-list", _domain("{union: {disk: {center: [0, 0], radius: 1}}}"),
+     "variables.space.domain.union: expected a list of 1 to 64 shapes"),
+    ("initial-without-time", _domain("{disk: {center: [0, 0], radius: 1}}", time=False)
+     + "conditions:\n  c: {at: initial, value: 0}\n", "conditions.c.at: an initial condition needs a time variable"),
+    ("terminal-without-time", _domain("{disk: {center: [0, 0], radius: 1}}", time=False)
+     + "conditions:\n  c: {at: terminal, value: 0}\n", "conditions.c.at: an terminal condition needs a time"),
+    ("neumann-at-initial", _domain("{disk: {center: [0, 0], radius: 1}}")
+     + "conditions:\n  c: {at: initial, type: neumann, value: 0}\n",
+     "conditions.c.type: neumann conditions apply on the boundary only"),
     # keys with newlines: escaped, one line
     ("newline-top-key", BASE + '"a\\nb": 1\n', "'a\\nb': unknown key"),
     ("newline-parameter", BASE + 'parameters: {"a\\nb": 1}\n', "parameters.'a\\nb': expected a plain identifier"),
