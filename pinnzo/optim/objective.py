@@ -5,6 +5,12 @@ losses of a step are one ``losses(thetas, batch)`` call, evaluated as batched
 forwards (torch.func.functional_call + vmap over parameter sets), chunked so a
 chunk stays within the memory budget. Every evaluation at one parameter
 vector is one *query*; the objective is the one owner of the count (``queries``).
+
+A model with unknown parameters (unknowns.WithUnknowns: an inverse problem) puts
+their raw coordinates last in theta; the network callable the loss receives
+carries them (``Network.unknowns``), so every optimizer trains them with the
+network. The layered coordinate queries cover the network's coordinates; the
+unknowns' coordinates are ordinary (black-box) queries.
 """
 
 from __future__ import annotations
@@ -18,6 +24,21 @@ from torch.func import functional_call, vmap
 from pinnzo.errors import PinnzoError
 
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]
+
+
+class Network:
+    """The model with parameters ``params`` (name -> tensor) as a function of its inputs (B, D) -> (B,);
+    ``unknowns``: the raw unknown parameters (k,) of a WithUnknowns model, else None."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
+        self.model, self.params = model, params
+        self.unknowns = params.get(UNKNOWNS)
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, self.params, (X,))
+
+
+UNKNOWNS = "unknowns.raw"  # the parameter of unknowns.WithUnknowns holding the raw unknowns
 
 
 class Objective:
@@ -61,10 +82,14 @@ class Objective:
         self.load(theta)
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
-    def network(self, theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def network(self, theta: torch.Tensor) -> Network:
         """The network with parameters theta, as a function of its inputs."""
-        params = self.unflatten(theta)
-        return lambda X: functional_call(self.model, params, (X,))
+        return Network(self.model, self.unflatten(theta))
+
+    @property
+    def unknowns(self) -> int:
+        """k: the number of unknown parameters (the last k coordinates of theta)."""
+        return self.sizes[-1] if self.names and self.names[-1] == UNKNOWNS else 0
 
     def loss(self, theta: torch.Tensor, batch) -> torch.Tensor:
         """L(theta), no autograd graph: one query."""
@@ -132,27 +157,40 @@ class Objective:
         loss of the form criterion(network(inputs(batch)), batch))."""
         from pinnzo.optim.coordinates import supports
 
-        return supports(self.model, self.loss_fn)
+        return supports(getattr(self.model, "network", self.model), self.loss_fn)
 
     def coordinate_losses(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """L(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E,): E queries, computed
         by re-running only the layers after each perturbed one (optim/coordinates.py)."""
-        return self._coordinates(self.loss_fn.criterion, theta, batch, chosen, mu)
+        return self._coordinates(self.loss_fn.criterion, self.loss_fn, theta, batch, chosen, mu)
 
     def coordinate_residuals(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """rho(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E, n), the layered way: E queries."""
-        self._residual_vector()
-        return self._coordinates(self.loss_fn.residual_criterion, theta, batch, chosen, mu)
+        return self._coordinates(self.loss_fn.residual_criterion, self._residual_vector(), theta, batch, chosen, mu)
 
-    def _coordinates(self, criterion, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
+    def _coordinates(self, criterion, value, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
+        """The loss (or residual vector) at theta + mu e_j for each of ``chosen``: the network's coordinates
+        by ``criterion`` of the layered outputs, the unknowns' (the last ``unknowns`` of theta) by ordinary
+        queries of ``value(network, batch)``."""
         from pinnzo.optim.coordinates import perturbed_outputs
 
-        self.queries += len(chosen)
+        params, k = self.unflatten(theta), self.unknowns
+        network = self.model.network if k else self.model
+        prefix = "network." if k else ""
+        layered = chosen < theta.numel() - k
         parts = []
         with torch.no_grad():
+            self.queries += int(layered.sum())
             inputs = self.loss_fn.inputs(batch)
-            for part, outputs in perturbed_outputs(self.model, self.unflatten(theta), inputs, chosen, mu):
-                parts.append((part, criterion(outputs, batch)))
+            extra = (params[UNKNOWNS],) if k else ()
+            network_params = {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+            for part, outputs in perturbed_outputs(network, network_params, inputs, chosen[layered], mu):
+                parts.append((layered.nonzero().flatten()[part], criterion(outputs, batch, *extra)))
+            if not layered.all():
+                rest = (~layered).nonzero().flatten()
+                thetas = theta.repeat(len(rest), 1)
+                thetas[torch.arange(len(rest)), chosen[rest]] += mu
+                parts.append((rest, self._batched(value, thetas, batch)))
         result = theta.new_empty((len(chosen), *parts[0][1].shape[1:]))
         for part, values in parts:
             result[part] = values
