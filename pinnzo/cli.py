@@ -238,8 +238,12 @@ def solve(
     except Interrupted:
         raise typer.Exit(130)
     summary = run.summary
+    unknowns = "".join(f", {name} {record['value']:.6g}" + (f" (exact {record['exact']:g}, relative error "
+                                                             f"{record['relative_error']:.2e})"
+                                                             if "relative_error" in record else "")
+                       for name, record in summary.get("unknowns", {}).items())
     _report(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
-            f"MSE {summary['final_mse']:.3e}, {summary['total_queries']:,} loss queries, "
+            f"MSE {summary['final_mse']:.3e}{unknowns}, {summary['total_queries']:,} loss queries, "
             f"{summary['wall_time_s']:.0f} s", run, run_dir, no_plots)
 
 

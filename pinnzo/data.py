@@ -9,9 +9,7 @@ column per variable of the problem (the points) and one column of measured value
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +36,6 @@ class Measurements:
     values: torch.Tensor
     noise: float | None
     content: bytes = field(repr=False)
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
 
 
 def read_measurements(path: Path, file: str, columns: Sequence[str], column: str) -> tuple[np.ndarray, np.ndarray, bytes]:
@@ -143,6 +137,3 @@ def measurements_npz(columns: Sequence[str], X: torch.Tensor, values: torch.Tens
     np.savez(buffer, **{name: X[:, j].numpy() for j, name in enumerate(columns)}, u=values.numpy())
     return buffer.getvalue()
 
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -112,6 +112,3 @@ class WithUnknowns(nn.Module):
         """The network's rows and one for the unknowns."""
         return [*self.network.parameter_table(), ("unknowns", ", ".join(self.names), len(self.names))]
 
-
-def values_text(values: Mapping[str, float]) -> str:
-    return ", ".join(f"{name} {value:.6g}" for name, value in values.items())
