@@ -91,10 +91,10 @@ def unknown_curves(run: Run, out: Path, fmt: str) -> Path:
     unknowns = run.problem.unknowns
     figure, axes = plt.subplots(1, len(unknowns), figsize=(5.5 * len(unknowns), 4.2), constrained_layout=True,
                                 squeeze=False)
-    steps = [row["step"] for row in run.metrics]
+    steps = [0] + [row["step"] for row in run.metrics]  # step 0: the initial value
     for axis, unknown in zip(axes[0], unknowns):
-        axis.plot(steps, [row[unknown.name] for row in run.metrics], color="#1b9e77", marker=".",
-                  label=f"estimate (final {run.metrics[-1][unknown.name]:.6g})")
+        axis.plot(steps, [unknown.initial] + [row[unknown.name] for row in run.metrics], color="#1b9e77", marker=".",
+                  label=f"estimate (initial {unknown.initial:g}, final {run.metrics[-1][unknown.name]:.6g})")
         if unknown.exact is not None:
             axis.axhline(unknown.exact, color="black", linestyle="--", linewidth=1,
                          label=f"exact value {unknown.exact:g}")
