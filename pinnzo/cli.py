@@ -52,8 +52,11 @@ quadrature_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, rich_markup_m
                              help="Sparse-grid and cubature rules for Gaussian expectations.")
 bench_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, rich_markup_mode=None,
                         help="Benchmarks that write JSON (ratios measured in one run).")
+data_app = typer.Typer(cls=TyperGroup, no_args_is_help=True, rich_markup_mode=None,
+                       help="Measured data for inverse problems (at: data conditions).")
 app.add_typer(quadrature_app, name="quadrature")
 app.add_typer(bench_app, name="bench")
+app.add_typer(data_app, name="data")
 
 OPTIMIZER_HELP = ("First order (back-propagation): adam | sgd | lbfgs | adam-lbfgs | gn. Zeroth order (loss "
                   "queries only): zo-rge | zo-signrge | zo-cge | zo-adam | hybrid | zo-gn")
@@ -311,8 +314,12 @@ def solve(
     if not world.writer:
         return
     summary = run.summary
+    unknowns = "".join(f", {name} {record['value']:.6g}" + (f" (exact {record['exact']:g}, relative error "
+                                                             f"{record['relative_error']:.2e})"
+                                                             if "relative_error" in record else "")
+                       for name, record in summary.get("unknowns", {}).items())
     _report(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
-            f"MSE {summary['final_mse']:.3e}, {summary['total_queries']:,} loss queries, "
+            f"MSE {summary['final_mse']:.3e}{unknowns}, {summary['total_queries']:,} loss queries, "
             f"{summary['wall_time_s']:.0f} s", run, run_dir, no_plots)
 
 
@@ -432,6 +439,45 @@ def reproduce(
         raise typer.Exit(130)
 
 
+@data_app.command("make")
+def data_make(
+    problem: Annotated[Path, typer.Argument(help="Problem file (YAML) with an exact solution.")],
+    out: Annotated[Path, typer.Option("--out", help="The data file to write: .csv or .npz (never overwritten).")],
+    points: Annotated[int, typer.Option("--points", help="Measurements: uniform points of the domain.")] = 200,
+    noise: Annotated[float, typer.Option("--noise", help="Noise standard deviation relative to the RMS of the exact "
+                                                         "values (0.01: 1%).")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the points and the noise.")] = 0,
+):
+    """Synthetic measurements of u from the problem's exact solution: the points, and u plus Gaussian noise
+    of standard deviation NOISE x RMS(u); the CSV's comment lines record the command and the deviation."""
+    from pinnzo.data import make_measurements, measurements_csv, measurements_npz
+    from pinnzo.fileio import atomic_write
+    from pinnzo.problem import load_problem
+
+    if out.exists():
+        raise PinnzoError(f"--out {out}: the file exists; choose another name (data files are never overwritten)")
+    if out.suffix.lower() not in (".csv", ".npz"):
+        raise PinnzoError(f"--out {out}: expected a .csv or .npz file name")
+    if points < 1:
+        raise PinnzoError(f"--points: expected an integer >= 1; found {points}")
+    if not (noise >= 0 and noise < float("inf")):
+        raise PinnzoError(f"--noise: expected a finite number >= 0; found {noise}")
+    loaded = load_problem(problem)
+    X, values, sigma = make_measurements(loaded, points, noise, seed)
+    if out.suffix.lower() == ".npz":
+        content = measurements_npz(loaded.columns, X, values)
+    else:
+        content = measurements_csv(loaded.columns, X, values, [
+            f"made by: pinnzo data make {problem} --points {points} --noise {noise:g} --seed {seed} --out {out}",
+            f"u of {loaded.name}'s exact solution {_short(loaded.exact, 200)} at uniform points of the domain",
+            f"plus Gaussian noise of standard deviation {sigma:.6g} ({noise:g} x the RMS of the exact values)"])
+    try:
+        atomic_write(out, content)
+    except OSError as error:
+        raise PinnzoError(f"--out {out}: cannot write ({error.strerror or error})") from None
+    typer.echo(f"wrote {out}: {points} measurements of u, noise standard deviation {sigma:.6g}")
+
+
 @app.command("check")
 def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")]):
     """Validate a problem file and show what pinnzo read from it."""
@@ -446,7 +492,7 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
         X = loaded.sample_interior(256, torch.Generator().manual_seed(0), torch.float64)
         try:
             atoms = Autodiff()(loaded.exact_solution, X, loaded.atoms, loaded.spatial)
-            worst = loaded.residual_from_atoms(X, atoms).abs().max().item()
+            worst = loaded.residual_from_atoms(X, atoms, loaded.exact_unknowns).abs().max().item()
         except (RuntimeError, ValueError, TypeError, ArithmeticError) as error:
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             raise PinnzoError(f"{loaded.path}: exact: cannot evaluate the equation at the exact solution "
@@ -461,11 +507,21 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
                f"source        {'manufactured from the exact solution' if loaded.manufactured else 'as written'}\n"
                f"ansatz        {_short(loaded.ansatz) if loaded.ansatz is not None else 'none'}\n"
                f"exact         {_short(loaded.exact) if loaded.exact is not None else 'none'}")
+    for unknown in loaded.unknowns:
+        exact = f", exact {unknown.exact:g}" if unknown.exact is not None else ""
+        typer.echo(f"unknown       {unknown.name}: initial {unknown.initial:g}, bounds {unknown.bounds_text()}{exact}")
     for condition in loaded.conditions:
+        if condition.data is not None:
+            noise = f", noise {condition.data.noise:g}" if condition.data.noise is not None else ""
+            typer.echo(f"condition     {condition.name}: {_short(condition.value)} measured at "
+                       f"{len(condition.data.points)} points of {condition.data.file}, weight {condition.weight:g}{noise}")
+            continue
         typer.echo(f"condition     {condition.name}: {condition.kind} at {condition.on}, "
                    f"weight {condition.weight:g}, value {_short(condition.value)}")
     if worst is not None:
-        typer.echo(f"exact check   max |residual| of the exact solution at 256 points: {worst:.2e}")
+        at = "" if not loaded.unknowns else (" (unknowns at their initial values: no exact values given)"
+                                             if loaded.exact_unknowns is None else " (unknowns at their exact values)")
+        typer.echo(f"exact check   max |residual| of the exact solution at 256 points: {worst:.2e}{at}")
 
 
 def _domain_summary(domain) -> str:

@@ -183,7 +183,7 @@ class Progress:
 # ---------------------------------------------------------------- the loop
 
 def train(task: Task, run_dir: Path, config: dict, resume: bool = False, quiet: bool = False,
-          callbacks: Sequence[Callback] = (), files: dict[str, str] | None = None,
+          callbacks: Sequence[Callback] = (), files: dict[str, str | bytes] | None = None,
           seed: int = 0) -> tuple[dict, TrainState]:
     """Run (or continue) ``task`` in ``run_dir``; returns the summary (also in summary.json)
     and the final state.

@@ -31,6 +31,7 @@ from pinnzo.optim import FIXED_POINTS, LEAST_SQUARES, OPTIMIZERS, Objective, Ste
 from pinnzo.problem import Problem, load_problem
 from pinnzo.residual import Batch, PINNLoss, sample_batch
 from pinnzo.settings import Settings
+from pinnzo.unknowns import WithUnknowns, unknown_values
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METRIC_FIELDS = ["step", "queries", "loss", "smoothed_loss", "val_mse", "val_rel_l2", "val_mse_raw",
@@ -72,6 +73,13 @@ class Components:
     dtype: torch.dtype
     device: torch.device
 
+    def unknowns(self, theta: torch.Tensor) -> dict[str, float]:
+        """Name -> value of the problem's unknowns at theta ({} for a forward problem)."""
+        k = self.objective.unknowns
+        if not k:
+            return {}
+        return {name: float(value) for name, value in unknown_values(self.problem.unknowns, theta[-k:].double()).items()}
+
     def predict(self, theta: torch.Tensor, X: torch.Tensor, smoothed: bool = True, chunk: int = 2000) -> torch.Tensor:
         """u at X (B,): the backend's prediction (smoothed for Stein) or the raw network + ansatz."""
         network = self.objective.network(theta)
@@ -89,7 +97,7 @@ def memory_estimates(problem: Problem, settings: Settings, per_point: int | None
     """Bytes the largest single allocations of a run need, by the setting that drives each (the
     batch's only once ``per_point``, the backend's evaluations per point, is known)."""
     value = torch.finfo(DTYPES[settings.dtype]).bits // 8
-    rows = settings.batch + settings.condition_batch * len(problem.conditions)
+    rows = residual_rows(problem, settings)
     d = problem.dim * settings.width + settings.width**2 * (settings.depth - 1) + settings.width
     return {
         "width": 3.0 * value * (problem.dim * settings.width + settings.width**2),  # a dense W (TT rebuilds it)
@@ -101,6 +109,12 @@ def memory_estimates(problem: Problem, settings: Settings, per_point: int | None
         "directions": 8.0 * settings.directions * d,  # RGE's (N, d) directions
         "samples": 16.0 * settings.samples * problem.dim if settings.backend == "stein" else 0.0,
     }
+
+
+def residual_rows(problem: Problem, settings: Settings) -> int:
+    """Points of one step: the batch, condition_batch per condition, every row of each data file."""
+    return settings.batch + sum(len(c.data.points) if c.data is not None else settings.condition_batch
+                                for c in problem.conditions)
 
 
 def check_memory(problem: Problem, settings: Settings, per_point: int | None = None) -> None:
@@ -123,9 +137,11 @@ def build(problem: Problem, settings: Settings) -> Components:
     per_point = backend.evaluations_per_point(problem.atoms, problem.spatial, problem.dim)
     check_memory(problem, settings, per_point)
     model = build_mlp(sizes, settings.network, settings.activation, settings.rank,
-                      shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed).to(device)
-    plan = plan_chunks(per_point * (settings.batch + settings.condition_batch * len(problem.conditions)),
-                       sizes, dtype, settings.memory_mb)
+                      shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed)
+    if problem.unknowns:  # an inverse problem: the unknowns are trained with the network
+        model = WithUnknowns(model, problem.unknowns)
+    model = model.to(device)
+    plan = plan_chunks(per_point * residual_rows(problem, settings), sizes, dtype, settings.memory_mb)
     backend.rows_per_chunk = plan.rows_per_chunk
     loss = PINNLoss(problem, backend)
     return Components(problem, settings, model, loss, Objective(model, loss, plan.queries_per_chunk), dtype, device)
@@ -192,14 +208,15 @@ class PINNTask:
         self.adaptivity = Adaptivity(self.settings, components.loss, self.objective)
         # the adaptive draws get a generator of their own, so that the uniform draws stay those of a plain run
         self.generator_names = ("points", "zo", "stein") + (("adaptive",) if self.adaptivity.active else ())
-        self.metric_fields = METRIC_FIELDS + self.adaptivity.metric_fields()
+        self.metric_fields = (METRIC_FIELDS + [unknown.name for unknown in self.problem.unknowns]
+                              + self.adaptivity.metric_fields())
 
     def describe(self) -> str:
         s = self.settings
         text = (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
                 f"{s.network} {s.width}x{s.depth} ({self.objective.dim:,} parameters); {s.steps} steps of "
                 f"{s.batch} points{self.adaptivity.describe()}")
-        residuals = s.batch + s.condition_batch * len(self.problem.conditions)
+        residuals = residual_rows(self.problem, s)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "
                      f"problem is underdetermined and the fit may be exact at the points and wrong between them; "
@@ -236,7 +253,7 @@ class PINNTask:
         return {"step": step + 1, "queries": state.queries, "loss": info.loss, "smoothed_loss": state.smoothed_loss,
                 "val_mse": mse, "val_rel_l2": rel, "val_mse_raw": mse_raw, "val_rel_l2_raw": rel_raw,
                 "lr": self.optimizer.schedule(step), "stage": info.stage,
-                **self.adaptivity.metric_values(self.batch)}
+                **self.adaptivity.metric_values(self.batch), **self.components.unknowns(theta)}
 
     def score(self, row: dict) -> float:
         return row["val_rel_l2"] if not math.isnan(row["val_rel_l2"]) else row["loss"]
@@ -281,8 +298,35 @@ class PINNTask:
             "final_mse": final["val_mse"], "final_rel_l2": final["val_rel_l2"],
             "final_mse_raw": final["val_mse_raw"], "final_rel_l2_raw": final["val_rel_l2_raw"],
             "best_mse": best_mse, "best_rel_l2": best_rel, "eval_points": s.eval_points,
-            "dtype": s.dtype, "seed": s.seed,
+            "dtype": s.dtype, "seed": s.seed, **self.inverse_summary(state.theta, best_theta),
         }
+
+    def inverse_summary(self, theta: torch.Tensor, best_theta: torch.Tensor) -> dict:
+        """The unknowns' final and best estimates (with their exact values and relative errors when the
+        problem file states them), and each data term's RMS misfit in units of its noise level."""
+        if not self.problem.unknowns and not self.problem.data_files:
+            return {}
+        c = self.components
+        final, best = c.unknowns(theta), c.unknowns(best_theta)
+        unknowns = {}
+        for unknown in self.problem.unknowns:
+            record = {"value": final[unknown.name], "best": best[unknown.name], "initial": unknown.initial,
+                      "bounds": [b if math.isfinite(b) else None for b in (unknown.low, unknown.high)],
+                      "exact": unknown.exact}
+            if unknown.exact is not None and unknown.exact != 0:
+                record["relative_error"] = abs(final[unknown.name] - unknown.exact) / abs(unknown.exact)
+            unknowns[unknown.name] = record
+        misfit = {}
+        if self.batch is not None:
+            with torch.no_grad():
+                residuals = c.loss.residuals(c.objective.network(theta), self.batch)
+            for condition in self.problem.conditions:
+                if condition.data is not None:
+                    residual = residuals[condition.name]
+                    rms = residual.double().square().mean().sqrt().item()
+                    noise = condition.data.noise
+                    misfit[condition.name] = {"rms": rms, "noise": noise, "rms_over_noise": rms / noise if noise else None}
+        return {"unknowns": unknowns, "data_misfit": misfit}
 
 
 # ---------------------------------------------------------------- runs
@@ -319,8 +363,25 @@ class Run:
 def run_config(problem: Problem, settings: Settings) -> dict:
     """What config.yaml records besides the task; a resume must match it."""
     path = str(problem.path.resolve()) if problem.path is not None else None
-    return {"problem": path, "problem_name": problem.name, "problem_sha256": runs.text_digest(problem.text),
+    return {"problem": path, "problem_name": problem.name, "problem_sha256": problem_digest(problem),
             "settings": settings.as_dict()}
+
+
+DATA_COPY = "data"  # the run folder's copies of the problem's data files
+
+
+def problem_digest(problem: Problem) -> str:
+    """sha256 of the problem's text, and of its data files when it has any."""
+    if not problem.data_files:
+        return runs.text_digest(problem.text)
+    parts = [problem.text] + [f"{name}:{runs.bytes_digest(content)}" for name, content in problem.data_files.items()]
+    return runs.text_digest("\n".join(parts))
+
+
+def run_files(problem: Problem) -> dict[str, str | bytes]:
+    """The files a run folder keeps besides its records: the problem and its data files."""
+    return {runs.PROBLEM_COPY: problem.text,
+            **{f"{DATA_COPY}/{name}": content for name, content in problem.data_files.items()}}
 
 
 def default_run_dir(problem: Problem, settings: Settings, root: Path = Path("results")) -> Path:
@@ -346,7 +407,7 @@ def solve(problem: Problem | str | Path | Mapping, settings: Settings | None = N
     components = build(problem, settings)
     task = PINNTask(components)
     summary, state = loop.train(task, run_dir, run_config(problem, settings), resume, quiet, callbacks,
-                                files={runs.PROBLEM_COPY: problem.text}, seed=settings.seed)
+                                files=run_files(problem), seed=settings.seed)
     return Run(run_dir, runs.read_config(run_dir), summary, state.metrics, components, state.theta)
 
 
@@ -383,7 +444,8 @@ def _run_problem(run_dir: Path, config: dict) -> Problem:
     source = copy if copy.is_file() else Path(str(config.get("problem")))
     if not source.is_file():
         raise PinnzoError(f"{run_dir}: the run's problem file {source} is missing")
-    problem = load_problem(source)
-    if config.get("problem_sha256") not in (runs.text_digest(problem.text), None):
+    data = run_dir / DATA_COPY
+    problem = load_problem(source, data if copy.is_file() and data.is_dir() else None)
+    if config.get("problem_sha256") not in (problem_digest(problem), None):
         raise PinnzoError(f"{run_dir}: the problem file {source} changed after the run")
     return dataclasses.replace(problem, name=config.get("problem_name", problem.name))

@@ -1,5 +1,5 @@
 """Figures of a run: training curves, solution and error along lines, a 2-D slice,
-the error histogram; and side-by-side comparison of runs.
+the error histogram, the unknowns of an inverse problem; and side-by-side comparison of runs.
 
 Every figure is saved with the numbers behind it (a CSV of the same name), so
 it can be re-made or checked. Matplotlib's non-interactive Agg backend is used,
@@ -102,6 +102,27 @@ def training_curves(run: Run, out: Path, fmt: str) -> Path:
     rows = [{"step": r["step"], "queries": r["queries"], "loss": r["loss"], "val_mse": r["val_mse"],
              "val_rel_l2": r["val_rel_l2"]} for r in metrics]
     return _save(figure, out / "training", fmt, rows)
+
+
+def unknown_curves(run: Run, out: Path, fmt: str) -> Path:
+    """Each unknown of an inverse problem against the step, with its exact value when the problem states it."""
+    unknowns = run.problem.unknowns
+    figure, axes = plt.subplots(1, len(unknowns), figsize=(5.5 * len(unknowns), 4.2), constrained_layout=True,
+                                squeeze=False)
+    steps = [0] + [row["step"] for row in run.metrics]  # step 0: the initial value
+    for axis, unknown in zip(axes[0], unknowns):
+        axis.plot(steps, [unknown.initial] + [row[unknown.name] for row in run.metrics], color="#1b9e77", marker=".",
+                  label=f"estimate (initial {unknown.initial:g}, final {run.metrics[-1][unknown.name]:.6g})")
+        if unknown.exact is not None:
+            axis.axhline(unknown.exact, color="black", linestyle="--", linewidth=1,
+                         label=f"exact value {unknown.exact:g}")
+        axis.set_xlabel("training step")
+        axis.set_ylabel(unknown.name)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(_title(run, "unknown parameters"), fontsize=10)
+    rows = [{"step": row["step"], **{u.name: row[u.name] for u in unknowns}} for row in run.metrics]
+    return _save(figure, out / "unknowns", fmt, rows)
 
 
 def _queries_at(metrics: list[dict], step: int) -> float:
@@ -347,6 +368,8 @@ def plot_run(run: Run | Path | str, fmt: str = "png", axes: str | None = None, a
         run = load_run(run)
     out = run.path / "plots"
     written = [training_curves(run, out, fmt)]
+    if run.problem.unknowns:
+        written.append(unknown_curves(run, out, fmt))
     if run.problem.has_exact:
         written.append(error_lines(run, out, fmt))
         if run.problem.dim >= 2:

@@ -20,12 +20,14 @@ import torch
 import yaml
 
 from pinnzo import atoms as A
+from pinnzo.data import Measurements, read_measurements
 from pinnzo.domains import Box, DomainError, Shape, parse_domain
 from pinnzo.errors import PinnzoError, one_line
 from pinnzo.expr import SCALAR_FUNCTIONS, CONSTANTS, VECTOR_REDUCTIONS, ExpressionError, Scope, compile_torch, parse
 from pinnzo.settings import Settings
+from pinnzo.unknowns import Unknown
 
-CONDITION_SETS = ("initial", "terminal", "boundary")
+CONDITION_SETS = ("initial", "terminal", "boundary", "data")
 CONDITION_TYPES = ("dirichlet", "neumann")
 RESERVED = {"u", "N", "d", "lap", "gradsq", *SCALAR_FUNCTIONS, *CONSTANTS, *VECTOR_REDUCTIONS}
 
@@ -45,8 +47,10 @@ class ProblemError(PinnzoError):
 class Condition:
     """A soft penalty term: weight * mean((B[u] - value)^2) on a set of points.
 
-    on: "initial" (t = t0), "terminal" (t = T) or "boundary" (of the spatial domain).
-    kind: "dirichlet" (B[u] = u) or "neumann" (B[u] = du/dn, outward normal).
+    on: "initial" (t = t0), "terminal" (t = T), "boundary" (of the spatial domain) or "data" (the
+    points of a data file, whose measured values are the targets).
+    kind: "dirichlet" (B[u] = u), "neumann" (B[u] = du/dn, outward normal) or, for data,
+    "measured" (B[u] = ``value``, an expression of u's atoms ``atoms``, e.g. u or d(u, x1)).
     """
 
     name: str
@@ -55,6 +59,8 @@ class Condition:
     value: sympy.Expr
     weight: float
     value_fn: Callable = field(repr=False, compare=False)
+    data: Measurements | None = field(default=None, repr=False, compare=False)
+    atoms: frozenset = frozenset()  # the atoms of a measured value
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +97,7 @@ class Problem:
     _ansatz_fn: Callable | None = field(repr=False)
     _ansatz_affine: tuple[Callable, Callable] | None = field(repr=False, default=None)
     domain: Shape | None = None  # the spatial domain; None: the box lows x highs
+    unknowns: tuple[Unknown, ...] = ()  # unknown parameters, trained with the network (unknowns.py)
 
     def __post_init__(self):
         if self.domain is None:
@@ -130,9 +137,30 @@ class Problem:
         """Atom -> the name its tensor has in the compiled residual (computed once)."""
         return {atom: A.atom_symbol(atom, list(self.columns)).name for atom in self.atoms}
 
-    def residual_from_atoms(self, X: torch.Tensor, atom_values: Mapping[A.Atom, torch.Tensor]) -> torch.Tensor:
-        """The equation's residual (B,) from the atoms a backend computed at X."""
-        values = self.values(X)
+    def unknown_values(self, like: torch.Tensor, given: Mapping[str, torch.Tensor | float] | None = None) -> dict:
+        """Name -> value of every unknown: ``given``, else the initial value (tensors of ``like``'s dtype
+        and device, or the given tensors as they are: batched under vmap)."""
+        given = given or {}
+        return {unknown.name: torch.as_tensor(given.get(unknown.name, unknown.initial), dtype=like.dtype,
+                                              device=like.device) for unknown in self.unknowns}
+
+    @property
+    def exact_unknowns(self) -> dict[str, float] | None:
+        """The exact values of the unknowns when the problem file states all of them (else None)."""
+        if any(unknown.exact is None for unknown in self.unknowns):
+            return None
+        return {unknown.name: unknown.exact for unknown in self.unknowns}
+
+    @property
+    def data_files(self) -> dict[str, bytes]:
+        """The data files of the data conditions: path as written -> content."""
+        return {c.data.file: c.data.content for c in self.conditions if c.data is not None}
+
+    def residual_from_atoms(self, X: torch.Tensor, atom_values: Mapping[A.Atom, torch.Tensor],
+                            unknowns: Mapping[str, torch.Tensor | float] | None = None) -> torch.Tensor:
+        """The equation's residual (B,) from the atoms a backend computed at X; ``unknowns``: name ->
+        value of the unknowns (default: their initial values)."""
+        values = self.values(X) | self.unknown_values(X, unknowns)
         for atom, name in self._atom_names.items():
             values[name] = atom_values[atom]
         return self._residual_fn(values)
@@ -148,14 +176,23 @@ class Problem:
         return self._exact_fn is not None
 
     def condition_atoms(self, condition: Condition) -> frozenset:
+        if condition.kind == "measured":
+            return condition.atoms
         if condition.kind == "dirichlet":
             return frozenset({A.VALUE})
         return frozenset(A.d1(i) for i in self.spatial)
 
     def condition_residual(self, condition: Condition, X: torch.Tensor, normals: torch.Tensor | None,
-                           atom_values: Mapping[A.Atom, torch.Tensor]) -> torch.Tensor:
-        """B[u] - value at the condition's points (B,)."""
-        target = condition.value_fn(self.values(X))
+                           atom_values: Mapping[A.Atom, torch.Tensor],
+                           unknowns: Mapping[str, torch.Tensor | float] | None = None) -> torch.Tensor:
+        """B[u] - value at the condition's points (B,); for data, the measured quantity minus the
+        measurements (X: the data points, in the file's order)."""
+        values = self.values(X) | self.unknown_values(X, unknowns)
+        if condition.kind == "measured":
+            for atom in condition.atoms:
+                values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
+            return condition.value_fn(values) - condition.data.values.to(X.dtype).to(X.device)
+        target = condition.value_fn(values)
         if condition.kind == "dirichlet":
             return atom_values[A.VALUE] - target
         gradient = torch.stack([atom_values[A.d1(i)] for i in self.spatial], dim=-1)
@@ -189,8 +226,11 @@ class Problem:
 
         The boundary is the spatial domain's boundary (uniform in its surface
         measure) times the time interval; a box places interior points on faces
-        chosen by measure (for a cube, one randint call, as it always did).
+        chosen by measure (for a cube, one randint call, as it always did). A data
+        condition's points are the data file's, all of them (n is ignored).
         """
+        if condition.data is not None:
+            return condition.data.points.to(dtype).to(device), None
         if condition.on in ("initial", "terminal"):
             X = self.sample_interior(n, generator, dtype)
             X[:, self.time_index] = self.lows[self.time_index] if condition.on == "initial" else self.highs[self.time_index]
@@ -206,7 +246,7 @@ class Problem:
 
 # ------------------------------------------------------------------ loading
 
-TOP_KEYS = {"name", "description", "variables", "parameters", "equation", "conditions", "exact",
+TOP_KEYS = {"name", "description", "variables", "parameters", "unknowns", "equation", "conditions", "exact",
             "ansatz", "source", "solve"}
 REQUIRED_KEYS = {"variables", "equation"}
 # The problem's name is a folder name (results/<name>/...): no separators, no
@@ -303,15 +343,17 @@ def _check_expanded_size(root) -> None:
         walk(root, 1)
 
 
-def load_problem(source: str | Path | Mapping) -> Problem:
+def load_problem(source: str | Path | Mapping, data_dir: str | Path | None = None) -> Problem:
     """Read, validate and compile a problem file, or a problem given as a mapping (the
-    same keys as a file, the same validation)."""
+    same keys as a file, the same validation). Data files are read relative to ``data_dir``,
+    by default the problem file's folder (for a mapping: the working directory)."""
+    data_dir = Path(data_dir) if data_dir is not None else None
     if isinstance(source, Mapping):
         try:
             text = yaml.safe_dump(dict(source), sort_keys=False)
         except yaml.YAMLError as error:
             raise ProblemError(f"<mapping>: not representable as YAML: {error}") from None
-        return _Loader(None, text).load(dict(source))
+        return _Loader(None, text, data_dir).load(dict(source))
     path = Path(source)
     if not path.is_file():
         raise ProblemError(f"{path}: problem file not found")
@@ -335,7 +377,7 @@ def load_problem(source: str | Path | Mapping) -> Problem:
         raise ProblemError(f"{path}: not valid YAML: nested too deeply") from None
     except (ValueError, OverflowError) as error:  # e.g. an integer of 5,000 digits, a date 2001-13-45
         raise ProblemError(f"{path}: not valid YAML: a value cannot be read ({str(error)[:200]})") from None
-    return _Loader(path, text).load(document)
+    return _Loader(path, text, data_dir).load(document)
 
 
 @dataclass(frozen=True)
@@ -353,8 +395,8 @@ class _Space:
 
 
 class _Loader:
-    def __init__(self, path: Path | None, text: str):
-        self.path, self.text = path, text
+    def __init__(self, path: Path | None, text: str, data_dir: Path | None = None):
+        self.path, self.text, self.data_dir = path, text, data_dir
         self.where = str(path) if path is not None else "<mapping>"
 
     def fail(self, key: str, message: str):
@@ -436,17 +478,25 @@ class _Loader:
         description = self.string(doc.get("description", ""), "description")
         space = self.variables(doc)
         columns, dim, time_index, symbols = space.columns, space.dim, space.time_index, space.symbols
-        residual, atoms = self.equation(doc["equation"], space.scope, columns, symbols, time_index, dim)
+        unknowns = self.unknowns(doc.get("unknowns", {}), space)
+        # the equation and the conditions may use the unknowns (exact and ansatz may not)
+        unknown_symbols = {unknown.name: sympy.Symbol(unknown.name, real=True) for unknown in unknowns}
+        scope = Scope({**space.scope.symbols, **unknown_symbols}, space.scope.vector_name, space.scope.vector)
+        names = {**space.names, **{symbol: name for name, symbol in unknown_symbols.items()}}
+        residual, atoms = self.equation(doc["equation"], scope, columns, symbols, time_index, dim)
         exact = self.expression(doc["exact"], "exact", space.scope) if "exact" in doc else None
         exact_fn = self.compiled(exact, space.names, "exact") if exact is not None else None
         manufactured = self.source(doc.get("source"), exact)
+        if manufactured and residual.free_symbols & set(unknown_symbols.values()):
+            self.fail("source", "a manufactured source cannot be derived from an equation with unknowns")
         if manufactured:
             residual = residual - _apply_atoms(residual, atoms, exact, columns, symbols, list(range(dim)))
         ansatz = self.ansatz(doc, space)
-        conditions = self.conditions(doc.get("conditions", {}), space.scope, space.names, time_index)
+        conditions = self.conditions(doc.get("conditions", {}), scope, names, time_index, space)
+        self.check_used(unknowns, unknown_symbols, residual, conditions)
         solve = self.settings(doc.get("solve", {}), len(columns))
         atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
-        residual_fn = self.compiled(residual, {**space.names, **atom_names}, "equation")
+        residual_fn = self.compiled(residual, {**names, **atom_names}, "equation")
         ansatz_fn = (self.compiled(ansatz, {**space.names, sympy.Symbol("N", real=True): "N"}, "ansatz")
                      if ansatz is not None else None)
         ansatz_affine = self.compiled_affine(ansatz, space.names) if ansatz is not None else None
@@ -456,7 +506,8 @@ class _Loader:
             lows=tuple(b[0] for b in space.boxes), highs=tuple(b[1] for b in space.boxes),
             residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
             ansatz=ansatz, manufactured=manufactured, solve=solve, _residual_fn=residual_fn,
-            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine, domain=space.domain)
+            _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine, domain=space.domain,
+            unknowns=tuple(unknowns))
         self.check_finite(problem)
         return problem
 
@@ -553,11 +604,12 @@ class _Loader:
             X = problem.sample_interior(CHECK_POINTS, generator, torch.float64)
             checks.append(("exact", problem._exact_fn, X))
         for condition in problem.conditions:
-            X, _ = problem.sample_condition(condition, CHECK_POINTS, generator, torch.float64)
-            checks.append((f"conditions.{_key_text(condition.name)}.value", condition.value_fn, X))
+            if condition.data is None:  # data files are checked when read
+                X, _ = problem.sample_condition(condition, CHECK_POINTS, generator, torch.float64)
+                checks.append((f"conditions.{_key_text(condition.name)}.value", condition.value_fn, X))
         for key, function, X in checks:
             try:
-                values = function(problem.values(X))
+                values = function(problem.values(X) | problem.unknown_values(X))
             except (RuntimeError, ValueError, TypeError, ArithmeticError) as error:
                 self.fail(key, f"cannot be evaluated on the domain ({str(error).splitlines()[0][:200]})")
             bad = (~torch.isfinite(values)).nonzero()
@@ -580,8 +632,9 @@ class _Loader:
             parameters[name] = self.number(number, key)
         return parameters
 
-    def equation(self, text: Any, scope: Scope, columns, symbols, time_index, dim):
-        """Parse 'lhs' or 'lhs = rhs' into residual = lhs - rhs with atom symbols."""
+    def equation(self, text: Any, scope: Scope, columns, symbols, time_index, dim, key: str = "equation"):
+        """Parse 'lhs' or 'lhs = rhs' into residual = lhs - rhs with atom symbols (``key``: where the
+        text is, for errors: the equation, or the measured value of a data condition)."""
         found: set[A.Atom] = set()
         index_of = {symbols[c]: j for j, c in enumerate(columns)}
         u_symbol = A.atom_symbol(A.VALUE, columns)
@@ -612,19 +665,20 @@ class _Loader:
                                {"d": derivative, "lap": spatial_operator(A.LAPLACIAN),
                                 "gradsq": spatial_operator(A.GRADIENT_SQUARED)})
         if not isinstance(text, str):
-            self.fail("equation", f"expected an expression string; found {_kind(text)}")
+            self.fail(key, f"expected an expression string; found {_kind(text)}")
         sides = text.split("=")
         if len(sides) > 2 or any(s.strip() == "" for s in sides) or any(c in text for c in "<>!"):
-            self.fail("equation", "expected 'expression' (= 0) or 'left = right'")
-        parts = [self.expression(side, "equation", equation_scope) for side in sides]
+            self.fail(key, "expected 'expression' (= 0) or 'left = right'")
+        parts = [self.expression(side, key, equation_scope) for side in sides]
         residual = parts[0] - parts[1] if len(parts) == 2 else parts[0]
         if u_symbol in residual.free_symbols:
             found.add(A.VALUE)
         found = {atom for atom in found if A.atom_symbol(atom, columns) in residual.free_symbols}
         if not found:
-            self.fail("equation", "the equation does not involve the unknown u")
+            self.fail(key, f"the {'equation' if key == 'equation' else 'measured value'} does not involve "
+                           f"the unknown u")
         if time_index is None and any(time_index in atom.index for atom in found):
-            self.fail("equation", "the equation uses a time derivative but no time variable is declared")
+            self.fail(key, "the equation uses a time derivative but no time variable is declared")
         return residual, found
 
     def source(self, value: Any, exact: sympy.Expr | None) -> bool:
@@ -635,7 +689,7 @@ class _Loader:
             self.fail("source", "a manufactured source needs an 'exact' solution")
         return True
 
-    def conditions(self, value: Any, scope: Scope, names, time_index) -> list[Condition]:
+    def conditions(self, value: Any, scope: Scope, names, time_index, space: "_Space") -> list[Condition]:
         if not isinstance(value, dict):
             self.fail("conditions", f"expected a mapping of name: condition; found {_kind(value)}")
         conditions = []
@@ -644,6 +698,9 @@ class _Loader:
             if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == "residual":
                 self.fail(key, f"expected a condition name of {NAME_RULE}, other than 'residual' "
                                f"(it names a term of the loss); found {_show(name)}")
+            if isinstance(spec, dict) and spec.get("at") == "data":
+                conditions.append(self.data_condition(str(name), spec, key, scope, names, space))
+                continue
             spec = self.mapping(spec, key, {"at", "value"}, {"at", "type", "value", "weight"})
             on = self.string(spec["at"], f"{key}.at", CONDITION_SETS)
             kind = self.string(spec.get("type", "dirichlet"), f"{key}.type", CONDITION_TYPES)
@@ -658,6 +715,93 @@ class _Loader:
             compiled = self.compiled(expression, names, f"{key}.value")
             conditions.append(Condition(str(name), on, kind, expression, weight, compiled))
         return conditions
+
+    def data_condition(self, name: str, spec: dict, key: str, scope: Scope, names, space: "_Space") -> Condition:
+        """``at: data``: the measured quantity (``value``, u or an expression of its atoms, default u) at
+        the points of a CSV / NPZ file (``file``, relative to the problem file) against its ``column``."""
+        spec = self.mapping(spec, key, {"at", "file"}, {"at", "file", "value", "column", "noise", "weight"})
+        columns = space.columns
+        if "=" in str(spec.get("value", "")):
+            self.fail(f"{key}.value", "expected the measured quantity, e.g. u or d(u, x1), not an equation")
+        measured, atoms = self.equation(spec.get("value", "u"), scope, columns, space.symbols, space.time_index,
+                                        space.dim, f"{key}.value")
+        atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
+        compiled = self.compiled(measured, {**names, **atom_names}, f"{key}.value")
+        weight = self.number(spec.get("weight", 1.0), f"{key}.weight")
+        if weight < 0:
+            self.fail(f"{key}.weight", f"expected a weight >= 0; found {weight}")
+        noise = self.number(spec["noise"], f"{key}.noise") if "noise" in spec else None
+        if noise is not None and noise <= 0:
+            self.fail(f"{key}.noise", f"expected the standard deviation of the noise, a number > 0; found {noise}")
+        column = spec.get("column", "u")
+        if column != "u":
+            column = self.identifier(column, f"{key}.column")
+        if column in columns:
+            self.fail(f"{key}.column", f"{column!r} is a variable; the measured values need a column of their own")
+        return Condition(name, "data", "measured", measured, weight, compiled,
+                         self.measurements(spec["file"], f"{key}.file", columns, column, noise), frozenset(atoms))
+
+    def measurements(self, file: Any, key: str, columns: list[str], column: str, noise: float | None) -> Measurements:
+        """The data file ``file``: a relative path below the problem file's folder."""
+        file = self.string(file, key)
+        relative = Path(file)
+        if not file or relative.is_absolute() or ".." in relative.parts:
+            self.fail(key, f"expected a path relative to the problem file's folder, without '..'; found {_show(file)}")
+        folder = self.data_dir or (self.path.parent if self.path is not None else Path.cwd())
+        try:
+            points, values, content = read_measurements(folder / relative, file, columns, column)
+        except ValueError as error:
+            self.fail(key, str(error))
+        except OSError as error:
+            self.fail(key, f"cannot read {file} ({error.strerror or error})")
+        return Measurements(file, torch.from_numpy(points), torch.from_numpy(values), noise, content)
+
+    def unknowns(self, value: Any, space: "_Space") -> list[Unknown]:
+        """unknowns: {name: {initial: v, bounds: [low, high], exact: v}}; a bound may be null (open)."""
+        from pinnzo.pinn import METRIC_FIELDS  # an unknown names a column of metrics.csv
+
+        if not isinstance(value, dict):
+            self.fail("unknowns", f"expected a mapping of name: {{initial: value, bounds: [low, high]}}; "
+                                  f"found {_kind(value)}")
+        taken = set(space.scope.symbols) | {space.scope.vector_name}
+        unknowns = []
+        for name, spec in value.items():
+            key = _subkey("unknowns", name)
+            name = self.identifier(name, key)
+            if name in taken or name.startswith("u_"):
+                self.fail(key, f"{name!r} is already a variable, a parameter or a derivative of u")
+            if name in METRIC_FIELDS:
+                self.fail(key, f"{name!r} names a column of metrics.csv; choose another name")
+            spec = self.mapping(spec, key, {"initial"}, {"initial", "bounds", "exact"})
+            low, high = self.bounds(spec.get("bounds"), f"{key}.bounds")
+            unknown = Unknown(name, self.number(spec["initial"], f"{key}.initial"), low, high,
+                              self.number(spec["exact"], f"{key}.exact") if "exact" in spec else None)
+            if not unknown.contains(unknown.initial):
+                self.fail(f"{key}.initial", f"expected a value strictly inside the bounds {unknown.bounds_text()}; "
+                                            f"found {unknown.initial:g}")
+            unknowns.append(unknown)
+        return unknowns
+
+    def bounds(self, value: Any, key: str) -> tuple[float, float]:
+        """[low, high] with null (or -.inf / .inf) for an open side; low < high."""
+        if value is None:
+            return -math.inf, math.inf
+        if not isinstance(value, list) or len(value) != 2:
+            self.fail(key, f"expected [low, high] (null for an open side); found {_kind(value)}")
+        low, high = value
+        low = -math.inf if low is None or low == -math.inf else self.number(low, f"{key}[0]")
+        high = math.inf if high is None or high == math.inf else self.number(high, f"{key}[1]")
+        if not low < high:
+            self.fail(key, f"expected low < high; found [{low:g}, {high:g}]")
+        return low, high
+
+    def check_used(self, unknowns: list[Unknown], symbols: dict, residual: sympy.Expr,
+                   conditions: list[Condition]) -> None:
+        """Every unknown appears in the equation or in a condition (else nothing could identify it)."""
+        used = residual.free_symbols.union(*(condition.value.free_symbols for condition in conditions))
+        for unknown in unknowns:
+            if symbols[unknown.name] not in used:
+                self.fail(f"unknowns.{unknown.name}", "appears neither in the equation nor in a condition")
 
 
 def _affine_parts(ansatz: sympy.Expr | None, names) -> tuple[Callable, Callable] | None:

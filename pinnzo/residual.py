@@ -12,6 +12,11 @@ With a stencil backend (fd, stein, sparse-grid) the loss is a fixed function of
 the network's values at fixed points: ``inputs(batch)`` lists those points and
 ``criterion(outputs, batch)`` finishes the loss from the values, so the layered
 coordinate queries can supply them (optim/coordinates.py).
+
+An inverse problem's unknowns enter the equation and the conditions: the network
+callable carries their raw coordinates (``network.unknowns`` (k,), see
+optim/objective.py), which the loss maps to values (unknowns.py); a callable
+without them (a plain function) stands for the unknowns at their initial values.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from pinnzo.atoms import VALUE, assemble
 from pinnzo.derivatives.base import DerivativeBackend, StencilBackend
 from pinnzo.problem import Problem
+from pinnzo.unknowns import unknown_values
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 
@@ -75,18 +81,21 @@ class PINNLoss:
         self._inputs_of, self._inputs = None, None  # the stencil points of the last batch
         self._affine_of, self._affine = None, None  # the ansatz's (a, b) at them, when affine in N
 
-    def _residuals(self, atoms_at, batch: Batch) -> list[tuple[str, torch.Tensor, float, int | None]]:
+    def _residuals(self, atoms_at, batch: Batch, raw: torch.Tensor | None = None
+                   ) -> list[tuple[str, torch.Tensor, float, int | None]]:
         """(name, residual (..., B_k), weight, count) of every term; ``atoms_at(k, X, atoms)`` gives the
-        atoms at the points of term k (0: interior, c + 1: condition c); count: the term's points in the
-        whole step when ``batch`` is a shard (its mean is then the ranks' summed sum / count), else None."""
+        atoms at the points of term k (0: interior, c + 1: condition c); ``raw``: the unknowns' raw
+        coordinates (k,) (None: their initial values); count: the term's points in the whole step
+        when ``batch`` is a shard (its mean is then the ranks' summed sum / count), else None."""
         problem = self.problem
+        unknowns = unknown_values(problem.unknowns, raw) if raw is not None else None
         counts = batch.counts or (None,) * (1 + len(problem.conditions))
-        terms = [("residual", problem.residual_from_atoms(batch.interior, atoms_at(0, batch.interior, problem.atoms)),
-                  1.0, counts[0])]
+        terms = [("residual", problem.residual_from_atoms(batch.interior, atoms_at(0, batch.interior, problem.atoms),
+                                                          unknowns), 1.0, counts[0])]
         for k, (condition, (X, normals)) in enumerate(zip(problem.conditions, batch.conditions), 1):
             values = atoms_at(k, X, self.condition_atoms[k - 1])
-            terms.append((condition.name, problem.condition_residual(condition, X, normals, values), condition.weight,
-                          counts[k]))
+            terms.append((condition.name, problem.condition_residual(condition, X, normals, values, unknowns),
+                          condition.weight, counts[k]))
         if batch.weights is not None:
             terms = [(name, residual, weight * factor, count)
                      for (name, residual, weight, count), factor in zip(terms, batch.weights)]
@@ -96,10 +105,15 @@ class PINNLoss:
         u = self.problem.solution(network)
         return lambda k, X, atoms: self.backend(u, X, atoms, self.problem.spatial)
 
+    def residuals(self, network: Network, batch: Batch) -> dict[str, torch.Tensor]:
+        """Each term's residuals: {"residual": (B,), <condition name>: (B_c,)} (unweighted)."""
+        return {name: residual for name, residual, _, _ in self._residuals(self._backend_atoms(network), batch,
+                                                                            _raw(network))}
+
     def terms(self, network: Network, batch: Batch) -> dict[str, torch.Tensor]:
         """Each term of the loss: {"residual": scalar, <condition name>: scalar}."""
         return {name: _term(residual, weight, count) for name, residual, weight, count
-                in self._residuals(self._backend_atoms(network), batch)}
+                in self._residuals(self._backend_atoms(network), batch, _raw(network))}
 
     def __call__(self, network: Network, batch: Batch) -> torch.Tensor:
         """The scalar loss."""
@@ -107,7 +121,7 @@ class PINNLoss:
 
     def residual_vector(self, network: Network, batch: Batch) -> torch.Tensor:
         """rho (n,), n = B + sum_c B_c, with |rho|^2 = the loss."""
-        return _stack(self._residuals(self._backend_atoms(network), batch))
+        return _stack(self._residuals(self._backend_atoms(network), batch, _raw(network)))
 
     def interior_residual(self, network: Network, X: torch.Tensor) -> torch.Tensor:
         """The equation's residual r (B,) at interior points X (B, D), unweighted (RAD's pool)."""
@@ -172,18 +186,26 @@ class PINNLoss:
                   for rows, count, stencil, _ in self._stencils(batch)]
         return lambda k, X, atoms: self.backend.combine(blocks[k], atoms, self.problem.spatial)
 
-    def criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The loss (...,) from network values (..., R) at ``inputs(batch)``."""
+    def criterion(self, outputs: torch.Tensor, batch: Batch, unknowns: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss (...,) from network values (..., R) at ``inputs(batch)`` (and the unknowns' raw
+        coordinates (k,))."""
         return sum(_term(residual, weight, count) for _, residual, weight, count
-                   in self._residuals(self._atoms_from_outputs(outputs, batch), batch))
+                   in self._residuals(self._atoms_from_outputs(outputs, batch), batch, unknowns))
 
-    def residual_criterion(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def residual_criterion(self, outputs: torch.Tensor, batch: Batch, unknowns: torch.Tensor | None = None) -> torch.Tensor:
         """The residual vector (..., n) from network values (..., R) at ``inputs(batch)``."""
-        return _stack(self._residuals(self._atoms_from_outputs(outputs, batch), batch))
+        return _stack(self._residuals(self._atoms_from_outputs(outputs, batch), batch, unknowns))
+
 
     def around(self, outputs: torch.Tensor, batch: Batch) -> "Perturbations":
-        """The loss and residual vector at network values outputs + changes, for many changes."""
+        """The loss and residual vector at network values outputs + changes, for many changes (a
+        problem with unknowns takes the criterion path instead: optim/objective.py)."""
         return Perturbations(self, outputs, batch)
+
+
+def _raw(network: Network) -> torch.Tensor | None:
+    """The raw unknowns (k,) a network callable carries (objective.Network), or None."""
+    return getattr(network, "unknowns", None)
 
 
 class Perturbations:

@@ -5,7 +5,7 @@ A run folder holds
     config.yaml    the task ("pinn" | "mnist"), resolved settings, and for a PINN the
                    problem's absolute path and the sha256 of its text
     problem.yaml   a copy of the problem (PINN runs), so the run stays readable after
-                   the original file moves
+                   the original file moves; data/ holds copies of its data files
     metrics.csv    one row per evaluation
     checkpoint.pt  everything to resume bit-identically: theta, optimizer state,
                    every generator's state, metrics (torch.load(..., weights_only=True))
@@ -45,7 +45,11 @@ def torch_bytes(obj) -> bytes:
 
 
 def text_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return bytes_digest(text.encode())
+
+
+def bytes_digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
 
 
 def numbered_run_dir(base: Path) -> Path:
@@ -70,15 +74,15 @@ def refuse_nonempty(run_dir: Path) -> None:
                           f"(or --resume it)")
 
 
-def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str] | None = None) -> None:
-    """Prepare a run folder: write config.yaml (and ``files``: name -> text) for a new run,
+def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str | bytes] | None = None) -> None:
+    """Prepare a run folder: write config.yaml (and ``files``: name -> text or bytes) for a new run,
     refusing a non-empty folder; or check that a resumed run's config.yaml matches ``config``."""
     run_dir = Path(run_dir)
     if not resume:
         refuse_nonempty(run_dir)
         make_folder(run_dir)
         for name, text in (files or {}).items():
-            atomic_write(run_dir / name, text.encode())
+            atomic_write(run_dir / name, text if isinstance(text, bytes) else text.encode())
         atomic_write(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
         return
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / CONFIG).is_file():

@@ -33,11 +33,16 @@ def test_exact_solution_satisfies_the_shipped_problem(path):
     generator = torch.Generator().manual_seed(1)
     X = problem.sample_interior(200, generator, torch.float64)
     atoms = Autodiff()(problem.exact_solution, X, problem.atoms, problem.spatial)
-    assert problem.residual_from_atoms(X, atoms).abs().max().item() < 1e-8
+    unknowns = problem.exact_unknowns  # an inverse problem: the unknowns at their exact values
+    assert problem.residual_from_atoms(X, atoms, unknowns).abs().max().item() < 1e-8
     for condition in problem.conditions:
         Xc, normals = problem.sample_condition(condition, 200, generator, torch.float64)
         values = Autodiff()(problem.exact_solution, Xc, problem.condition_atoms(condition), problem.spatial)
-        assert problem.condition_residual(condition, Xc, normals, values).abs().max().item() < 1e-10
+        residual = problem.condition_residual(condition, Xc, normals, values, unknowns)
+        if condition.data is None:
+            assert residual.abs().max().item() < 1e-10
+        else:  # measurements: the exact values plus noise of the stated standard deviation
+            assert residual.std().item() == pytest.approx(condition.data.noise, rel=0.2)
     if problem.ansatz is not None:  # the ansatz must be able to represent the exact solution's data
         assert problem.ansatz.has(sympy.Symbol("N", real=True))
 
@@ -54,6 +59,7 @@ def test_compiled_expressions_agree_with_sympy(path):
     for k in range(20):
         subs = {sympy.Symbol(c, real=True): float(X[k, j]) for j, c in enumerate(columns)}
         subs.update({atom_symbol(a, columns): float(v[k]) for a, v in atom_values.items()})
+        subs.update({sympy.Symbol(u.name, real=True): u.initial for u in problem.unknowns})
         reference = float(problem.residual.evalf(30, subs=subs))
         assert compiled[k].item() == pytest.approx(reference, rel=1e-12, abs=1e-12)
         assert exact[k].item() == pytest.approx(float(problem.exact.evalf(30, subs=subs)), rel=1e-12, abs=1e-12)

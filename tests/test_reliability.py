@@ -35,6 +35,12 @@ BASE = """variables:
 equation: d(u, t) - lap(u)
 """
 EXACT = BASE + "exact: exp(-t) * x1\n"
+INVERSE = BASE.replace("- lap(u)", "- kappa * lap(u)") + "unknowns: {kappa: {initial: 0.5, bounds: [0, 1]}}\nconditions:\n"
+DATA_FILES = {  # written beside every case's problem file
+    "good.csv": "x1,x2,t,u\n0.1,0.2,0.3,1.0\n",
+    "wrong-columns.csv": "x1,x2,t,v\n0.1,0.2,0.3,1.0\n",
+    "nan.csv": "# a comment line\nx1,x2,t,u\n0.1,0.2,0.3,1.0\n0.1,0.2,0.4,nan\n",
+}
 
 
 def _alias_bomb() -> str:
@@ -170,6 +176,38 @@ PROBLEM_CASES = [
      "conditions.'c\\n': expected a condition name"),
     ("newline-setting", BASE + 'solve: {"steps\\r\\n": 1}\n', "solve.'steps\\r\\n': unknown key"),
     ("not-utf8", BASE.encode() + b"description: \xff\xfe\n", "not a text file"),
+    # inverse problems: unknowns and data files (DATA_FILES lie beside the problem file)
+    ("data-file-missing", INVERSE + "  m: {at: data, file: absent.csv}\n",
+     "conditions.m.file: no such data file absent.csv"),
+    ("data-file-wrong-columns", INVERSE + "  m: {at: data, file: wrong-columns.csv}\n",
+     "conditions.m.file: wrong-columns.csv has columns x1, x2, t, v; expected exactly x1, x2, t, u"),
+    ("data-file-nan", INVERSE + "  m: {at: data, file: nan.csv}\n",
+     "conditions.m.file: nan.csv: column u holds nan in row 2"),
+    ("data-file-outside-folder", INVERSE + "  m: {at: data, file: ../good.csv}\n",
+     "conditions.m.file: expected a path relative to the problem file's folder"),
+    ("data-measured-unknown-atom", INVERSE + "  m: {at: data, file: good.csv, value: \"d(u, y)\"}\n",
+     "conditions.m.value: unknown name 'y'"),
+    ("data-noise-negative", INVERSE + "  m: {at: data, file: good.csv, noise: -1}\n",
+     "conditions.m.noise: expected the standard deviation of the noise"),
+    ("unknown-bounds-reversed", INVERSE.replace("bounds: [0, 1]", "bounds: [2, 1]") + "  m: {at: data, file: good.csv}\n",
+     "unknowns.kappa.bounds: expected low < high; found [2, 1]"),
+    ("unknown-initial-outside", INVERSE.replace("initial: 0.5", "initial: 3") + "  m: {at: data, file: good.csv}\n",
+     "unknowns.kappa.initial: expected a value strictly inside the bounds (0, 1); found 3"),
+    ("unknown-initial-on-a-bound", INVERSE.replace("initial: 0.5", "initial: 1") + "  m: {at: data, file: good.csv}\n",
+     "unknowns.kappa.initial: expected a value strictly inside the bounds"),
+    ("unknown-unused", INVERSE.replace("kappa * lap(u)", "lap(u)") + "  m: {at: data, file: good.csv}\n",
+     "unknowns.kappa: appears neither in the equation nor in a condition"),
+    ("unknown-is-a-variable", INVERSE.replace("unknowns: {kappa:", "unknowns: {x1:"),
+     "unknowns.x1: 'x1' is already a variable, a parameter or a derivative of u"),
+    ("unknown-is-a-parameter", INVERSE.replace("unknowns: {kappa:", "parameters: {c: 1}\nunknowns: {c:"),
+     "unknowns.c: 'c' is already a variable, a parameter"),
+    ("unknown-is-reserved", INVERSE.replace("unknowns: {kappa:", "unknowns: {lap:"),
+     "unknowns.lap: 'lap' is reserved"),
+    ("unknown-is-a-metric", INVERSE.replace("unknowns: {kappa:", "unknowns: {loss:"),
+     "unknowns.loss: 'loss' names a column of metrics.csv"),
+    ("unknown-in-exact", INVERSE + "  m: {at: data, file: good.csv}\nexact: kappa * x1\n", "exact: unknown name 'kappa'"),
+    ("unknown-manufactured", INVERSE + "  m: {at: data, file: good.csv}\nexact: x1\nsource: manufactured\n",
+     "source: a manufactured source cannot be derived from an equation with unknowns"),
 ]
 
 
@@ -177,6 +215,8 @@ PROBLEM_CASES = [
 def test_bad_problem_file_gives_one_line_and_exit_2(tmp_path, text, needle):
     path = tmp_path / "p.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for name, content in DATA_FILES.items():
+        (tmp_path / name).write_text(content)
     started = time.perf_counter()
     result = run_cli(["check", str(path)])
     assert time.perf_counter() - started < 5, "refused too slowly"

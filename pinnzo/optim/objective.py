@@ -12,6 +12,12 @@ and gradients are summed over the ranks (``reduce``; residual vectors stay the
 shard's rows, so Gauss-Newton sums its J^T J and J^T r); with the queries split,
 each rank evaluates its share of the parameter vectors on all the points and the
 values are gathered. A single process does neither.
+
+A model with unknown parameters (unknowns.WithUnknowns: an inverse problem) puts
+their raw coordinates last in theta; the network callable the loss receives
+carries them (``Network.unknowns``), so every optimizer trains them with the
+network. The layered coordinate queries cover the network's coordinates; the
+unknowns' coordinates are ordinary (black-box) queries.
 """
 
 from __future__ import annotations
@@ -26,6 +32,21 @@ from pinnzo.distributed import World, current, row_blocks
 from pinnzo.errors import PinnzoError
 
 LossFn = Callable[[Callable[[torch.Tensor], torch.Tensor], Any], torch.Tensor]
+
+
+class Network:
+    """The model with parameters ``params`` (name -> tensor) as a function of its inputs (B, D) -> (B,);
+    ``unknowns``: the raw unknown parameters (k,) of a WithUnknowns model, else None."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
+        self.model, self.params = model, params
+        self.unknowns = params.get(UNKNOWNS)
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, self.params, (X,))
+
+
+UNKNOWNS = "unknowns.raw"  # the parameter of unknowns.WithUnknowns holding the raw unknowns
 
 
 class Objective:
@@ -70,10 +91,14 @@ class Objective:
         self.load(theta)
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
-    def network(self, theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def network(self, theta: torch.Tensor) -> Network:
         """The network with parameters theta, as a function of its inputs."""
-        params = self.unflatten(theta)
-        return lambda X: functional_call(self.model, params, (X,))
+        return Network(self.model, self.unflatten(theta))
+
+    @property
+    def unknowns(self) -> int:
+        """k: the number of unknown parameters (the last k coordinates of theta)."""
+        return self.sizes[-1] if self.names and self.names[-1] == UNKNOWNS else 0
 
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """A sum over the points of the step from this rank's part of it (itself unless the
@@ -157,20 +182,21 @@ class Objective:
         loss of the form criterion(network(inputs(batch)), batch))."""
         from pinnzo.optim.coordinates import supports
 
-        return supports(self.model, self.loss_fn)
+        return supports(getattr(self.model, "network", self.model), self.loss_fn)
 
     def coordinate_losses(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """L(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E,): E queries, computed
         by re-running only the layers after each perturbed one (optim/coordinates.py)."""
         return self.reduce(self._split(
-            lambda _, part, b: self._coordinates("losses", self.loss_fn.criterion, theta, b, part, mu),
+            lambda _, part, b: self._coordinates("losses", self.loss_fn.criterion, self.loss_fn, theta, b, part, mu),
             None, chosen, batch))
 
     def coordinate_residuals(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
         """rho(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E, n), the layered way: E queries."""
-        self._residual_vector()
+        value = self._residual_vector()
         return self._split(
-            lambda _, part, b: self._coordinates("residuals", self.loss_fn.residual_criterion, theta, b, part, mu),
+            lambda _, part, b: self._coordinates("residuals", self.loss_fn.residual_criterion, value, theta, b, part,
+                                                 mu),
             None, chosen, batch)
 
     def _split(self, evaluate, value, items: torch.Tensor, batch) -> torch.Tensor:
@@ -186,21 +212,40 @@ class Objective:
         counts = [len(range(len(items))[world.shard_of(rank, len(items))]) for rank in range(world.size)]
         return world.all_gather(mine, counts)
 
-    def _coordinates(self, kind: str, criterion, theta: torch.Tensor, batch, chosen: torch.Tensor,
+    def _coordinates(self, kind: str, criterion, value, theta: torch.Tensor, batch, chosen: torch.Tensor,
                      mu: float) -> torch.Tensor:
-        """criterion at the network outputs of each theta + mu e_j; from the outputs' changes directly
-        when the loss takes them (``loss_fn.around(outputs, batch)``: a PINN loss, whose stencil
-        atoms are linear in the outputs)."""
+        """The loss (or residual vector: ``kind``) at theta + mu e_j for each of ``chosen``.
+
+        The network's coordinates come from its outputs' changes (optim/coordinates.py): through
+        ``loss_fn.around(outputs, batch)`` when the loss takes changes directly (a PINN loss, whose
+        stencil atoms are linear in the outputs), else through ``criterion`` of the moved outputs.
+        The unknowns' coordinates (the last ``unknowns`` of theta) are ordinary queries of
+        ``value(network, batch)``.
+        """
         from pinnzo.optim.coordinates import LayeredForward
 
-        self.queries += len(chosen)
+        params, k = self.unflatten(theta), self.unknowns
+        network = self.model.network if k else self.model
+        prefix = "network." if k else ""
+        network_params = {name[len(prefix):]: tensor for name, tensor in params.items() if name.startswith(prefix)}
+        layered = chosen < theta.numel() - k
+        parts = []
         with torch.no_grad():
-            forward = LayeredForward(self.model, self.unflatten(theta), self.loss_fn.inputs(batch))
-            around = getattr(self.loss_fn, "around", None)
-            around = around(forward.output, batch) if around is not None else None
-            value = getattr(around, kind) if around is not None else \
-                lambda change: criterion(forward.output + change, batch)
-            parts = [(part, value(change)) for part, change in forward.changes(chosen, mu)]
+            self.queries += int(layered.sum())
+            if layered.any():
+                forward = LayeredForward(network, network_params, self.loss_fn.inputs(batch))
+                around = getattr(self.loss_fn, "around", None) if not k else None
+                around = around(forward.output, batch) if around is not None else None
+                extra = (params[UNKNOWNS],) if k else ()
+                moved = getattr(around, kind) if around is not None else \
+                    lambda change: criterion(forward.output + change, batch, *extra)
+                index = layered.nonzero().flatten()
+                parts = [(index[part], moved(change)) for part, change in forward.changes(chosen[layered], mu)]
+            if not layered.all():
+                rest = (~layered).nonzero().flatten()
+                thetas = theta.repeat(len(rest), 1)
+                thetas[torch.arange(len(rest)), chosen[rest]] += mu
+                parts.append((rest, self._batched(value, thetas, batch)))
         result = theta.new_empty((len(chosen), *parts[0][1].shape[1:]))
         for part, values in parts:
             result[part] = values

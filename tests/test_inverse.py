@@ -1,0 +1,282 @@
+"""Inverse problems: unknown parameters (the bound transforms, training with every kind of optimizer,
+the layered coordinate queries, resume, run folders) and measured data (reading, checks, pinnzo data make)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import run_cli
+from pinnzo.data import make_measurements, measurements_csv
+from pinnzo.derivatives import Autodiff
+from pinnzo.loop import Interrupted
+from pinnzo.pinn import build, load_run, resolve_settings, solve
+from pinnzo.problem import ProblemError, load_problem
+from pinnzo.residual import sample_batch
+from pinnzo.unknowns import Unknown
+
+REPO = Path(__file__).resolve().parents[1]
+
+# -k u'' = pi^2 sin(pi x) on [0, 1], u(0) = u(1) = 0: u = sin(pi x) / k. Data of u = sin(pi x) identify k = 1.
+LINE = {
+    "name": "line-inverse",
+    "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 1]}},
+    "unknowns": {"k": {"initial": 0.5, "bounds": [0.1, 4], "exact": 1.0}},
+    "equation": "-k * d(u, x, x) = pi**2 * sin(pi * x)",
+    "exact": "sin(pi * x)",
+    "conditions": {"ends": {"at": "boundary", "value": 0},
+                   "measured": {"at": "data", "file": "line.csv"}},
+    "solve": {"network": "mlp", "width": 8, "activation": "tanh", "dtype": "float64", "batch": 60,
+              "condition_batch": 4, "eval_every": 5, "eval_points": 200},
+}
+FORWARD = {key: LINE[key] for key in ("name", "variables", "exact")} | {
+    "equation": "-d(u, x, x) = pi**2 * sin(pi * x)"}
+
+
+@pytest.fixture
+def line(tmp_path):
+    """LINE with 40 exact measurements of u in tmp_path/line.csv."""
+    X, values, _ = make_measurements(load_problem(FORWARD), 40, 0.0, 0)
+    (tmp_path / "line.csv").write_bytes(measurements_csv(["x"], X, values, ["exact values"]))
+    return load_problem(LINE, tmp_path)
+
+
+# ---- the bound transform ---------------------------------------------------
+
+@pytest.mark.parametrize("low, high, initial", [(0.0, 1.0, 0.1), (2.0, math.inf, 2.5), (-math.inf, -1.0, -7.0),
+                                                (-math.inf, math.inf, -3.0), (1e-3, 1.0, 0.999)])
+def test_the_transform_keeps_the_bounds_and_inverts_at_the_initial_value(low, high, initial):
+    unknown = Unknown("k", initial, low, high)
+    raw = torch.tensor(unknown.raw(initial), dtype=torch.float64)
+    assert unknown.value(raw).item() == pytest.approx(initial, rel=1e-12)
+    everywhere = unknown.value(torch.linspace(-30, 30, 601, dtype=torch.float64))
+    assert (everywhere >= low).all() and (everywhere <= high).all()
+    assert (everywhere.diff() != 0).any() and ((everywhere.diff() > 0).all() or (everywhere.diff() < 0).all())
+    if math.isfinite(low) and math.isfinite(high):  # the sigmoid map: lo + (hi - lo) sigmoid(r)
+        assert unknown.value(torch.tensor(0.0)).item() == pytest.approx((low + high) / 2)
+
+
+def test_the_problem_reads_unknowns_and_data(line):
+    (unknown,) = line.unknowns
+    assert (unknown.name, unknown.initial, unknown.low, unknown.high, unknown.exact) == ("k", 0.5, 0.1, 4.0, 1.0)
+    measured = line.conditions[1]
+    assert measured.on == "data" and measured.data.points.shape == (40, 1)
+    torch.testing.assert_close(measured.data.values, torch.sin(torch.pi * measured.data.points[:, 0]))
+    X, normals = line.sample_condition(measured, 7, torch.Generator(), torch.float64)
+    assert torch.equal(X, measured.data.points) and normals is None  # every row, in the file's order
+    # at the exact k the exact solution satisfies the equation; at the initial k it does not
+    X = line.sample_interior(50, torch.Generator().manual_seed(0), torch.float64)
+    atoms = Autodiff()(line.exact_solution, X, line.atoms, line.spatial)
+    assert line.residual_from_atoms(X, atoms, line.exact_unknowns).abs().max() < 1e-10
+    assert line.residual_from_atoms(X, atoms).abs().max() > 1  # (1 - 0.5) pi^2 sin(pi x)
+
+
+def test_a_data_condition_can_measure_a_derivative_in_an_npz_file(tmp_path):
+    X = torch.linspace(0.05, 0.95, 30, dtype=torch.float64)[:, None]
+    np.savez(tmp_path / "slope.npz", x=X[:, 0].numpy(), ux=(torch.pi * torch.cos(torch.pi * X[:, 0])).numpy())
+    problem = load_problem(LINE | {"conditions": {"slope": {"at": "data", "file": "slope.npz", "value": "d(u, x)",
+                                                            "column": "ux"}}}, tmp_path)
+    (condition,) = problem.conditions
+    atoms = Autodiff()(problem.exact_solution, condition.data.points, problem.condition_atoms(condition),
+                       problem.spatial)
+    assert problem.condition_residual(condition, condition.data.points, None, atoms).abs().max() < 1e-12
+    wrong = Autodiff()(lambda Y: 2 * problem.exact_solution(Y), condition.data.points,
+                       problem.condition_atoms(condition), problem.spatial)
+    assert problem.condition_residual(condition, condition.data.points, None, wrong).abs().max() > 1
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("x,v\n0.5,1\n", "has columns x, v; expected exactly x, u"),
+    ("x,u,t\n0.5,1,0\n", "expected exactly x, u"),
+    ("x,u\n0.5,nan\n", "column u holds nan in row 1"),
+    ("x,u\n0.5,1\n0.6\n", "row 2 has 1 values"),
+    ("x,u\n0.5,one\n", "row 1, column u: not a number"),
+    ("# only a comment\n", "is empty"),
+    ("x,u\n", "has no rows"),
+])
+def test_a_bad_data_file_is_refused_naming_the_key(tmp_path, content, needle):
+    (tmp_path / "line.csv").write_text(content)
+    with pytest.raises(ProblemError, match="conditions.measured.file: ") as error:
+        load_problem(LINE, tmp_path)
+    assert needle in str(error.value)
+
+
+# ---- training the unknowns ------------------------------------------------
+
+def test_zo_gn_identifies_the_coefficient_without_back_propagation(line, tmp_path):
+    run = solve(line, optimizer="zo-gn", backend="fd", steps=40, out=tmp_path / "run")
+    assert run.metrics[0]["k"] == pytest.approx(0.5, abs=0.05)
+    assert run.summary["unknowns"]["k"]["value"] == pytest.approx(1.0, rel=1e-3), run.summary["unknowns"]
+    assert run.summary["unknowns"]["k"]["relative_error"] < 1e-3
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "gn", "zo-cge"])
+def test_first_order_and_coordinate_optimizers_move_the_unknown_towards_its_value(line, tmp_path, optimizer):
+    changes = {"backend": "ad" if optimizer in ("adam", "lbfgs", "gn") else "fd", "steps": 6, "eval_every": 2,
+               "lr": 0.5 if optimizer == "lbfgs" else 0.02}
+    run = solve(line, optimizer=optimizer, out=tmp_path / "run", **changes)
+    k = [row["k"] for row in run.metrics]
+    assert k[-1] > k[0] + 1e-3 and k[-1] > 0.5, (optimizer, k)  # the data pull k from 0.5 up to 1
+
+
+@pytest.mark.parametrize("optimizer", ["zo-signrge", "zo-rge", "zo-adam"])
+def test_random_direction_optimizers_update_the_unknown_at_every_step(line, tmp_path, optimizer):
+    raw = []
+    solve(line, optimizer=optimizer, backend="fd", steps=5, lr=0.01, out=tmp_path / "run",
+          callbacks=[lambda step, state: raw.append(state.theta[-1].item())])
+    moves = np.diff([load_problem(LINE, tmp_path).unknowns[0].raw(0.5)] + raw)
+    assert (np.abs(moves) > 0).all(), moves
+    if optimizer == "zo-signrge":  # signSGD moves every coordinate by exactly lr
+        np.testing.assert_allclose(np.abs(moves), 0.01, rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["fd", "sparse-grid"])
+def test_layered_coordinate_queries_cover_the_unknowns(line, backend):
+    settings = resolve_settings(line, {"backend": backend, "width": 5, "sigma": 0.05, "rule": "gauss-hermite",
+                                       "level": 3})
+    objective = build(line, settings).objective
+    assert objective.layered and objective.unknowns == 1
+    batch = sample_batch(line, 6, 3, torch.Generator().manual_seed(0), torch.float64)
+    theta = objective.flatten() + 0.1 * torch.randn(objective.dim, dtype=torch.float64,
+                                                    generator=torch.Generator().manual_seed(1))
+    chosen, mu = torch.tensor([objective.dim - 1, 0, 7, objective.dim - 1, objective.dim - 3]), 1e-3
+    before = objective.queries
+    layered = objective.coordinate_residuals(theta, batch, chosen, mu)
+    losses = objective.coordinate_losses(theta, batch, chosen, mu)
+    assert objective.queries - before == 2 * len(chosen)
+    black_box = objective.residuals(theta + mu * torch.eye(objective.dim, dtype=torch.float64)[chosen], batch)
+    floor = 1e-8 if backend == "fd" else 1e-11
+    assert (layered - black_box).abs().max() <= floor
+    torch.testing.assert_close(losses, black_box.square().sum(1), rtol=1e-9, atol=floor)
+    # the unknown's column moves the residuals of the equation only (the data do not involve k)
+    column = black_box[0] - objective.residuals(theta[None], batch)[0]
+    assert column[:6].abs().max() > 1e-6 and column[6:].abs().max() < 1e-12
+
+
+# ---- run folders: metrics, summary, plots, resume, load_run ------------------
+
+def test_the_run_folder_records_and_plots_the_unknowns_and_keeps_the_data(line, tmp_path):
+    run = solve(line, optimizer="zo-gn", backend="fd", steps=5, out=tmp_path / "run")
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
+    assert [float(row["k"]) for row in rows] == [row["k"] for row in run.metrics]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert float(rows[-1]["k"]) == summary["unknowns"]["k"]["value"] == run.summary["unknowns"]["k"]["value"]
+    assert summary["unknowns"]["k"]["exact"] == 1.0 and summary["unknowns"]["k"]["bounds"] == [0.1, 4.0]
+    assert summary["data_misfit"]["measured"]["rms"] > 0
+    assert (tmp_path / "run" / "data" / "line.csv").read_bytes() == (tmp_path / "line.csv").read_bytes()
+    (tmp_path / "line.csv").unlink()  # the run folder keeps its own copy
+    again = load_run(tmp_path / "run")
+    assert again.components.unknowns(again.theta) == run.components.unknowns(run.theta)
+    from pinnzo.plots import unknown_curves
+
+    assert unknown_curves(again, tmp_path / "run" / "plots", "png") == tmp_path / "run" / "plots" / "unknowns.png"
+    plotted = list(csv.DictReader((tmp_path / "run" / "plots" / "unknowns.csv").read_text().splitlines()))
+    assert [float(row["k"]) for row in plotted] == [row["k"] for row in run.metrics]
+
+
+@pytest.mark.parametrize("optimizer, backend", [("zo-gn", "fd"), ("adam", "ad")])
+def test_resume_with_unknowns_is_bit_identical(line, tmp_path, optimizer, backend):
+    settings = resolve_settings(line, {"optimizer": optimizer, "backend": backend, "steps": 12,
+                                       "resample_every": 5, "eval_every": 3})
+    solve(line, settings, out=tmp_path / "straight")
+
+    def interrupt(step, state):
+        if step == 6:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        solve(line, settings, out=tmp_path / "broken", callbacks=[interrupt])
+    solve(line, settings, out=tmp_path / "broken", resume=True)
+    rows = [list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
+            for name in ("straight", "broken")]
+    drop = lambda table: [{k: v for k, v in row.items() if k != "wall_s"} for row in table]
+    assert drop(rows[0]) == drop(rows[1]) and "k" in rows[0][0]
+    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "broken"))
+    assert "unknowns.raw" in a and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_resume_with_a_changed_data_file_is_refused(line, tmp_path):
+    settings = resolve_settings(line, {"optimizer": "zo-gn", "backend": "fd", "steps": 4})
+
+    def interrupt(step, state):
+        if step == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        solve(line, settings, out=tmp_path / "run", callbacks=[interrupt])
+    with open(tmp_path / "line.csv", "a") as file:
+        file.write("0.5,1.0\n")
+    result = run_cli(["solve", str(_as_file(tmp_path)), "--resume", str(tmp_path / "run"), "--optimizer", "zo-gn",
+                      "--backend", "fd", "--steps", "4", "--quiet", "--no-plots"])
+    assert result.exit_code == 2 and "the problem differs" in result.output, result.output
+
+
+def _as_file(folder: Path) -> Path:
+    import yaml
+
+    path = folder / "line.yaml"
+    path.write_text(yaml.safe_dump(LINE, sort_keys=False))
+    return path
+
+
+# ---- pinnzo data make ---------------------------------------------------------
+
+def test_data_make_is_reproducible_with_a_seed_and_never_overwrites(tmp_path):
+    problem = REPO / "problems" / "heat10.yaml"
+    out = [tmp_path / name for name in ("a.csv", "b.csv", "c.csv")]
+    for path, seed in zip(out, (3, 3, 4)):
+        result = run_cli(["data", "make", str(problem), "--points", "50", "--noise", "0.05", "--seed", str(seed),
+                          "--out", str(path)])
+        assert result.exit_code == 0, result.output
+    data = [[line for line in path.read_text().splitlines() if not line.startswith("#")] for path in out]
+    assert data[0] == data[1] != data[2] and len(data[0]) == 51
+    lines = out[0].read_text().splitlines()
+    assert lines[0] == f"# made by: pinnzo data make {problem} --points 50 --noise 0.05 --seed 3 --out {out[0]}"
+    before = out[0].read_bytes()
+    result = run_cli(["data", "make", str(problem), "--points", "5", "--out", str(out[0])])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "exists" in result.output
+    assert out[0].read_bytes() == before
+
+
+def test_data_make_noise_is_the_stated_fraction_of_the_rms(tmp_path):
+    problem = load_problem(REPO / "problems" / "burgers1d.yaml")
+    X, values, sigma = make_measurements(problem, 4000, 0.02, 0)
+    exact = problem.exact_solution(X)
+    assert sigma == pytest.approx(0.02 * exact.square().mean().sqrt().item())
+    assert (values - exact).std().item() == pytest.approx(sigma, rel=0.05)
+    assert X.min(0).values.tolist() >= [-1, 0] and X.max(0).values.tolist() <= [1, 1]
+    path = tmp_path / "u.csv"
+    path.write_bytes(measurements_csv(problem.columns, X, values, []))
+    shutil.copy(path, tmp_path / "u2.csv")
+    read = load_problem(LINE | {"variables": {"space": {"name": "x", "dim": 1, "domain": [-1, 1]},
+                                              "time": {"name": "t", "domain": [0, 1]}},
+                                "exact": "x", "equation": "-k * d(u, x, x)",
+                                "conditions": {"measured": {"at": "data", "file": "u.csv"}}}, tmp_path)
+    assert torch.equal(read.conditions[0].data.values, values)  # the CSV reads back exactly
+
+
+def test_data_make_refuses_a_problem_without_an_exact_solution(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("variables:\n  space: {name: x, dim: 1, domain: [0, 1]}\nequation: d(u, x, x)\n")
+    result = run_cli(["data", "make", str(path), "--out", str(tmp_path / "d.csv")])
+    assert result.exit_code == 2 and "no exact solution" in result.output and not (tmp_path / "d.csv").exists()
+
+
+# ---- the shipped inverse problems -------------------------------------------------
+
+@pytest.mark.parametrize("name, unknown, exact", [("heat10-inverse", "k", 1.0), ("burgers1d-inverse", "nu", 0.1)])
+def test_the_shipped_inverse_problems_state_their_exact_parameter_and_noisy_data(name, unknown, exact):
+    problem = load_problem(REPO / "problems" / f"{name}.yaml")
+    assert problem.exact_unknowns == {unknown: exact}
+    assert f"its exact value is {unknown} = {exact:g}" in problem.text
+    (measured,) = [c for c in problem.conditions if c.data is not None]
+    misfit = measured.data.values - problem.exact_solution(measured.data.points)
+    rms = problem.exact_solution(measured.data.points).square().mean().sqrt()
+    assert 200 <= len(misfit) <= 500
+    assert 0.005 < (misfit.square().mean().sqrt() / rms).item() < 0.02  # 1% noise
+    assert measured.data.noise == pytest.approx(misfit.std().item(), rel=0.2)
