@@ -262,9 +262,9 @@ def _diverged_record(folder: Path) -> dict | None:
 
 def _check_saved(folder: Path, settings: dict) -> None:
     """Refuse a folder whose saved run used other settings."""
-    saved = runs.read_config(folder)["settings"]
-    differences = [f"{key}: saved {saved.get(key)!r}, now {value!r}" for key, value in settings.items()
-                   if saved.get(key) != value]
+    config = runs.read_config(folder)
+    missing, differences = runs.compare_settings(config["settings"], settings, config.get("task"))
+    differences += [f"{key}: not saved, now {settings[key]!r}" for key in missing]
     if differences:
         raise PinnzoError(f"{folder} holds a run with other settings ({'; '.join(differences[:3])}); "
                           f"remove it or give another --out")

@@ -94,16 +94,29 @@ def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str
     differences = []
     if saved.get("problem_sha256") != config.get("problem_sha256"):
         differences.append(f"the problem differs from the one the run used ({saved.get('problem')})")
-    saved_settings = saved["settings"]
-    missing = [key for key in config["settings"] if key not in saved_settings]
+    missing, changed = compare_settings(saved["settings"], config["settings"], config.get("task"))
     if missing:
         raise PinnzoError(f"{run_dir / CONFIG}: damaged or written by an older pinnzo: it lacks the settings "
                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; the run cannot be resumed")
-    differences += [f"{key}: saved {saved_settings[key]!r}, now {value!r}"
-                    for key, value in config["settings"].items() if saved_settings[key] != value]
+    differences += changed
     if differences:
         raise PinnzoError(f"--resume {run_dir}: the configuration does not match the saved run: "
                           + "; ".join(differences))
+
+
+def compare_settings(saved: dict, current: dict, task: str | None) -> tuple[list[str], list[str]]:
+    """(settings the saved run lacks, differences "key: saved X, now Y") between a run folder's
+    settings and the current ones. A setting added to pinnzo after the run was written is missing
+    from its config.yaml: the run used that setting's default, so it counts as the default (and is
+    "missing" only when the current value differs from it, as for a damaged config.yaml)."""
+    from pinnzo.settings import MnistSettings, Settings
+
+    defaults = (MnistSettings if task == "mnist" else Settings)().as_dict()
+    missing = [key for key, value in current.items()
+               if key not in saved and (key not in defaults or defaults[key] != value)]
+    changed = [f"{key}: saved {saved[key]!r}, now {value!r}" for key, value in current.items()
+               if key in saved and saved[key] != value]
+    return missing, changed
 
 
 @contextlib.contextmanager

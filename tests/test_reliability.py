@@ -736,3 +736,17 @@ def test_absurd_fd_step_diverges_with_a_truthful_line(tmp_path):
     assert "the parameters became non-finite" in line and "the update was not" in line, line
     assert "No checkpoint was written yet" in line and sorted(p.name for p in out.iterdir() if p.name != ".lock") == \
         ["config.yaml", "problem.yaml"]
+
+
+def test_a_setting_added_after_a_run_counts_as_its_default_when_resuming():
+    from pinnzo.runs import compare_settings
+    from pinnzo.settings import Settings
+
+    current = Settings().replace({"steps": 7}).as_dict()
+    older = {key: value for key, value in current.items() if key != "history"}  # written before `history` existed
+    assert compare_settings(older, current, "pinn") == ([], [])
+    assert compare_settings(older, {**current, "history": 3}, "pinn") == (["history"], [])  # not the default
+    truncated = {key: current[key] for key in list(current)[:5]}
+    missing, _ = compare_settings(truncated, current, "pinn")
+    assert "steps" in missing  # a damaged config.yaml is still told apart
+    assert compare_settings(current, {**current, "steps": 8}, "pinn") == ([], ["steps: saved 7, now 8"])
