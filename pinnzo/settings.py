@@ -87,6 +87,7 @@ class Settings(SettingsBase):
     gn_mu: float = 0.0  # zo-gn difference step (0: sqrt(eps) of the dtype times the scale of theta)
     damping: float = 1e-3  # initial Levenberg-Marquardt damping lambda
     damping_rule: str = "nielsen"  # nielsen | marquardt
+    damping_matrix: str = "identity"  # identity (lambda x mean diag(J^T J) x I, Levenberg) | diagonal (lambda diag(J^T J), Marquardt)
     history: int = 50  # L-BFGS history size
     resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, gn, zo-gn)
     # run
@@ -143,6 +144,7 @@ CHOICES = {
     "dtype": ("auto", "float32", "float64"),
     "gn_subspace": ("auto", "coordinates", "gaussian", "orthonormal"),
     "damping_rule": ("nielsen", "marquardt"),
+    "damping_matrix": ("identity", "diagonal"),
     "device": ("cpu", "cuda"),
 }
 

@@ -7,7 +7,8 @@ when S is the identity):
 
     J_S = d rho / d(S^T a)  (n, k),   (J_S^T J_S + lambda D) a = -J_S^T rho,   theta <- theta + S^T a,
 
-with D = diag(J_S^T J_S) (Marquardt's scaling). ``zo-gn`` forms J_S by forward
+with D = mean(diag(J_S^T J_S)) I (Levenberg's, the default) or diag(J_S^T J_S) (Marquardt's scaling,
+``damping_matrix=diagonal``). ``zo-gn`` forms J_S by forward
 differences of residual-vector queries, rho(theta + mu s_j) - rho(theta) over mu, so
 it needs nothing but forward evaluations; ``gn`` takes the Jacobian by autograd.
 
@@ -61,11 +62,22 @@ def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
     return (torch.finfo(theta.dtype).eps * gain) ** 0.5 * max(1.0, theta.abs().max().item())
 
 
-def subspace(kind: str, count: int, dim: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor | None:
+def auto_subspace(count: int, dim: int, residuals: int) -> tuple[str, int]:
+    """What ``auto`` means for d parameters and n residuals: all coordinates while d <= n and d <= 4,096;
+    otherwise min(count, n) orthonormal directions. J has rank at most n, so with fewer residuals than
+    parameters n random directions fit the points as well as all d columns, at n / d of the cost."""
+    if dim <= min(AUTO_COORDINATES, residuals):
+        return "coordinates", dim
+    return "orthonormal", min(count, residuals, dim)
+
+
+def subspace(kind: str, count: int, dim: int, generator: torch.Generator, like: torch.Tensor,
+             residuals: int | None = None) -> torch.Tensor | None:
     """The directions S (k, d) of a step: None for all coordinates; unit-norm Gaussian directions;
-    or k orthonormal ones (the Q of a Gaussian matrix)."""
+    or k orthonormal ones (the Q of a Gaussian matrix). ``auto`` (see auto_subspace) needs the number
+    of residuals n."""
     if kind == "auto":
-        kind = "coordinates" if dim <= AUTO_COORDINATES else "orthonormal"
+        kind, count = auto_subspace(count, dim, dim if residuals is None else residuals)
     if kind == "coordinates":
         return None
     count = min(count, dim)
@@ -88,7 +100,7 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
     (the same values, re-running only the layers after each perturbed parameter).
     """
     mu = mu or default_mu(theta, gain)
-    S = subspace(kind, count, theta.numel(), generator, theta)
+    S = subspace(kind, count, theta.numel(), generator, theta, objective.residual_count(batch))
     k = theta.numel() if S is None else len(S)
     if S is None and difference == "forward" and objective.layered:
         r0 = objective.residuals(theta[None], batch)[0]
@@ -122,6 +134,7 @@ class GaussNewton:
     difference: str = "forward"
     damping: float = 1e-3
     rule: str = "nielsen"
+    matrix: str = "identity"  # D: identity (Levenberg, scaled by the mean of diag(J^T J)) | diagonal (Marquardt)
     max_tries: int = 8
     memory_mb: int = 1024
     rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
@@ -146,7 +159,7 @@ class GaussNewton:
         if not math.isfinite(loss):
             return theta, state, StepInfo(loss, self.stage)
         A, g = J.T @ J, J.T @ r0
-        scale = _marquardt_scale(A)
+        scale = _damping_scale(A, self.matrix)
         damping, growth, rejected = state.damping, state.growth, state.rejected
         for _ in range(self.max_tries):
             a = _solve(A + damping * torch.diag(scale), -g)
@@ -178,8 +191,12 @@ class GaussNewton:
     def _check_memory(self, objective: Objective, theta: torch.Tensor, batch) -> None:
         """Refuse a Jacobian (n x k values, with its float64 copy) that would not fit in memory_mb."""
         n, d = objective.residual_count(batch), theta.numel()
-        k = d if self.stage == "gn" or self.kind == "coordinates" or (
-            self.kind == "auto" and d <= AUTO_COORDINATES) else min(self.count, d)
+        if self.stage == "gn" or self.kind == "coordinates":
+            k = d
+        elif self.kind == "auto":
+            k = auto_subspace(self.count, d, n)[1]
+        else:
+            k = min(self.count, d)
         needed = 2 * 8 * n * k / 2**20
         if needed > self.memory_mb:
             raise PinnzoError(f"{self.stage}: the Jacobian has {n:,} residuals x {k:,} directions "
@@ -188,9 +205,13 @@ class GaussNewton:
                               f"or raise memory_mb")
 
 
-def _marquardt_scale(A: torch.Tensor) -> torch.Tensor:
-    """diag(A), floored so that a direction the residuals ignore is still damped."""
+def _damping_scale(A: torch.Tensor, matrix: str) -> torch.Tensor:
+    """The diagonal of D (k,): ``diagonal``: diag(A) (Marquardt), floored so that a direction the
+    residuals ignore is still damped; ``identity``: the mean of diag(A) everywhere (Levenberg, made
+    invariant to the scale of the residuals)."""
     diagonal = A.diagonal()
+    if matrix == "identity":
+        return diagonal.mean().clamp_min(1e-300).expand(len(diagonal))
     floor = 1e-12 * diagonal.max().clamp_min(1e-300)
     return diagonal.clamp_min(floor)
 
