@@ -82,8 +82,8 @@ class Settings(SettingsBase):
     cge_mu: float = 0.01  # hybrid: CGE perturbation radius after the switch
     cge_lr: float = 0.0  # hybrid: CGE learning rate after the switch (0: lr)
     # Gauss-Newton (gn, zo-gn) and L-BFGS (lbfgs, adam-lbfgs)
-    gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions)
-    gn_directions: int = 200  # k random directions of zo-gn (gaussian, orthonormal; auto when d > 4096)
+    gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions; auto: all coordinates while d <= residuals and d <= 4096, else min(gn_directions, residuals) orthonormal)
+    gn_directions: int = 200  # k random directions of zo-gn (gaussian, orthonormal, auto)
     gn_mu: float = 0.0  # zo-gn difference step (0: sqrt(eps) of the dtype times the scale of theta)
     damping: float = 1e-3  # initial Levenberg-Marquardt damping lambda
     damping_rule: str = "nielsen"  # nielsen | marquardt
