@@ -146,6 +146,22 @@ def test_auto_subspace_takes_as_many_random_directions_as_residuals_when_paramet
     torch.testing.assert_close(S @ S.T, torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
+def test_a_solved_zero_residual_problem_has_converged_relative_to_its_first_loss():
+    """b = M w*: one undamped step solves it; the loss falls below tolerance x the first loss."""
+    objective, _ = _linear_least_squares()
+    residual_vector = objective.loss_fn.residual_vector
+    offset = residual_vector(lambda X: X @ torch.ones(5, dtype=torch.float64), None)  # rho(1) = M 1 - b
+    objective.loss_fn.residual_vector = lambda network, batch: residual_vector(network, batch) - offset
+    theta = objective.flatten()
+    first = objective.loss(theta, None).item()
+    for tolerance, converged in ((1e-12, True), (1e-40, False)):
+        optimizer = make_optimizer("gn", damping=1e-15, gn_tolerance=tolerance)
+        moved, state, info = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
+        torch.testing.assert_close(moved, torch.ones(5, dtype=torch.float64), rtol=0, atol=1e-10)
+        assert state.first_loss == pytest.approx(first) and info.converged is converged
+        assert any("converged" in event for event in info.events) is converged
+
+
 def test_a_singular_system_is_damped_not_an_error():
     """A residual that ignores two of the parameters: J^T J is singular; the damping handles it."""
     objective, _ = _linear_least_squares()

@@ -19,7 +19,10 @@ predicted decrease. Nielsen's rule (K. Madsen, H. B. Nielsen, O. Tingleff,
 accepted: lambda *= max(1/3, 1 - (2 rho_g - 1)^3), nu = 2; rejected: lambda *= nu,
 nu *= 2. Marquardt's rule divides or multiplies lambda by 10. A rejected step is
 retried with the larger damping (one query each, up to ``max_tries``), so a singular
-or ill-conditioned J^T J is handled by the damping, never by an exception.
+or ill-conditioned J^T J is handled by the damping, never by an exception. A run has
+converged when the loss falls below ``tolerance`` times its first value (Madsen et al.'s
+test F(x) <= eps_3 for zero-residual problems, made relative to the loss's scale), or when
+no trial step decreases the loss even at the largest damping.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class GNState(NamedTuple):
     growth: float  # Nielsen's nu
     accepted: int  # steps accepted so far
     rejected: int  # trial steps rejected so far
+    first_loss: float = math.nan  # the loss at the first step (the tolerance is relative to it)
 
 
 def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
@@ -135,6 +139,7 @@ class GaussNewton:
     damping: float = 1e-3
     rule: str = "nielsen"
     matrix: str = "identity"  # D: identity (Levenberg, scaled by the mean of diag(J^T J)) | diagonal (Marquardt)
+    tolerance: float = 1e-12  # converged once the loss is below this times its first value (0: never)
     max_tries: int = 8
     memory_mb: int = 1024
     rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
@@ -161,6 +166,7 @@ class GaussNewton:
         A, g = J.T @ J, J.T @ r0
         scale = _damping_scale(A, self.matrix)
         damping, growth, rejected = state.damping, state.growth, state.rejected
+        first = loss if math.isnan(state.first_loss) else state.first_loss
         for _ in range(self.max_tries):
             a = _solve(A + damping * torch.diag(scale), -g)
             move = a if jacobian.directions is None else a @ jacobian.directions.double()
@@ -171,14 +177,24 @@ class GaussNewton:
             gain = (loss - new_loss) / predicted if predicted > 0 else -1.0
             if math.isfinite(new_loss) and gain > 0:
                 damping, growth = self._accepted(damping, gain), 2.0
-                return candidate, GNState(damping, growth, state.accepted + 1, rejected), StepInfo(loss, self.stage)
+                return candidate, GNState(damping, growth, state.accepted + 1, rejected, first), \
+                    self._accepted_info(loss, new_loss, first)
             damping, growth, rejected = self._rejected(damping, growth), growth * 2, rejected + 1
         # no trial step decreased the loss: at the largest damping the steps vanish, so stop
         info = StepInfo(loss, self.stage, converged=damping >= MAX_DAMPING)
         if info.converged:
             info.events.append(f"{self.stage}: converged (no decrease of the loss {loss:.3e} at damping "
                                f"{damping:.0e}): stopping")
-        return theta, GNState(damping, growth, state.accepted, rejected), info
+        return theta, GNState(damping, growth, state.accepted, rejected, first), info
+
+    def _accepted_info(self, loss: float, new_loss: float, first: float) -> StepInfo:
+        """The step's record; converged once the new loss is below ``tolerance`` times the first loss
+        (a zero-residual problem solved to that relative accuracy)."""
+        info = StepInfo(loss, self.stage, converged=new_loss <= self.tolerance * first)
+        if info.converged:
+            info.events.append(f"{self.stage}: converged (the loss {new_loss:.3e} is below {self.tolerance:g} "
+                               f"times its first value {first:.3e}): stopping")
+        return info
 
     def _accepted(self, damping: float, gain: float) -> float:
         if self.rule == "marquardt":
