@@ -82,13 +82,13 @@ class Settings(SettingsBase):
     cge_mu: float = 0.01  # hybrid: CGE perturbation radius after the switch
     cge_lr: float = 0.0  # hybrid: CGE learning rate after the switch (0: lr)
     # Gauss-Newton (gn, zo-gn) and L-BFGS (lbfgs, adam-lbfgs)
-    gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions; auto: all coordinates while d <= residuals and d <= 4096, else min(gn_directions, residuals) orthonormal)
+    gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions; auto: all coordinates up to 4096 parameters, else min(gn_directions, residuals) orthonormal)
     gn_directions: int = 200  # k random directions of zo-gn (gaussian, orthonormal, auto)
     gn_mu: float = 0.0  # zo-gn difference step (0: sqrt(eps) of the dtype times the scale of theta)
     damping: float = 1e-3  # initial Levenberg-Marquardt damping lambda
     damping_rule: str = "nielsen"  # nielsen | marquardt
     damping_matrix: str = "identity"  # identity (lambda x mean diag(J^T J) x I, Levenberg) | diagonal (lambda diag(J^T J), Marquardt)
-    gn_tolerance: float = 1e-12  # gn, zo-gn: converged once the loss is below this times its first value (0: never)
+    gn_tolerance: float = 1e-10  # gn, zo-gn: converged once the loss is below this times its first value (0: never)
     history: int = 50  # L-BFGS history size
     resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, gn, zo-gn)
     # run

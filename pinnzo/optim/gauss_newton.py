@@ -67,10 +67,9 @@ def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
 
 
 def auto_subspace(count: int, dim: int, residuals: int) -> tuple[str, int]:
-    """What ``auto`` means for d parameters and n residuals: all coordinates while d <= n and d <= 4,096;
-    otherwise min(count, n) orthonormal directions. J has rank at most n, so with fewer residuals than
-    parameters n random directions fit the points as well as all d columns, at n / d of the cost."""
-    if dim <= min(AUTO_COORDINATES, residuals):
+    """What ``auto`` means for d parameters and n residuals: all coordinates up to 4,096 parameters,
+    else min(count, n) orthonormal directions (J has rank at most n)."""
+    if dim <= AUTO_COORDINATES:
         return "coordinates", dim
     return "orthonormal", min(count, residuals, dim)
 
@@ -139,7 +138,7 @@ class GaussNewton:
     damping: float = 1e-3
     rule: str = "nielsen"
     matrix: str = "identity"  # D: identity (Levenberg, scaled by the mean of diag(J^T J)) | diagonal (Marquardt)
-    tolerance: float = 1e-12  # converged once the loss is below this times its first value (0: never)
+    tolerance: float = 1e-10  # converged once the loss is below this times its first value (0: never)
     max_tries: int = 8
     memory_mb: int = 1024
     rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
