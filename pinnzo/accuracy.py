@@ -59,9 +59,9 @@ METHODS.register("hybrid", Method("ZO hybrid (signRGE, then CGE) + sparse-grid S
                                   {**_PAPER, "optimizer": "hybrid", "patience": 100, "cge_lr": 0.001,
                                    "cge_mu": 0.001, "eval_every": 50}, False))
 METHODS.register("zo-gn", Method(
-    "ZO Gauss-Newton + FD, dense 16-16 tanh, float64 (forward queries only)",
-    {"network": "mlp", "width": 16, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
-     "optimizer": "zo-gn", "batch": 500, "condition_batch": 100, "resample_every": 50, "eval_every": 5}, False))
+    "ZO Gauss-Newton + FD, dense 24-24 tanh, float64 (forward queries only)",
+    {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
+     "optimizer": "zo-gn", "batch": 1000, "condition_batch": 200, "resample_every": 100, "eval_every": 5}, False))
 
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs

@@ -280,7 +280,7 @@ def solve(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
     sigma: Annotated[Optional[float], typer.Option(help="Gaussian smoothing of the Stein backends.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random draw.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float32 | float64.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto | float32 | float64 (auto: float64 for lbfgs, adam-lbfgs, gn, zo-gn; else float32).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default results/<problem>/<time>-<backend>-<optimizer>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the interrupted run in this folder.")] = None,

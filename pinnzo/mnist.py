@@ -269,6 +269,7 @@ def default_run_dir(settings: MnistSettings, root: Path = Path("results")) -> Pa
 def train_mnist(data: MnistData, settings: MnistSettings, run_dir: Path, resume: bool = False,
                 quiet: bool = False, data_dir: str = "", callbacks=()) -> dict:
     """Train a classifier with any optimizer of the registry; returns the summary."""
+    settings = settings.concrete()
     task = MnistTask(data, settings)
     config = {"data_dir": str(data_dir), "settings": settings.as_dict()}
     summary, _ = loop.train(task, run_dir, config, resume, quiet, callbacks, seed=settings.seed)

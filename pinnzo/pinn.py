@@ -39,10 +39,11 @@ METRIC_FIELDS = ["step", "queries", "loss", "smoothed_loss", "val_mse", "val_rel
 
 
 def resolve_settings(problem: Problem, changes: Mapping[str, Any] = (), prefix: str = "") -> Settings:
-    """Defaults < the problem's solve: block < ``changes``; backend and optimizer names checked."""
+    """Defaults < the problem's solve: block < ``changes``; backend and optimizer names checked; dtype
+    "auto" made concrete for the optimizer."""
     settings = Settings().replace(problem.solve).replace(dict(changes), prefix)
     BACKENDS[settings.backend], OPTIMIZERS[settings.optimizer]  # one "must be one of" error each
-    return settings
+    return settings.concrete()
 
 
 def resample_period(settings: Settings) -> int:
@@ -401,7 +402,7 @@ def solve(problem: Problem | str | Path | Mapping, settings: Settings | None = N
     if settings is None:
         settings = resolve_settings(problem, changes)
     else:
-        settings = settings.replace(changes)
+        settings = settings.replace(changes).concrete()
         OPTIMIZERS[settings.optimizer], BACKENDS[settings.backend]
     run_dir = Path(out) if out is not None else default_run_dir(problem, settings)
     components = build(problem, settings)

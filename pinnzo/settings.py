@@ -13,6 +13,10 @@ from typing import Any, Mapping
 
 from pinnzo.errors import PinnzoError
 
+# dtype "auto" is float64 for these optimizers (least squares and quasi-Newton: they converge past the
+# float32 rounding floor of the loss, ~1e-4 relative error) and float32 for every other one
+FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
+
 
 class SettingsBase:
     """replace / names / as_dict for the frozen settings dataclasses below."""
@@ -36,6 +40,12 @@ class SettingsBase:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def concrete(self):
+        """A copy whose dtype "auto" is made concrete for its optimizer (FLOAT64_OPTIMIZERS: float64)."""
+        if self.dtype != "auto":
+            return self
+        return dataclasses.replace(self, dtype="float64" if self.optimizer in FLOAT64_OPTIMIZERS else "float32")
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,13 @@ class Settings(SettingsBase):
     cge_mu: float = 0.01  # hybrid: CGE perturbation radius after the switch
     cge_lr: float = 0.0  # hybrid: CGE learning rate after the switch (0: lr)
     # Gauss-Newton (gn, zo-gn) and L-BFGS (lbfgs, adam-lbfgs)
-    gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions)
-    gn_directions: int = 200  # k random directions of zo-gn (gaussian, orthonormal; auto when d > 4096)
+    gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions; auto: all coordinates up to 4096 parameters, else min(gn_directions, residuals) orthonormal)
+    gn_directions: int = 200  # k random directions of zo-gn (gaussian, orthonormal, auto)
     gn_mu: float = 0.0  # zo-gn difference step (0: sqrt(eps) of the dtype times the scale of theta)
     damping: float = 1e-3  # initial Levenberg-Marquardt damping lambda
     damping_rule: str = "nielsen"  # nielsen | marquardt
+    damping_matrix: str = "identity"  # identity (lambda x mean diag(J^T J) x I, Levenberg) | diagonal (lambda diag(J^T J), Marquardt)
+    gn_tolerance: float = 1e-10  # gn, zo-gn: converged once the loss is below this times its first value (0: never)
     history: int = 50  # L-BFGS history size
     resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, gn, zo-gn)
     # run
@@ -86,7 +98,7 @@ class Settings(SettingsBase):
     eval_every: int = 100
     eval_points: int = 10_000
     seed: int = 0
-    dtype: str = "float32"  # float32 | float64
+    dtype: str = "auto"  # auto | float32 | float64 (auto: float64 for lbfgs, adam-lbfgs, gn, zo-gn; else float32)
     device: str = "cpu"  # cpu | cuda
     memory_mb: int = 1024  # budget for one chunk of batched evaluations
     time_budget: float = 0.0  # stop after the step that passes this many seconds of training (0: no limit)
@@ -130,7 +142,7 @@ class MnistSettings(SettingsBase):
     steps_per_epoch: int = 0  # 0: the whole training split
     validation: int = 5000  # images held out of the training set for validation
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "float32"  # auto | float32 | float64 (auto as for PINN runs)
     device: str = "cpu"
     memory_mb: int = 1024
 
@@ -140,9 +152,10 @@ CHOICES = {
     "activation": ("sin", "tanh", "relu", "gelu"),
     "perturbation": ("gaussian", "rademacher"),
     "difference": ("forward", "central"),
-    "dtype": ("float32", "float64"),
+    "dtype": ("auto", "float32", "float64"),
     "gn_subspace": ("auto", "coordinates", "gaussian", "orthonormal"),
     "damping_rule": ("nielsen", "marquardt"),
+    "damping_matrix": ("identity", "diagonal"),
     "device": ("cpu", "cuda"),
     "loss_weights": ("fixed", "relobralo", "softadapt"),
     "resample": ("uniform", "rad"),

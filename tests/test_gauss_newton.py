@@ -13,7 +13,7 @@ from helpers import run_cli
 from pinnzo.errors import PinnzoError
 from pinnzo.loop import Interrupted
 from pinnzo.optim import Objective, make_optimizer
-from pinnzo.optim.gauss_newton import difference_jacobian
+from pinnzo.optim.gauss_newton import auto_subspace, difference_jacobian
 from pinnzo.pinn import build, resolve_settings, solve
 from pinnzo.problem import load_problem
 from pinnzo.residual import sample_batch
@@ -113,6 +113,47 @@ def test_gauss_newton_solves_linear_least_squares_in_one_undamped_step(name):
     assert state.accepted == 1 and state.rejected == 0
     # queries: the Jacobian (autograd: 1; forward differences: d + 1) and one trial of the step
     assert objective.queries == (1 if name == "gn" else 5 + 1) + 1
+
+
+@pytest.mark.parametrize("matrix", ["identity", "diagonal"])
+def test_a_damped_step_solves_the_levenberg_or_marquardt_system(matrix):
+    """One accepted step from theta = 0 is a = -(A + lambda D)^-1 J^T r with D = mean(diag A) I or diag A."""
+    objective, _ = _linear_least_squares()
+    theta = objective.flatten()
+    r0 = objective.residuals(theta[None], None)[0]
+    columns = torch.stack([objective.residuals((theta + e)[None], None)[0] - r0 for e in torch.eye(5, dtype=torch.float64)])
+    J, A = columns.T, columns @ columns.T
+    D = A.diagonal().mean() * torch.eye(5, dtype=torch.float64) if matrix == "identity" else torch.diag(A.diagonal())
+    expected = torch.linalg.solve(A + 0.5 * D, -J.T @ r0)
+    optimizer = make_optimizer("gn", damping=0.5, damping_matrix=matrix)
+    moved, state, _ = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
+    assert state.accepted == 1
+    torch.testing.assert_close(moved, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_subspace_takes_every_coordinate_up_to_4096_parameters_then_random_directions():
+    assert auto_subspace(200, 261, 100) == ("coordinates", 261)
+    assert auto_subspace(200, 5000, 10_000) == ("orthonormal", 200)
+    assert auto_subspace(200, 5000, 150) == ("orthonormal", 150)  # J has rank <= n: at most n directions
+    objective, _ = _linear_least_squares()  # 5 parameters: every coordinate
+    jacobian = difference_jacobian(objective, objective.flatten(), None, torch.Generator().manual_seed(0))
+    assert jacobian.directions is None and jacobian.matrix.shape == (12, 5) and jacobian.queries == 6
+
+
+def test_a_solved_zero_residual_problem_has_converged_relative_to_its_first_loss():
+    """b = M w*: one undamped step solves it; the loss falls below tolerance x the first loss."""
+    objective, _ = _linear_least_squares()
+    residual_vector = objective.loss_fn.residual_vector
+    offset = residual_vector(lambda X: X @ torch.ones(5, dtype=torch.float64), None)  # rho(1) = M 1 - b
+    objective.loss_fn.residual_vector = lambda network, batch: residual_vector(network, batch) - offset
+    theta = objective.flatten()
+    first = objective.loss(theta, None).item()
+    for tolerance, converged in ((1e-12, True), (1e-40, False)):
+        optimizer = make_optimizer("gn", damping=1e-15, gn_tolerance=tolerance)
+        moved, state, info = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
+        torch.testing.assert_close(moved, torch.ones(5, dtype=torch.float64), rtol=0, atol=1e-10)
+        assert state.first_loss == pytest.approx(first) and info.converged is converged
+        assert any("converged" in event for event in info.events) is converged
 
 
 def test_a_singular_system_is_damped_not_an_error():

@@ -190,7 +190,7 @@ def test_cli_flags_override_the_file(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--backend", "magic"], "unknown backend 'magic'; must be one of ad, fd, stein, sparse-grid"),
     (["--optimizer", "newton"], "unknown optimizer 'newton'; must be one of"),
-    (["--dtype", "float16"], "--dtype: unknown value 'float16'; must be one of float32, float64"),
+    (["--dtype", "float16"], "--dtype: unknown value 'float16'; must be one of auto, float32, float64"),
     (["--steps", "many"], "'--steps'"),
     (["--set", "colour=red"], "--set colour: unknown setting"),
     (["--set", "steps"], "--set expects key=value"),
@@ -271,3 +271,43 @@ def test_oversized_settings_are_refused_before_allocating(tmp_path, args, needle
     assert result.exit_code == 2, result.output
     assert needle in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "r").exists()
+
+
+# ---- dtype "auto" ------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer, dtype", [("zo-gn", "float64"), ("gn", "float64"), ("lbfgs", "float64"),
+                                              ("adam-lbfgs", "float64"), ("zo-signrge", "float32"),
+                                              ("adam", "float32"), ("hybrid", "float32")])
+def test_dtype_auto_is_float64_for_least_squares_and_quasi_newton_optimizers(optimizer, dtype):
+    from pinnzo.pinn import resolve_settings
+
+    problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "hjb20.yaml")
+    assert problem.solve.get("dtype") is None  # the demo's file leaves it to its method
+    assert resolve_settings(problem, {"optimizer": optimizer}).dtype == dtype
+
+
+def test_an_explicit_dtype_wins_over_auto(tmp_path):
+    from pinnzo.pinn import resolve_settings
+
+    given = yaml.safe_load(SMALL)
+    given["solve"] = {**given.get("solve", {}), "dtype": "float32"}
+    in_file = load_problem(given)
+    assert resolve_settings(in_file, {"optimizer": "zo-gn"}).dtype == "float32"  # the file's
+    assert resolve_settings(in_file, {"optimizer": "zo-gn", "dtype": "float64"}).dtype == "float64"  # a flag's
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    result = run_cli(["solve", str(path), "--optimizer", "zo-gn", "--dtype", "float32", "--steps", "1",
+                      "--set", "width=4", "--set", "eval_points=10", "--out", str(tmp_path / "run"), "-q",
+                      "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["settings"]["dtype"] == "float32"
+
+
+def test_a_settings_object_with_dtype_auto_is_made_concrete_by_solve(tmp_path):
+    from pinnzo.settings import Settings
+
+    settings = Settings(network="mlp", width=4, backend="ad", optimizer="gn", steps=1, batch=20,
+                        eval_points=10, eval_every=1)
+    assert settings.dtype == "auto"
+    run = solve(load_problem(yaml.safe_load(SMALL)), settings, out=tmp_path / "run")
+    assert run.settings.dtype == "float64" and run.theta.dtype == torch.float64

@@ -7,7 +7,8 @@ when S is the identity):
 
     J_S = d rho / d(S^T a)  (n, k),   (J_S^T J_S + lambda D) a = -J_S^T rho,   theta <- theta + S^T a,
 
-with D = diag(J_S^T J_S) (Marquardt's scaling). ``zo-gn`` forms J_S by forward
+with D = mean(diag(J_S^T J_S)) I (Levenberg's, the default) or diag(J_S^T J_S) (Marquardt's scaling,
+``damping_matrix=diagonal``). ``zo-gn`` forms J_S by forward
 differences of residual-vector queries, rho(theta + mu s_j) - rho(theta) over mu, so
 it needs nothing but forward evaluations; ``gn`` takes the Jacobian by autograd.
 
@@ -18,7 +19,10 @@ predicted decrease. Nielsen's rule (K. Madsen, H. B. Nielsen, O. Tingleff,
 accepted: lambda *= max(1/3, 1 - (2 rho_g - 1)^3), nu = 2; rejected: lambda *= nu,
 nu *= 2. Marquardt's rule divides or multiplies lambda by 10. A rejected step is
 retried with the larger damping (one query each, up to ``max_tries``), so a singular
-or ill-conditioned J^T J is handled by the damping, never by an exception.
+or ill-conditioned J^T J is handled by the damping, never by an exception. A run has
+converged when the loss falls below ``tolerance`` times its first value (Madsen et al.'s
+test F(x) <= eps_3 for zero-residual problems, made relative to the loss's scale), or when
+no trial step decreases the loss even at the largest damping.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class GNState(NamedTuple):
     growth: float  # Nielsen's nu
     accepted: int  # steps accepted so far
     rejected: int  # trial steps rejected so far
+    first_loss: float = math.nan  # the loss at the first step (the tolerance is relative to it)
 
 
 def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
@@ -61,11 +66,21 @@ def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
     return (torch.finfo(theta.dtype).eps * gain) ** 0.5 * max(1.0, theta.abs().max().item())
 
 
-def subspace(kind: str, count: int, dim: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor | None:
+def auto_subspace(count: int, dim: int, residuals: int) -> tuple[str, int]:
+    """What ``auto`` means for d parameters and n residuals: all coordinates up to 4,096 parameters,
+    else min(count, n) orthonormal directions (J has rank at most n)."""
+    if dim <= AUTO_COORDINATES:
+        return "coordinates", dim
+    return "orthonormal", min(count, residuals, dim)
+
+
+def subspace(kind: str, count: int, dim: int, generator: torch.Generator, like: torch.Tensor,
+             residuals: int | None = None) -> torch.Tensor | None:
     """The directions S (k, d) of a step: None for all coordinates; unit-norm Gaussian directions;
-    or k orthonormal ones (the Q of a Gaussian matrix)."""
+    or k orthonormal ones (the Q of a Gaussian matrix). ``auto`` (see auto_subspace) needs the number
+    of residuals n."""
     if kind == "auto":
-        kind = "coordinates" if dim <= AUTO_COORDINATES else "orthonormal"
+        kind, count = auto_subspace(count, dim, dim if residuals is None else residuals)
     if kind == "coordinates":
         return None
     count = min(count, dim)
@@ -88,7 +103,7 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
     (the same values, re-running only the layers after each perturbed parameter).
     """
     mu = mu or default_mu(theta, gain)
-    S = subspace(kind, count, theta.numel(), generator, theta)
+    S = subspace(kind, count, theta.numel(), generator, theta, objective.residual_count(batch))
     k = theta.numel() if S is None else len(S)
     if S is None and difference == "forward" and objective.layered:
         r0 = objective.residuals(theta[None], batch)[0]
@@ -122,6 +137,8 @@ class GaussNewton:
     difference: str = "forward"
     damping: float = 1e-3
     rule: str = "nielsen"
+    matrix: str = "identity"  # D: identity (Levenberg, scaled by the mean of diag(J^T J)) | diagonal (Marquardt)
+    tolerance: float = 1e-10  # converged once the loss is below this times its first value (0: never)
     max_tries: int = 8
     memory_mb: int = 1024
     rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
@@ -145,8 +162,9 @@ class GaussNewton:
         A, g, loss = _normal_equations(objective, batch, J, r0)
         if not math.isfinite(loss):
             return theta, state, StepInfo(loss, self.stage)
-        scale = _marquardt_scale(A)
+        scale = _damping_scale(A, self.matrix)
         damping, growth, rejected = state.damping, state.growth, state.rejected
+        first = loss if math.isnan(state.first_loss) else state.first_loss
         for _ in range(self.max_tries):
             a = _solve(A + damping * torch.diag(scale), -g)
             move = a if jacobian.directions is None else a @ jacobian.directions.double()
@@ -157,14 +175,24 @@ class GaussNewton:
             gain = (loss - new_loss) / predicted if predicted > 0 else -1.0
             if math.isfinite(new_loss) and gain > 0:
                 damping, growth = self._accepted(damping, gain), 2.0
-                return candidate, GNState(damping, growth, state.accepted + 1, rejected), StepInfo(loss, self.stage)
+                return candidate, GNState(damping, growth, state.accepted + 1, rejected, first), \
+                    self._accepted_info(loss, new_loss, first)
             damping, growth, rejected = self._rejected(damping, growth), growth * 2, rejected + 1
         # no trial step decreased the loss: at the largest damping the steps vanish, so stop
         info = StepInfo(loss, self.stage, converged=damping >= MAX_DAMPING)
         if info.converged:
             info.events.append(f"{self.stage}: converged (no decrease of the loss {loss:.3e} at damping "
                                f"{damping:.0e}): stopping")
-        return theta, GNState(damping, growth, state.accepted, rejected), info
+        return theta, GNState(damping, growth, state.accepted, rejected, first), info
+
+    def _accepted_info(self, loss: float, new_loss: float, first: float) -> StepInfo:
+        """The step's record; converged once the new loss is below ``tolerance`` times the first loss
+        (a zero-residual problem solved to that relative accuracy)."""
+        info = StepInfo(loss, self.stage, converged=new_loss <= self.tolerance * first)
+        if info.converged:
+            info.events.append(f"{self.stage}: converged (the loss {new_loss:.3e} is below {self.tolerance:g} "
+                               f"times its first value {first:.3e}): stopping")
+        return info
 
     def _accepted(self, damping: float, gain: float) -> float:
         if self.rule == "marquardt":
@@ -177,8 +205,12 @@ class GaussNewton:
     def _check_memory(self, objective: Objective, theta: torch.Tensor, batch) -> None:
         """Refuse a Jacobian (n x k values, with its float64 copy) that would not fit in memory_mb."""
         n, d = objective.residual_count(batch), theta.numel()
-        k = d if self.stage == "gn" or self.kind == "coordinates" or (
-            self.kind == "auto" and d <= AUTO_COORDINATES) else min(self.count, d)
+        if self.stage == "gn" or self.kind == "coordinates":
+            k = d
+        elif self.kind == "auto":
+            k = auto_subspace(self.count, d, n)[1]
+        else:
+            k = min(self.count, d)
         needed = 2 * 8 * n * k / 2**20
         if needed > self.memory_mb:
             raise PinnzoError(f"{self.stage}: the Jacobian has {n:,} residuals x {k:,} directions "
@@ -200,9 +232,13 @@ def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Ten
     return total[:k * k].reshape(k, k), total[k * k:-1], total[-1].item()
 
 
-def _marquardt_scale(A: torch.Tensor) -> torch.Tensor:
-    """diag(A), floored so that a direction the residuals ignore is still damped."""
+def _damping_scale(A: torch.Tensor, matrix: str) -> torch.Tensor:
+    """The diagonal of D (k,): ``diagonal``: diag(A) (Marquardt), floored so that a direction the
+    residuals ignore is still damped; ``identity``: the mean of diag(A) everywhere (Levenberg, made
+    invariant to the scale of the residuals)."""
     diagonal = A.diagonal()
+    if matrix == "identity":
+        return diagonal.mean().clamp_min(1e-300).expand(len(diagonal))
     floor = 1e-12 * diagonal.max().clamp_min(1e-300)
     return diagonal.clamp_min(floor)
 
