@@ -65,7 +65,7 @@ METHODS.register("zo-gn", Method(
 
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs
-# 10 queries, one per step on average); zo-gn's at its own resamples (every 50 steps).
+# 10 queries, one per step on average); zo-gn's at its own resamples (every 100 steps).
 _ZO_GN = dict(METHODS["zo-gn"].changes)
 METHODS.register("adam-rad", Method("adam, interior points by RAD (pool 10 x batch, k = c = 1) every 10 steps",
                                     {**METHODS["adam"].changes, "resample": "rad", "resample_every": 10}, True))

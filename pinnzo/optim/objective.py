@@ -110,7 +110,8 @@ class Objective:
         taken in fixed blocks added in a fixed order, so that it is bit for bit the same on any
         power-of-two number of processes (distributed.row_blocks)."""
         world = self.world if self.world.sharded else World()
-        blocks = row_blocks(batch.sizes, world)
+        sizes = getattr(batch, "sizes", None) or (self.loss_fn.residual_count(batch),)  # one term: a plain batch
+        blocks = row_blocks(sizes, world)
         if blocks is None:
             return self.reduce(partial(torch.arange(self.loss_fn.residual_count(batch))))
         parts = [partial(torch.cat([torch.arange(s.start, s.stop) for s in block])) for block in blocks]
