@@ -112,7 +112,8 @@ def test_a_bad_data_file_is_refused_naming_the_key(tmp_path, content, needle):
 
 def test_zo_gn_identifies_the_coefficient_without_back_propagation(line, tmp_path):
     run = solve(line, optimizer="zo-gn", backend="fd", steps=40, out=tmp_path / "run")
-    assert run.metrics[0]["k"] == pytest.approx(0.5, abs=0.05)
+    assert run.summary["unknowns"]["k"]["initial"] == 0.5  # trained from its initial value, to the exact 1
+    assert abs(run.metrics[-1]["k"] - 1.0) < abs(run.metrics[0]["k"] - 1.0) or abs(run.metrics[0]["k"] - 1) < 1e-3
     assert run.summary["unknowns"]["k"]["value"] == pytest.approx(1.0, rel=1e-3), run.summary["unknowns"]
     assert run.summary["unknowns"]["k"]["relative_error"] < 1e-3
 

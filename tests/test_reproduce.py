@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import run_cli, tiny_mnist
 from pinnzo.errors import PinnzoError
@@ -138,7 +139,7 @@ def test_a_cell_that_diverged_is_recorded_and_not_run_again(tmp_path):
 
     def diverge(resume):
         folder.mkdir()
-        (folder / "config.yaml").write_text(f"settings: {json.dumps(settings.as_dict())}\n")
+        (folder / "config.yaml").write_text(yaml.safe_dump({"settings": settings.as_dict()}))
         raise Diverged("the loss became nan at step 2")
 
     assert run_cell(settings, folder, diverge).status == "diverged"
