@@ -224,13 +224,27 @@ def init(backend: str = "auto", split: str = "auto", timeout_s: float = 60.0, de
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         try:
-            torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            torch.distributed.init_process_group(backend, store=_store(timeout_s), rank=int(os.environ["RANK"]),
+                                                 world_size=int(os.environ["WORLD_SIZE"]),
+                                                 timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as error:
             raise PinnzoError(f"cannot join the process group ({backend}): "
                               f"{str(error).strip().splitlines()[0][:200]}") from None
     _CURRENT = World(torch.distributed.get_rank(), torch.distributed.get_world_size(), backend,
                      auto_split if split == "auto" else split, timeout_s)
     return _CURRENT
+
+
+def _store(timeout_s: float):
+    """The rendezvous store torchrun describes (its agent's, or one hosted by rank 0), with keys
+    prefixed by the restart count: workers restarted after a failure (--max-restarts) must not read
+    the addresses the dead generation left there."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                       int(os.environ["WORLD_SIZE"]),
+                                       is_master=not agent and int(os.environ["RANK"]) == 0,
+                                       timeout=datetime.timedelta(seconds=timeout_s))
+    return torch.distributed.PrefixStore(f"pinnzo/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown() -> None:
