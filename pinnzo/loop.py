@@ -224,6 +224,7 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
     checkpoint = Checkpointer(run_dir, task.metric_fields, started, state.step if resume else None, world.writer)
     sent, first_step = world.payload_bytes, state.step
     shown = state.metrics[-1][task.progress_metric[1]] if state.metrics else None
+    last = None  # (step, info, stop) of the last committed step
     try:
         for step in range(state.step, task.steps):
             batch = task.sample(step, generators, state.theta)
@@ -231,18 +232,16 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
                                                                  batch, generators["zo"])
             check_finite(info, theta, step, checkpoint)
             commit(state, step, theta, optimizer_state, info, task, generators)
+            last = (step, info, info.converged)
             for event in info.events:
                 progress.message(event)
             out_of_time = task.time_budget and time.perf_counter() - started >= task.time_budget
             if task.time_budget:  # rank 0's clock decides for every rank
                 out_of_time = world.any(bool(out_of_time) and world.writer)
             stop = out_of_time or info.converged
+            last = (step, info, stop)
             if (task.should_evaluate(step) or stop) and world.writer:
-                row = task.evaluate(state.theta, step, info, state)
-                row["wall_s"] = time.perf_counter() - started
-                _record(task, state, row)
-                checkpoint(state)
-                shown = row[task.progress_metric[1]]
+                shown = _evaluate(task, state, step, info, started, checkpoint)
                 progress.update(step, info.loss, state.queries, shown, force=True)
             else:
                 progress.update(step, info.loss, state.queries, shown)
@@ -254,6 +253,10 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
                 state.stopped_by = "time budget" if out_of_time else "converged"
                 break
     except KeyboardInterrupt:
+        if last is not None and world.writer and state.step == last[0] + 1:
+            step, info, stop = last  # the committed step's evaluation row, if Ctrl-C came before it
+            if (task.should_evaluate(step) or stop) and (not state.metrics or state.metrics[-1]["step"] != state.step):
+                _evaluate(task, state, step, info, started, checkpoint)
         checkpoint(state)
         progress.message(f"interrupted after step {state.step}; continue with --resume {run_dir}")
         raise Interrupted(str(run_dir)) from None
@@ -264,6 +267,16 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
         summary = {**task.finish(state, run_dir), **summary}
         runs.write_summary(run_dir, summary)
     return summary, state
+
+
+def _evaluate(task: Task, state: TrainState, step: int, info: StepInfo, started: float,
+              checkpoint: Checkpointer) -> float:
+    """The committed step's metrics row, recorded and checkpointed; returns the progress figure."""
+    row = task.evaluate(state.theta, step, info, state)
+    row["wall_s"] = time.perf_counter() - started
+    _record(task, state, row)
+    checkpoint(state)
+    return row[task.progress_metric[1]]
 
 
 def _start(task: Task, run_dir: Path, resume: bool, seed: int) -> tuple[TrainState, dict[str, torch.Generator]]:

@@ -65,3 +65,31 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_files(tmp_path, optimiz
     assert straight[1] == resumed[1]
     assert straight[2].keys() == resumed[2].keys()
     assert all(torch.equal(straight[2][key], resumed[2][key]) for key in straight[2])
+
+
+def test_ctrl_c_during_an_evaluation_keeps_that_steps_row(tmp_path, monkeypatch):
+    """Ctrl-C after a step was committed but before its metrics row was written: the checkpoint
+    still gets the row, so the resumed run has every row of an uninterrupted one."""
+    from pinnzo.loop import Interrupted
+    from pinnzo.pinn import PINNTask, solve
+
+    problem = tmp_path / "small.yaml"
+    problem.write_text(SMALL)
+    settings = dict(optimizer="zo-signrge", steps=12, eval_every=4, eval_points=100)
+    solve(problem, out=tmp_path / "straight", **settings)
+    evaluate, calls = PINNTask.evaluate, []
+
+    def interrupted_at_step_8(self, theta, step, info, state):
+        calls.append(step)
+        if step == 7 and calls.count(7) == 1:
+            raise KeyboardInterrupt
+        return evaluate(self, theta, step, info, state)
+
+    monkeypatch.setattr(PINNTask, "evaluate", interrupted_at_step_8)
+    with pytest.raises(Interrupted):
+        solve(problem, out=tmp_path / "broken", **settings)
+    monkeypatch.setattr(PINNTask, "evaluate", evaluate)
+    solve(problem, out=tmp_path / "broken", resume=True, **settings)
+    straight, resumed = _records(tmp_path / "straight"), _records(tmp_path / "broken")
+    assert [line.split(",")[0] for line in resumed[1]] == ["step", "1", "4", "8", "12"]
+    assert straight[1] == resumed[1] and straight[0] == resumed[0]
