@@ -83,3 +83,30 @@ def tiny_mnist(folder: Path, n_train=120, n_test=40, compress=True, seed=0) -> P
         write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images, IMAGE_MAGIC, compress)
         write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels, LABEL_MAGIC, compress)
     return folder
+
+
+def interrupted_and_straight(problem, settings, folder: Path, at_step: int):
+    """Run ``settings`` straight, and again interrupted (Ctrl-C after step ``at_step``) then resumed;
+    returns (metrics rows without wall_s, model tensors) of (straight, resumed)."""
+    import csv
+
+    import pytest
+    import torch
+
+    from pinnzo.loop import Interrupted
+    from pinnzo.pinn import solve
+
+    solve(problem, settings, out=folder / "straight")
+
+    def interrupt(step, state):
+        if step == at_step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        solve(problem, settings, out=folder / "broken", callbacks=[interrupt])
+    solve(problem, settings, out=folder / "broken", resume=True)
+    rows = [[{k: v for k, v in row.items() if k != "wall_s"}
+             for row in csv.DictReader((folder / name / "metrics.csv").read_text().splitlines())]
+            for name in ("straight", "broken")]
+    models = [torch.load(folder / name / "model.pt", weights_only=True) for name in ("straight", "broken")]
+    return rows, models

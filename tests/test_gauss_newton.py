@@ -3,15 +3,13 @@ closed-form problems, a small PINN, resume, and the refusals."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import interrupted_and_straight, run_cli
 from pinnzo.errors import PinnzoError
-from pinnzo.loop import Interrupted
 from pinnzo.optim import Objective, make_optimizer
 from pinnzo.optim.gauss_newton import auto_subspace, difference_jacobian
 from pinnzo.pinn import build, resolve_settings, solve
@@ -213,19 +211,8 @@ def test_levenberg_marquardt_solves_a_small_pinn_in_a_few_steps(tmp_path, optimi
 ])
 def test_resume_after_an_interrupt_is_bit_identical(tmp_path, optimizer, changes):
     settings = resolve_settings(load_problem(LINE), {"optimizer": optimizer, "steps": 16, **changes})
-    solve(LINE, settings, out=tmp_path / "straight")
-
-    def interrupt(step, state):
-        if step == 9:
-            raise KeyboardInterrupt
-    with pytest.raises(Interrupted):
-        solve(LINE, settings, out=tmp_path / "broken", callbacks=[interrupt])
-    solve(LINE, settings, out=tmp_path / "broken", resume=True)
-    rows = [list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
-            for name in ("straight", "broken")]
-    drop = lambda table: [{k: v for k, v in row.items() if k != "wall_s"} for row in table]
-    assert drop(rows[0]) == drop(rows[1])
-    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "broken"))
+    (straight, resumed), (a, b) = interrupted_and_straight(LINE, settings, tmp_path, at_step=9)
+    assert straight == resumed
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import interrupted_and_straight, run_cli
 from pinnzo.data import make_measurements, measurements_csv
 from pinnzo.derivatives import Autodiff
 from pinnzo.loop import Interrupted
@@ -186,19 +186,8 @@ def test_the_run_folder_records_and_plots_the_unknowns_and_keeps_the_data(line, 
 def test_resume_with_unknowns_is_bit_identical(line, tmp_path, optimizer, backend):
     settings = resolve_settings(line, {"optimizer": optimizer, "backend": backend, "steps": 12,
                                        "resample_every": 5, "eval_every": 3})
-    solve(line, settings, out=tmp_path / "straight")
-
-    def interrupt(step, state):
-        if step == 6:
-            raise KeyboardInterrupt
-    with pytest.raises(Interrupted):
-        solve(line, settings, out=tmp_path / "broken", callbacks=[interrupt])
-    solve(line, settings, out=tmp_path / "broken", resume=True)
-    rows = [list(csv.DictReader((tmp_path / name / "metrics.csv").read_text().splitlines()))
-            for name in ("straight", "broken")]
-    drop = lambda table: [{k: v for k, v in row.items() if k != "wall_s"} for row in table]
-    assert drop(rows[0]) == drop(rows[1]) and "k" in rows[0][0]
-    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "broken"))
+    (straight, resumed), (a, b) = interrupted_and_straight(line, settings, tmp_path, at_step=6)
+    assert straight == resumed and "k" in straight[0]
     assert "unknowns.raw" in a and all(torch.equal(a[key], b[key]) for key in a)
 
 
