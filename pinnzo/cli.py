@@ -261,7 +261,7 @@ DIST_HELP = {
     "workers": "Start N local processes through torch's launcher (torchrun --standalone); 1 thread each is "
                "best on a CPU (OMP_NUM_THREADS).",
     "dist_backend": "Process-group backend under torchrun or --workers: auto (gloo on CPU, nccl on CUDA) | gloo | nccl.",
-    "dist_split": "Split each step over the processes: auto | points (data parallel) | queries (parameter vectors).",
+    "dist_split": "Split each step over the processes: auto | points (data parallel) | queries (parameter vectors); auto: queries for the MNIST hybrid and zo-cge, else points.",
     "dist_timeout": "Seconds a process waits for the others before it stops (a dead or hung worker).",
 }
 
@@ -363,7 +363,7 @@ def mnist(
     from pinnzo.distributed import auto_split
 
     with _distributed(workers, dist_backend, dist_split, dist_timeout, settings.device,
-                      auto_split(settings.optimizer)) as world:
+                      auto_split(settings.optimizer, "mnist")) as world:
         run_dir, resuming = _run_folder(resume, out, lambda: default_run_dir(settings))
         try:
             summary = train_mnist(data, settings, run_dir, resume=resuming, quiet=quiet, data_dir=folder)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pinnzo.distributed import ROW_BLOCKS, World, _pairwise, row_blocks
+from pinnzo.distributed import ROW_BLOCKS, World, _pairwise, auto_split, row_blocks
 from pinnzo.problem import load_problem
 from pinnzo.residual import sample_batch
 
@@ -51,6 +51,12 @@ def test_blocks_dealt_to_ranks_sum_bit_for_bit_like_one_process():
     for size in (2, 4, 8):
         per_rank = [_pairwise(parts[ROW_BLOCKS * r // size:ROW_BLOCKS * (r + 1) // size]) for r in range(size)]
         assert torch.equal(_pairwise(per_rank), alone)
+
+
+def test_auto_split_takes_the_queries_only_for_mnist_coordinate_optimizers():
+    assert [auto_split(name, "mnist") for name in ("hybrid", "zo-cge", "zo-signrge", "adam")] == \
+        ["queries", "queries", "points", "points"]
+    assert {auto_split(name) for name in ("hybrid", "zo-cge", "zo-gn", "zo-signrge", "adam")} == {"points"}
 
 
 def test_shards_of_a_batch_concatenate_to_the_batch():
@@ -110,7 +116,9 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, name):
     assert done.stdout.count("results in") == 1
 
 
-def test_mnist_on_two_workers_has_the_accuracy_of_one(tmp_path):
+@pytest.mark.parametrize("split, expected", [("auto", "queries"), ("points", "points")])
+def test_mnist_on_two_workers_has_the_accuracy_of_one(tmp_path, split, expected):
+    """auto splits the hybrid's step by its queries (hundreds of coordinates on one mini-batch)."""
     from helpers import tiny_mnist
 
     data = tiny_mnist(tmp_path / "data", n_train=200)
@@ -118,10 +126,12 @@ def test_mnist_on_two_workers_has_the_accuracy_of_one(tmp_path):
                  "--batch", "32", "--set", "validation=40", "--optimizer", "hybrid", "--set", "switch_step=6",
                  "--no-plots", "-q"]
     assert _alone([*arguments, "--out", str(tmp_path / "one")]).returncode == 0
-    done = _alone([*arguments, "--out", str(tmp_path / "two"), "--workers", "2"])  # torch's launcher, not by hand
+    done = _alone([*arguments, "--out", str(tmp_path / "two"), "--workers", "2",  # torch's launcher, not by hand
+                   "--dist-split", split])
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = _summary(tmp_path / "one"), _summary(tmp_path / "two")
-    assert two["world_size"] == 2 and two["test_accuracy"] == one["test_accuracy"]
+    assert two["world_size"] == 2 and two["dist_split"] == expected
+    assert two["test_accuracy"] == one["test_accuracy"]
     assert abs(two["test_loss"] - one["test_loss"]) <= 1e-6 * abs(one["test_loss"])
 
 
