@@ -257,6 +257,40 @@ def test_data_make_refuses_a_problem_without_an_exact_solution(tmp_path):
     assert result.exit_code == 2 and "no exact solution" in result.output and not (tmp_path / "d.csv").exists()
 
 
+def test_data_make_measures_a_derivative_that_identifies_the_coefficient_end_to_end(tmp_path):
+    import yaml
+
+    forward = tmp_path / "forward.yaml"
+    forward.write_text(yaml.safe_dump(FORWARD, sort_keys=False))
+    result = run_cli(["data", "make", str(forward), "--points", "30", "--value", "d(u, x)", "--column", "ux",
+                      "--out", str(tmp_path / "slope.csv")])
+    assert result.exit_code == 0 and "30 measurements of d(u, x)" in result.output, result.output
+    text = (tmp_path / "slope.csv").read_text()
+    assert "--value 'd(u, x)' --column ux" in text.splitlines()[0] and "\nx,ux\n" in text
+    slope = load_problem(LINE | {"conditions": {"ends": {"at": "boundary", "value": 0},
+                                                "slope": {"at": "data", "file": "slope.csv", "value": "d(u, x)",
+                                                          "column": "ux"}}}, tmp_path)
+    data = slope.conditions[1].data
+    torch.testing.assert_close(data.values, torch.pi * torch.cos(torch.pi * data.points[:, 0]), rtol=0, atol=1e-14)
+    # u = sin(pi x) / k, so the measured slopes pi cos(pi x) pin k = 1 (trained from 0.5, forward queries only)
+    run = solve(slope, optimizer="zo-gn", backend="fd", steps=12, out=tmp_path / "run")
+    assert run.summary["unknowns"]["k"]["relative_error"] < 1e-3, run.summary["unknowns"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--value", "d(u, y)"], "--value: unknown name 'y'"),
+    (["--value", "x"], "--value: the measured value does not involve the unknown u"),
+    (["--value", "d(u, x) = 1"], "--value: expected the measured quantity"),
+    (["--column", "x"], "--column: 'x' is a variable"),
+    (["--column", "sin"], "--column: expected a plain identifier"),
+])
+def test_data_make_refuses_a_bad_measured_quantity_in_one_line(tmp_path, flags, needle):
+    result = run_cli(["data", "make", str(REPO / "problems" / "burgers1d.yaml"), "--points", "5", *flags,
+                      "--out", str(tmp_path / "d.csv")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and needle in result.output, result.output
+    assert not (tmp_path / "d.csv").exists()
+
+
 # ---- the shipped inverse problems -------------------------------------------------
 
 @pytest.mark.parametrize("name, unknown, exact", [("heat10-inverse", "k", 1.0), ("burgers1d-inverse", "nu", 0.1)])
