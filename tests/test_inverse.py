@@ -304,3 +304,24 @@ def test_the_shipped_inverse_problems_state_their_exact_parameter_and_noisy_data
     assert 200 <= len(misfit) <= 500
     assert 0.005 < (misfit.square().mean().sqrt() / rms).item() < 0.02  # 1% noise
     assert measured.data.noise == pytest.approx(misfit.std().item(), rel=0.2)
+
+
+def test_heat10_inverse_data_see_a_one_percent_change_of_k():
+    """The solutions u_k = exp(-k pi^2 t / 4) mean(sin(pi x / 2)) share the problem's initial values and
+    insulated faces for every k: a 1% change of k must move the 400 noise-free data by many noise levels."""
+    problem = load_problem(REPO / "problems" / "heat10-inverse.yaml")
+    (measured,) = [c for c in problem.conditions if c.data is not None]
+
+    def solution(k):
+        return lambda X: torch.exp(-k * torch.pi ** 2 * X[:, -1] / 4) * torch.sin(torch.pi * X[:, :-1] / 2).mean(1)
+    X = problem.sample_interior(64, torch.Generator().manual_seed(0), torch.float64)
+    atoms = Autodiff()(solution(1.3), X, problem.atoms, problem.spatial)
+    assert problem.residual_from_atoms(X, atoms, {"k": 1.3}).abs().max() < 1e-12
+    faces, normals = problem.sample_condition(problem.conditions[1], 64, torch.Generator().manual_seed(1),
+                                              torch.float64)
+    flux = Autodiff()(solution(1.3), faces, problem.condition_atoms(problem.conditions[1]), problem.spatial)
+    assert problem.condition_residual(problem.conditions[1], faces, normals, flux).abs().max() < 1e-12
+    points = measured.data.points
+    torch.testing.assert_close(solution(1.0)(points), problem.exact_solution(points), rtol=0, atol=1e-14)
+    chi2 = ((solution(1.01)(points) - solution(1.0)(points)) / measured.data.noise).square().sum().item()
+    assert chi2 > 100  # 174: a 1% error of k is a 13-sigma misfit of the data
