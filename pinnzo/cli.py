@@ -447,12 +447,20 @@ def data_make(
     noise: Annotated[float, typer.Option("--noise", help="Noise standard deviation relative to the RMS of the exact "
                                                          "values (0.01: 1%).")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the points and the noise.")] = 0,
+    value: Annotated[str, typer.Option("--value", help="What is measured, as a data condition's value: u or an "
+                                                       "expression of its atoms, e.g. 'd(u, x1)'.")] = "u",
+    column: Annotated[str, typer.Option("--column", help="The name of the column of measured values (the data "
+                                                         "condition's column).")] = "u",
 ):
-    """Synthetic measurements of u from the problem's exact solution: the points, and u plus Gaussian noise
-    of standard deviation NOISE x RMS(u); the CSV's comment lines record the command and the deviation."""
+    """Synthetic measurements from the problem's exact solution: the points, and u (or --value, e.g. a
+    derivative) plus Gaussian noise of standard deviation NOISE x the RMS of the exact values; the CSV's
+    comment lines record the command and the deviation."""
+    import keyword
+    import shlex
+
     from pinnzo.data import make_measurements, measurements_csv, measurements_npz
     from pinnzo.fileio import atomic_write
-    from pinnzo.problem import load_problem
+    from pinnzo.problem import RESERVED, load_problem
 
     if out.exists():
         raise PinnzoError(f"--out {out}: the file exists; choose another name (data files are never overwritten)")
@@ -462,20 +470,30 @@ def data_make(
         raise PinnzoError(f"--points: expected an integer >= 1; found {points}")
     if not (noise >= 0 and noise < float("inf")):
         raise PinnzoError(f"--noise: expected a finite number >= 0; found {noise}")
+    if column != "u" and (not column.isidentifier() or keyword.iskeyword(column) or column.startswith("_")
+                          or column in RESERVED):
+        raise PinnzoError(f"--column: expected a plain identifier other than a function or constant name; "
+                          f"found {column!r}")
     loaded = load_problem(problem)
-    X, values, sigma = make_measurements(loaded, points, noise, seed)
+    if column in loaded.columns:
+        raise PinnzoError(f"--column: {column!r} is a variable; the measured values need a column of their own")
+    X, values, sigma = make_measurements(loaded, points, noise, seed, value)
     if out.suffix.lower() == ".npz":
-        content = measurements_npz(loaded.columns, X, values)
+        content = measurements_npz(loaded.columns, X, values, column)
     else:
+        measured = "" if (value, column) == ("u", "u") else f" --value {shlex.quote(value)} --column {column}"
         content = measurements_csv(loaded.columns, X, values, [
-            f"made by: pinnzo data make {problem} --points {points} --noise {noise:g} --seed {seed} --out {out}",
-            f"u of {loaded.name}'s exact solution {_short(loaded.exact, 200)} at uniform points of the domain",
-            f"plus Gaussian noise of standard deviation {sigma:.6g} ({noise:g} x the RMS of the exact values)"])
+            f"made by: pinnzo data make {problem} --points {points} --noise {noise:g} --seed {seed}{measured} "
+            f"--out {out}",
+            f"{_short(value, 100)} of {loaded.name}'s exact solution {_short(loaded.exact, 200)} at uniform "
+            f"points of the domain",
+            f"plus Gaussian noise of standard deviation {sigma:.6g} ({noise:g} x the RMS of the exact values)"],
+            column)
     try:
         atomic_write(out, content)
     except OSError as error:
         raise PinnzoError(f"--out {out}: cannot write ({error.strerror or error})") from None
-    typer.echo(f"wrote {out}: {points} measurements of u, noise standard deviation {sigma:.6g}")
+    typer.echo(f"wrote {out}: {points} measurements of {_short(value, 60)}, noise standard deviation {sigma:.6g}")
 
 
 @app.command("check")

@@ -105,35 +105,39 @@ def _npz_table(content: bytes, file: str) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- synthetic measurements
 
-def make_measurements(problem, points: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Synthetic measurements of u from the problem's exact solution: ``points`` uniform points of the
-    domain (the problem's sampler, seeded by ``seed``) and u + noise, the noise Gaussian with standard
-    deviation sigma = ``noise`` x the RMS of the exact values. Returns X (n, D), values (n,), sigma
-    (float64)."""
+def make_measurements(problem, points: int, noise: float, seed: int,
+                      value: str = "u") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Synthetic measurements from the problem's exact solution: ``points`` uniform points of the domain
+    (the problem's sampler, seeded by ``seed``) and the measured quantity there plus noise, the noise
+    Gaussian with standard deviation sigma = ``noise`` x the RMS of the exact values. ``value``: what is
+    measured, as a data condition writes it (u, or an expression of u's atoms such as ``d(u, x1)``).
+    Returns X (n, D), values (n,), sigma (float64)."""
     if not problem.has_exact:
         raise PinnzoError(f"{problem.path or problem.name}: the problem has no exact solution to measure")
+    measure = problem.exact_solution if value == "u" else problem.exact_quantity(value)
     generator = torch.Generator().manual_seed(seed)
     X = problem.sample_interior(points, generator, torch.float64)
-    exact = problem.exact_solution(X)
+    exact = measure(X)
     sigma = noise * exact.square().mean().sqrt().item()
     return X, exact + sigma * torch.randn(points, generator=generator, dtype=torch.float64), sigma
 
 
-def measurements_csv(columns: Sequence[str], X: torch.Tensor, values: torch.Tensor, comments: Sequence[str]) -> bytes:
-    """A data file: ``# comment`` lines, the header (the columns, then u), one row per point (17 significant
-    digits: the file reads back exactly)."""
+def measurements_csv(columns: Sequence[str], X: torch.Tensor, values: torch.Tensor, comments: Sequence[str],
+                     column: str = "u") -> bytes:
+    """A data file: ``# comment`` lines, the header (the variables, then ``column``), one row per point
+    (17 significant digits: the file reads back exactly)."""
     buffer = io.StringIO()
     for comment in comments:
         buffer.write(f"# {comment}\n")
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*columns, "u"])
+    writer.writerow([*columns, column])
     for row, value in zip(X.tolist(), values.tolist()):
         writer.writerow([repr(v) for v in (*row, value)])
     return buffer.getvalue().encode()
 
 
-def measurements_npz(columns: Sequence[str], X: torch.Tensor, values: torch.Tensor) -> bytes:
+def measurements_npz(columns: Sequence[str], X: torch.Tensor, values: torch.Tensor, column: str = "u") -> bytes:
+    """A data file as NPZ: one 1-D array per variable, and the values as ``column``."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: X[:, j].numpy() for j, name in enumerate(columns)}, u=values.numpy())
+    np.savez(buffer, **{name: X[:, j].numpy() for j, name in enumerate(columns)}, **{column: values.numpy()})
     return buffer.getvalue()
-

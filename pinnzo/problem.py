@@ -175,6 +175,22 @@ class Problem:
     def has_exact(self) -> bool:
         return self._exact_fn is not None
 
+    def exact_quantity(self, value: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """X (B, D) -> (B,): the quantity ``value`` of the exact solution, written as a data condition's
+        measured value (u or an expression of u's atoms and the variables, e.g. ``d(u, x1)``), its
+        derivatives taken symbolically. ProblemError ``--value: ...`` for a malformed expression."""
+        if self.exact is None:
+            raise ProblemError(f"{self.path or self.name}: exact: the problem declares no exact solution")
+        loader = _Loader(self.path, self.text, where="--value")
+        space = loader.variables(yaml.safe_load(self.text))
+        if not isinstance(value, str) or "=" in value:
+            loader.fail("", f"expected the measured quantity, e.g. u or d(u, x1), not an equation; found {_show(value)}")
+        measured, atoms = loader.equation(value, space.scope, space.columns, space.symbols, space.time_index,
+                                          space.dim, "")
+        exact = _apply_atoms(measured, atoms, self.exact, space.columns, space.symbols, list(range(space.dim)))
+        function = loader.compiled(exact, space.names, "")
+        return lambda X: torch.broadcast_to(function(self.values(X)), X.shape[:-1])
+
     def condition_atoms(self, condition: Condition) -> frozenset:
         if condition.kind == "measured":
             return condition.atoms
@@ -395,12 +411,12 @@ class _Space:
 
 
 class _Loader:
-    def __init__(self, path: Path | None, text: str, data_dir: Path | None = None):
+    def __init__(self, path: Path | None, text: str, data_dir: Path | None = None, where: str | None = None):
         self.path, self.text, self.data_dir = path, text, data_dir
-        self.where = str(path) if path is not None else "<mapping>"
+        self.where = where or (str(path) if path is not None else "<mapping>")
 
     def fail(self, key: str, message: str):
-        raise ProblemError(f"{self.where}: {key}: {message}")
+        raise ProblemError(f"{self.where}: {key}: {message}" if key else f"{self.where}: {message}")
 
     def mapping(self, value: Any, key: str, required: set[str], allowed: set[str]) -> dict:
         if not isinstance(value, dict):

@@ -257,6 +257,40 @@ def test_data_make_refuses_a_problem_without_an_exact_solution(tmp_path):
     assert result.exit_code == 2 and "no exact solution" in result.output and not (tmp_path / "d.csv").exists()
 
 
+def test_data_make_measures_a_derivative_that_identifies_the_coefficient_end_to_end(tmp_path):
+    import yaml
+
+    forward = tmp_path / "forward.yaml"
+    forward.write_text(yaml.safe_dump(FORWARD, sort_keys=False))
+    result = run_cli(["data", "make", str(forward), "--points", "30", "--value", "d(u, x)", "--column", "ux",
+                      "--out", str(tmp_path / "slope.csv")])
+    assert result.exit_code == 0 and "30 measurements of d(u, x)" in result.output, result.output
+    text = (tmp_path / "slope.csv").read_text()
+    assert "--value 'd(u, x)' --column ux" in text.splitlines()[0] and "\nx,ux\n" in text
+    slope = load_problem(LINE | {"conditions": {"ends": {"at": "boundary", "value": 0},
+                                                "slope": {"at": "data", "file": "slope.csv", "value": "d(u, x)",
+                                                          "column": "ux"}}}, tmp_path)
+    data = slope.conditions[1].data
+    torch.testing.assert_close(data.values, torch.pi * torch.cos(torch.pi * data.points[:, 0]), rtol=0, atol=1e-14)
+    # u = sin(pi x) / k, so the measured slopes pi cos(pi x) pin k = 1 (trained from 0.5, forward queries only)
+    run = solve(slope, optimizer="zo-gn", backend="fd", steps=12, out=tmp_path / "run")
+    assert run.summary["unknowns"]["k"]["relative_error"] < 1e-3, run.summary["unknowns"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--value", "d(u, y)"], "--value: unknown name 'y'"),
+    (["--value", "x"], "--value: the measured value does not involve the unknown u"),
+    (["--value", "d(u, x) = 1"], "--value: expected the measured quantity"),
+    (["--column", "x"], "--column: 'x' is a variable"),
+    (["--column", "sin"], "--column: expected a plain identifier"),
+])
+def test_data_make_refuses_a_bad_measured_quantity_in_one_line(tmp_path, flags, needle):
+    result = run_cli(["data", "make", str(REPO / "problems" / "burgers1d.yaml"), "--points", "5", *flags,
+                      "--out", str(tmp_path / "d.csv")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and needle in result.output, result.output
+    assert not (tmp_path / "d.csv").exists()
+
+
 # ---- the shipped inverse problems -------------------------------------------------
 
 @pytest.mark.parametrize("name, unknown, exact", [("heat10-inverse", "k", 1.0), ("burgers1d-inverse", "nu", 0.1)])
@@ -270,3 +304,24 @@ def test_the_shipped_inverse_problems_state_their_exact_parameter_and_noisy_data
     assert 200 <= len(misfit) <= 500
     assert 0.005 < (misfit.square().mean().sqrt() / rms).item() < 0.02  # 1% noise
     assert measured.data.noise == pytest.approx(misfit.std().item(), rel=0.2)
+
+
+def test_heat10_inverse_data_see_a_one_percent_change_of_k():
+    """The solutions u_k = exp(-k pi^2 t / 4) mean(sin(pi x / 2)) share the problem's initial values and
+    insulated faces for every k: a 1% change of k must move the 400 noise-free data by many noise levels."""
+    problem = load_problem(REPO / "problems" / "heat10-inverse.yaml")
+    (measured,) = [c for c in problem.conditions if c.data is not None]
+
+    def solution(k):
+        return lambda X: torch.exp(-k * torch.pi ** 2 * X[:, -1] / 4) * torch.sin(torch.pi * X[:, :-1] / 2).mean(1)
+    X = problem.sample_interior(64, torch.Generator().manual_seed(0), torch.float64)
+    atoms = Autodiff()(solution(1.3), X, problem.atoms, problem.spatial)
+    assert problem.residual_from_atoms(X, atoms, {"k": 1.3}).abs().max() < 1e-12
+    faces, normals = problem.sample_condition(problem.conditions[1], 64, torch.Generator().manual_seed(1),
+                                              torch.float64)
+    flux = Autodiff()(solution(1.3), faces, problem.condition_atoms(problem.conditions[1]), problem.spatial)
+    assert problem.condition_residual(problem.conditions[1], faces, normals, flux).abs().max() < 1e-12
+    points = measured.data.points
+    torch.testing.assert_close(solution(1.0)(points), problem.exact_solution(points), rtol=0, atol=1e-14)
+    chi2 = ((solution(1.01)(points) - solution(1.0)(points)) / measured.data.noise).square().sum().item()
+    assert chi2 > 100  # 174: a 1% error of k is a 13-sigma misfit of the data
