@@ -7,8 +7,8 @@ act(z + delta) costs one transcendental function per value; the Taylor series
     act(z + delta) - act(z) = sum_{k=1..K} c_k(z) delta^k + remainder,   c_k = act^(k)(z) / k!,
 
 costs K fused multiply-adds per value once the c_k are known, and they are computed once
-per z (sin: +-sin z, +-cos z over k!; tanh: polynomials in tanh z). The order K is chosen
-from max |delta| so that the remainder bound is at most eps(dtype) / 4, below the rounding
+per z (sin: +-sin z, +-cos z over k!; tanh: polynomials in tanh z). The order K is chosen per
+row of z, from the row's max |delta|, so that the remainder bound is at most eps(dtype) / 4, below the rounding
 of act(z + delta) itself (|act| <= 1; the rounding of the argument z + delta alone moves it
 by about eps |z act'(z)| / 2), so the increments are the black-box ones to rounding:
 
@@ -18,10 +18,17 @@ by about eps |z act'(z)| / 2), so the increments are the black-box ones to round
 
 Larger deltas, and activations without a series here (relu, gelu), take the direct
 difference act(z + delta) - act(z), which is what a black-box query computes.
+
+Each row's increments depend on that row alone: a block of rows evaluated with higher-order rows
+gets zeros for the higher coefficients of its own rows (Horner then adds exact zeros, and the
+lower-order sum comes out bit for bit), and sums over units are elementwise additions in a fixed
+order. A process holding a shard of a batch thus computes the batch's increments of its rows.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 
 import numpy as np
@@ -52,6 +59,22 @@ def _tanh_polynomials(count: int) -> list[np.ndarray]:
 _TANH = _tanh_polynomials(MAX_ORDER)
 
 
+@functools.cache
+def _thresholds(kind: str, dtype: torch.dtype) -> tuple[float, ...]:
+    """Per order K = 1..MAX_ORDER: the largest |delta| (to double precision, by bisection) whose
+    remainder bound is at most eps(dtype) / 4, increasing in K."""
+    bound = _sin_bound if kind == "sin" else _tanh_bound
+    tolerance = torch.finfo(dtype).eps / 4
+    thresholds = []
+    for order in range(1, MAX_ORDER + 1):
+        low, high = 0.0, 1.0
+        for _ in range(80):
+            middle = (low + high) / 2
+            low, high = (middle, high) if bound(order, middle) <= tolerance else (low, middle)
+        thresholds.append(low)
+    return tuple(thresholds)
+
+
 class Increments:
     """act(z + delta) - act(z) at fixed z, unit-major: zT (W, R), with act(z) = ``aT`` (W, R)
     already computed."""
@@ -65,17 +88,19 @@ class Increments:
         self._cos = None
 
     def order(self, delta_max: float) -> int | None:
-        """The smallest series order whose remainder is below eps / 4, or None."""
+        """The smallest series order whose remainder is below eps / 4 at |delta| <= delta_max, or None."""
         if self.kind is None:
             return None
         if delta_max == 0:
             return 0
-        bound = _sin_bound if self.kind == "sin" else _tanh_bound
-        tolerance = torch.finfo(self.z.dtype).eps / 4
-        for order in range(1, MAX_ORDER + 1):
-            if bound(order, delta_max) <= tolerance:
-                return order
-        return None
+        order = bisect.bisect_left(_thresholds(self.kind, self.z.dtype), delta_max) + 1
+        return order if order <= MAX_ORDER else None
+
+    def orders(self, reach: torch.Tensor) -> torch.Tensor:
+        """``order`` of each row (r,) from its largest |delta| ``reach`` (r,): MAX_ORDER + 1 where no
+        order suffices (those rows take the direct difference)."""
+        thresholds = torch.tensor(_thresholds(self.kind, self.z.dtype), dtype=reach.dtype, device=reach.device)
+        return (torch.bucketize(reach, thresholds) + 1).masked_fill_(reach == 0, 0)
 
     def coefficient(self, k: int) -> torch.Tensor:
         """c_k = act^(k)(z) / k! (W, R), times the weights when given."""
@@ -99,27 +124,55 @@ class Increments:
         """Increments (E, U, r) for deltas (E, U, r) at the units ``units`` (E, U), or (U,) the same
         for all E, and the ``rows`` of z; or (E, W, r) for deltas (E, W, r) at every unit when
         ``units`` is None. With weights: their weighted sums over the units (E, 1, r)."""
-        order = self.order(largest(delta))
-        pick = (lambda t: t[:, rows]) if units is None else (lambda t: t[units, rows])
-        if order is None:
-            change = self.activation(pick(self.z) + delta) - pick(self.a)
-            if self.weights is None:
-                return change
-            weights = self.weights if units is None else self.weights[units]  # (W,), (U,) or (E, U)
-            return (change * weights[..., None]).sum(-2, keepdim=True)
-        if order == 0:
+        pick = (lambda t: t[:, rows]) if units is None else (lambda t: t[:, rows][units])
+        if self.kind is None:
+            return self._direct(delta, units, pick)
+        orders = self.orders(torch.linalg.vector_norm(delta, math.inf, dim=(0, 1)))  # per row (r,)
+        lowest, highest = (orders.min().item(), orders.max().item()) if orders.numel() else (0, 0)
+        if lowest > MAX_ORDER:
+            return self._direct(delta, units, pick)
+        if highest == 0:
             return torch.zeros_like(delta) if self.weights is None else delta.new_zeros(len(delta), 1, delta.shape[-1])
-        result = pick(self.coefficient(order))
-        for k in range(order - 1, 0, -1):  # Horner: c_1 + delta (c_2 + delta (c_3 + ...))
-            result = torch.addcmul(pick(self.coefficient(k)), delta, result)
+        series = self._series(delta, units, rows, orders, lowest, min(highest, MAX_ORDER))
+        if highest <= MAX_ORDER:
+            return series
+        return torch.where(orders > MAX_ORDER, self._direct(delta, units, pick), series)
+
+    def _direct(self, delta: torch.Tensor, units: torch.Tensor | None, pick) -> torch.Tensor:
+        """act(z + delta) - act(z), summed with the weights when given."""
+        change = self.activation(pick(self.z) + delta) - pick(self.a)
+        if self.weights is None:
+            return change
+        weights = self.weights if units is None else self.weights[units]  # (W,), (U,) or (E, U)
+        return _sum_units(change * weights[..., None])
+
+    def _series(self, delta: torch.Tensor, units: torch.Tensor | None, rows: slice, orders: torch.Tensor,
+                lowest: int, highest: int) -> torch.Tensor:
+        """The Taylor series of each row to its own order ``orders`` (r,), lowest <= orders <= highest
+        (rows above highest are left to the caller): Horner in delta, the coefficients above a row's
+        order set to zero in that row."""
+        def coefficient(k: int) -> torch.Tensor:
+            values = self.coefficient(k)[:, rows]  # (W, r)
+            if k > lowest:
+                values = values * (orders >= k)
+            return values if units is None else values[units]
+
+        result = coefficient(highest)
+        for k in range(highest - 1, 0, -1):  # Horner: c_1 + delta (c_2 + delta (c_3 + ...))
+            result = torch.addcmul(coefficient(k), delta, result)
         if self.weights is None:
             return result * delta
-        return torch.linalg.vecdot(result.expand_as(delta), delta, dim=-2)[:, None]
+        return _sum_units(result * delta)
 
 
-def largest(values: torch.Tensor) -> float:
-    """max |values| (0 for none), in one pass."""
-    if not values.numel():
-        return 0.0
-    low, high = torch.aminmax(values)
-    return max(-low.item(), high.item())
+def _sum_units(values: torch.Tensor) -> torch.Tensor:
+    """The sums over the units (E, U, r) -> (E, 1, r) by elementwise additions of halves, the same
+    for every row (a reduction kernel may add a row's terms in another order near the end of a block
+    of rows)."""
+    while values.shape[1] > 1:
+        half = values.shape[1] // 2
+        paired = values[:, :half] + values[:, half:2 * half]
+        if values.shape[1] % 2:
+            paired[:, :1] += values[:, 2 * half:]
+        values = paired
+    return values
