@@ -124,17 +124,19 @@ class Increments:
         """Increments (E, U, r) for deltas (E, U, r) at the units ``units`` (E, U), or (U,) the same
         for all E, and the ``rows`` of z; or (E, W, r) for deltas (E, W, r) at every unit when
         ``units`` is None. With weights: their weighted sums over the units (E, 1, r)."""
-        pick = (lambda t: t[:, rows]) if units is None else (lambda t: t[:, rows][units])
+        pick = (lambda t: t[:, rows]) if units is None else (lambda t: t[units, rows])
         if self.kind is None:
             return self._direct(delta, units, pick)
-        orders = self.orders(torch.linalg.vector_norm(delta, math.inf, dim=(0, 1)))  # per row (r,)
-        lowest, highest = (orders.min().item(), orders.max().item()) if orders.numel() else (0, 0)
-        if lowest > MAX_ORDER:
+        reach = delta.abs().amax((0, 1))  # each row's largest |delta| (r,)
+        low, high = (reach.min().item(), reach.max().item()) if len(reach) else (0.0, 0.0)
+        lowest, highest = self.order(low), self.order(high)
+        if lowest is None:
             return self._direct(delta, units, pick)
         if highest == 0:
             return torch.zeros_like(delta) if self.weights is None else delta.new_zeros(len(delta), 1, delta.shape[-1])
-        series = self._series(delta, units, rows, orders, lowest, min(highest, MAX_ORDER))
-        if highest <= MAX_ORDER:
+        orders = self.orders(reach) if highest != lowest else None
+        series = self._series(delta, units, rows, orders, lowest, MAX_ORDER if highest is None else highest)
+        if highest is not None:
             return series
         return torch.where(orders > MAX_ORDER, self._direct(delta, units, pick), series)
 
@@ -144,17 +146,17 @@ class Increments:
         if self.weights is None:
             return change
         weights = self.weights if units is None else self.weights[units]  # (W,), (U,) or (E, U)
-        return _sum_units(change * weights[..., None])
+        return (change * weights[..., None]).sum(-2, keepdim=True)
 
-    def _series(self, delta: torch.Tensor, units: torch.Tensor | None, rows: slice, orders: torch.Tensor,
+    def _series(self, delta: torch.Tensor, units: torch.Tensor | None, rows: slice, orders: torch.Tensor | None,
                 lowest: int, highest: int) -> torch.Tensor:
-        """The Taylor series of each row to its own order ``orders`` (r,), lowest <= orders <= highest
-        (rows above highest are left to the caller): Horner in delta, the coefficients above a row's
-        order set to zero in that row."""
+        """The Taylor series of each row to its own order ``orders`` (r,) (None: all ``lowest``),
+        lowest <= orders <= highest (rows above highest are left to the caller): Horner in delta, with
+        the coefficients above a row's order set to zero in that row."""
         def coefficient(k: int) -> torch.Tensor:
-            values = self.coefficient(k)[:, rows]  # (W, r)
-            if k > lowest:
-                values = values * (orders >= k)
+            if k <= lowest:
+                return self.coefficient(k)[:, rows] if units is None else self.coefficient(k)[units, rows]
+            values = self.coefficient(k)[:, rows] * (orders >= k)  # (W, r)
             return values if units is None else values[units]
 
         result = coefficient(highest)
@@ -162,17 +164,4 @@ class Increments:
             result = torch.addcmul(coefficient(k), delta, result)
         if self.weights is None:
             return result * delta
-        return _sum_units(result * delta)
-
-
-def _sum_units(values: torch.Tensor) -> torch.Tensor:
-    """The sums over the units (E, U, r) -> (E, 1, r) by elementwise additions of halves, the same
-    for every row (a reduction kernel may add a row's terms in another order near the end of a block
-    of rows)."""
-    while values.shape[1] > 1:
-        half = values.shape[1] // 2
-        paired = values[:, :half] + values[:, half:2 * half]
-        if values.shape[1] % 2:
-            paired[:, :1] += values[:, 2 * half:]
-        values = paired
-    return values
+        return torch.linalg.vecdot(result.expand_as(delta), delta, dim=-2)[:, None]
