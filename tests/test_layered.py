@@ -55,6 +55,25 @@ def test_the_series_order_meets_its_remainder_bound():
     assert sin.order(0.1) is None and sin.order(0.0) == 0 and Increments(torch.relu, z, z).order(1e-8) is None
 
 
+@pytest.mark.parametrize("activation", [torch.sin, torch.tanh])
+def test_a_rows_increments_do_not_depend_on_the_rows_evaluated_with_it(activation):
+    """Rows whose deltas need different series orders (and one beyond the series) give bit for bit the
+    same increments in any block of rows: a shard of a batch computes the batch's values."""
+    generator = torch.Generator().manual_seed(2)
+    z = 2 * torch.randn(5, 60, dtype=torch.float64, generator=generator)
+    scales = 10.0 ** torch.linspace(-10, -2, 60, dtype=torch.float64)
+    scales[17], scales[40] = 0.0, 0.3  # a row without change, a row for the direct difference
+    delta = scales * torch.randn(4, 5, 60, dtype=torch.float64, generator=generator)
+    increments = Increments(activation, z, activation(z))
+    whole = increments(delta)
+    units = torch.tensor([1, 3])
+    picked = increments(delta[:, :2], units)
+    for rows in (slice(0, 30), slice(30, 60), slice(7, 8), slice(13, 45)):
+        assert torch.equal(increments(delta[..., rows].contiguous(), None, rows), whole[..., rows])
+        assert torch.equal(increments(delta[:, :2, rows].contiguous(), units, rows), picked[..., rows])
+    assert (whole - (activation(z + delta) - activation(z))).abs().max() <= 2e-15
+
+
 @pytest.mark.parametrize("sizes", [(21, 32), (30, 20), (7, 13)])
 def test_tt_unit_responses_are_the_exact_changes_of_the_layer(sizes):
     """Moving one core entry by 1 changes W x exactly by the responses (padded factorisations too)."""

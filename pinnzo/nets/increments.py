@@ -19,10 +19,10 @@ by about eps |z act'(z)| / 2), so the increments are the black-box ones to round
 Larger deltas, and activations without a series here (relu, gelu), take the direct
 difference act(z + delta) - act(z), which is what a black-box query computes.
 
-Each row's increments depend on that row alone: a block of rows evaluated with higher-order rows
-gets zeros for the higher coefficients of its own rows (Horner then adds exact zeros, and the
-lower-order sum comes out bit for bit), and sums over units are elementwise additions in a fixed
-order. A process holding a shard of a batch thus computes the batch's increments of its rows.
+Each row's order depends on that row alone: in a block of rows that need different orders, the
+coefficients above a row's order are zero in that row (Horner then adds exact zeros, and the
+lower-order sum comes out bit for bit). A process holding a shard of a batch thus computes the
+batch's increments of its rows (up to the summation kernel of the weighted sums over the units).
 """
 
 from __future__ import annotations
