@@ -23,6 +23,9 @@ Each row's order depends on that row alone: in a block of rows that need differe
 coefficients above a row's order are zero in that row (Horner then adds exact zeros, and the
 lower-order sum comes out bit for bit). A process holding a shard of a batch thus computes the
 batch's increments of its rows (up to the summation kernel of the weighted sums over the units).
+The caller may pass each row's ``reach``, any upper bound of its |delta| that depends on the row
+alone (optim/coordinates.py carries one through the layers instead of reducing every layer's
+deltas): a looser bound costs at most a higher order, never accuracy.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ _TANH = _tanh_polynomials(MAX_ORDER)
 
 @functools.cache
 def _thresholds(kind: str, dtype: torch.dtype) -> tuple[float, ...]:
-    """Per order K = 1..MAX_ORDER: the largest |delta| (to double precision, by bisection) whose
-    remainder bound is at most eps(dtype) / 4, increasing in K."""
+    """Per order K = 1..MAX_ORDER: the largest |delta| whose remainder bound is at most eps(dtype) / 4
+    (by bisection in double precision, then rounded down to a value of ``dtype``, so that comparing a
+    ``dtype`` tensor with them and a float with them agree), increasing in K."""
     bound = _sin_bound if kind == "sin" else _tanh_bound
     tolerance = torch.finfo(dtype).eps / 4
     thresholds = []
@@ -71,8 +75,18 @@ def _thresholds(kind: str, dtype: torch.dtype) -> tuple[float, ...]:
         for _ in range(80):
             middle = (low + high) / 2
             low, high = (middle, high) if bound(order, middle) <= tolerance else (low, middle)
-        thresholds.append(low)
+        rounded = torch.tensor(low, dtype=dtype)
+        if rounded.item() > low:
+            rounded = torch.nextafter(rounded, torch.zeros_like(rounded))
+        thresholds.append(rounded.item())
     return tuple(thresholds)
+
+
+@functools.cache
+def _boundaries(kind: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0 then ``_thresholds`` (MAX_ORDER + 1,): torch.bucketize of a row's reach in them is its order
+    (0 for no change, MAX_ORDER + 1 beyond the series)."""
+    return torch.tensor((0.0,) + _thresholds(kind, dtype), dtype=dtype, device=device)
 
 
 class Increments:
@@ -97,10 +111,9 @@ class Increments:
         return order if order <= MAX_ORDER else None
 
     def orders(self, reach: torch.Tensor) -> torch.Tensor:
-        """``order`` of each row (r,) from its largest |delta| ``reach`` (r,): MAX_ORDER + 1 where no
-        order suffices (those rows take the direct difference)."""
-        thresholds = torch.tensor(_thresholds(self.kind, self.z.dtype), dtype=reach.dtype, device=reach.device)
-        return (torch.bucketize(reach, thresholds) + 1).masked_fill_(reach == 0, 0)
+        """``order`` of each row (r,) from its largest |delta| ``reach`` (r,) (of z's dtype): MAX_ORDER + 1
+        where no order suffices (those rows take the direct difference)."""
+        return torch.bucketize(reach, _boundaries(self.kind, self.z.dtype, reach.device))
 
     def coefficient(self, k: int) -> torch.Tensor:
         """c_k = act^(k)(z) / k! (W, R), times the weights when given."""
@@ -120,15 +133,27 @@ class Increments:
             result = result * self.a + coefficient
         return result
 
-    def __call__(self, delta: torch.Tensor, units: torch.Tensor | None = None, rows: slice = slice(None)) -> torch.Tensor:
+    def reach(self, delta: torch.Tensor) -> torch.Tensor | None:
+        """Each row's largest |delta| (r,) for deltas (E, U, r); None without a series (not needed).
+        (max and -min over the rows' columns: two passes that write nothing, unlike |delta|.)"""
+        if self.kind is None:
+            return None
+        columns = delta.reshape(-1, delta.shape[-1])
+        return torch.maximum(columns.amax(0), columns.amin(0).neg_())
+
+    def __call__(self, delta: torch.Tensor, units: torch.Tensor | None = None, rows: slice = slice(None),
+                 reach: torch.Tensor | None = None) -> torch.Tensor:
         """Increments (E, U, r) for deltas (E, U, r) at the units ``units`` (E, U), or (U,) the same
         for all E, and the ``rows`` of z; or (E, W, r) for deltas (E, W, r) at every unit when
-        ``units`` is None. With weights: their weighted sums over the units (E, 1, r)."""
-        pick = (lambda t: t[:, rows]) if units is None else (lambda t: t[units, rows])
+        ``units`` is None. With weights: their weighted sums over the units (E, 1, r). ``reach`` (r,):
+        an upper bound of each row's |delta| that depends on the row alone (default: its maximum);
+        it sets the row's series order."""
+        def pick(values: torch.Tensor) -> torch.Tensor:
+            return _at_units(values[:, rows], units)
         if self.kind is None:
             return self._direct(delta, units, pick)
-        reach = delta.abs().amax((0, 1))  # each row's largest |delta| (r,)
-        low, high = (reach.min().item(), reach.max().item()) if len(reach) else (0.0, 0.0)
+        reach = self.reach(delta) if reach is None else reach
+        low, high = [bound.item() for bound in torch.aminmax(reach)] if len(reach) else (0.0, 0.0)
         lowest, highest = self.order(low), self.order(high)
         if lowest is None:
             return self._direct(delta, units, pick)
@@ -153,11 +178,9 @@ class Increments:
         """The Taylor series of each row to its own order ``orders`` (r,) (None: all ``lowest``),
         lowest <= orders <= highest (rows above highest are left to the caller): Horner in delta, with
         the coefficients above a row's order set to zero in that row."""
-        def coefficient(k: int) -> torch.Tensor:
-            if k <= lowest:
-                return self.coefficient(k)[:, rows] if units is None else self.coefficient(k)[units, rows]
-            values = self.coefficient(k)[:, rows] * (orders >= k)  # (W, r)
-            return values if units is None else values[units]
+        def coefficient(k: int) -> torch.Tensor:  # masked before picking the units: (W, r), not (E, U, r)
+            values = self.coefficient(k)[:, rows]
+            return _at_units(values if k <= lowest else values * (orders >= k), units)
 
         result = coefficient(highest)
         for k in range(highest - 1, 0, -1):  # Horner: c_1 + delta (c_2 + delta (c_3 + ...))
@@ -165,3 +188,9 @@ class Increments:
         if self.weights is None:
             return result * delta
         return torch.linalg.vecdot(result.expand_as(delta), delta, dim=-2)[:, None]
+
+
+def _at_units(values: torch.Tensor, units: torch.Tensor | None) -> torch.Tensor:
+    """values (W, r) at the ``units``: all (W, r) for None, (U, r) for (U,), (E, U, r) for (E, U)
+    (an index_select: several times faster than values[units])."""
+    return values if units is None else values.index_select(0, units.flatten()).view(*units.shape, -1)
