@@ -55,6 +55,71 @@ def test_the_series_order_meets_its_remainder_bound():
     assert sin.order(0.1) is None and sin.order(0.0) == 0 and Increments(torch.relu, z, z).order(1e-8) is None
 
 
+@pytest.mark.parametrize("activation", [torch.sin, torch.tanh])
+def test_a_rows_increments_do_not_depend_on_the_rows_evaluated_with_it(activation):
+    """Rows whose deltas need different series orders (and one beyond the series) give bit for bit the
+    same increments in any block of rows: a shard of a batch computes the batch's values."""
+    generator = torch.Generator().manual_seed(2)
+    z = 2 * torch.randn(5, 60, dtype=torch.float64, generator=generator)
+    scales = 10.0 ** torch.linspace(-10, -2, 60, dtype=torch.float64)
+    scales[17], scales[40] = 0.0, 0.3  # a row without change, a row for the direct difference
+    delta = scales * torch.randn(4, 5, 60, dtype=torch.float64, generator=generator)
+    increments = Increments(activation, z, activation(z))
+    whole = increments(delta)
+    units = torch.tensor([1, 3])
+    picked = increments(delta[:, :2], units)
+    for rows in (slice(0, 30), slice(30, 60), slice(7, 8), slice(13, 45)):
+        assert torch.equal(increments(delta[..., rows].contiguous(), None, rows), whole[..., rows])
+        assert torch.equal(increments(delta[:, :2, rows].contiguous(), units, rows), picked[..., rows])
+    assert (whole - (activation(z + delta) - activation(z))).abs().max() <= 2e-15
+
+
+@pytest.mark.parametrize("activation", [torch.sin, torch.tanh])
+def test_a_looser_reach_keeps_the_increments_exact_and_per_row(activation):
+    """A caller's reach (an upper bound of each row's |delta|, here 30 times its maximum) may raise a row's
+    order, never lose accuracy, and the rows stay independent of the block they come in."""
+    generator = torch.Generator().manual_seed(3)
+    z = 2 * torch.randn(5, 40, dtype=torch.float64, generator=generator)
+    delta = 10.0 ** torch.linspace(-9, -3, 40, dtype=torch.float64) * torch.randn(4, 5, 40, dtype=torch.float64,
+                                                                                 generator=generator)
+    increments = Increments(activation, z, activation(z))
+    largest = increments.reach(delta)
+    assert torch.equal(largest, delta.abs().amax((0, 1)))
+    reach = 30 * largest
+    whole = increments(delta, None, slice(None), reach)
+    assert (whole - (activation(z + delta) - activation(z))).abs().max() <= 2e-15
+    assert (increments.orders(reach) >= increments.orders(largest)).all()
+    assert (increments.orders(reach) > increments.orders(largest)).any()  # some rows do take more terms
+    for rows in (slice(0, 20), slice(11, 12), slice(5, 33)):
+        assert torch.equal(increments(delta[..., rows].contiguous(), None, rows, reach[rows]), whole[..., rows])
+
+
+@pytest.mark.parametrize("activation", ["sin", "tanh"])
+def test_changes_through_later_layers_with_a_carried_bound_are_the_black_box_ones(activation):
+    """Three hidden layers: the later layers' series orders come from a bound of each row's change carried
+    through them (not from their maxima); dF is still F(theta + mu e_j) - F(theta) to rounding."""
+    from torch.func import functional_call
+
+    from pinnzo.nets.mlp import MLP, dense_layer
+    from pinnzo.optim.coordinates import LayeredForward
+
+    generator = torch.Generator().manual_seed(4)
+    model = MLP([dense_layer(*sizes, torch.float64, generator) for sizes in ((2, 12), (12, 12), (12, 12), (12, 1))],
+                activation)
+    params = {name: value.detach() for name, value in model.named_parameters()}
+    x = torch.rand(300, 2, dtype=torch.float64, generator=generator) * 4 - 2
+    theta = torch.cat([value.flatten() for value in params.values()])
+    chosen, mu = torch.arange(0, len(theta), 3), 1e-3
+    forward = LayeredForward(model, params, x)
+    for part, change in forward.changes(chosen, mu, tile=5 * 12 * 37):  # tiles of 37 rows
+        for position, dF in zip(part.tolist()[::5], change[::5]):
+            moved = theta.clone()
+            moved[chosen[position]] += mu
+            values = torch.split(moved, [value.numel() for value in params.values()])
+            moved_params = {name: value.view_as(params[name]) for name, value in zip(params, values)}
+            assert (dF - (functional_call(model, moved_params, (x,)) - forward.output)).abs().max() <= 1e-14
+
+
 @pytest.mark.parametrize("sizes", [(21, 32), (30, 20), (7, 13)])
 def test_tt_unit_responses_are_the_exact_changes_of_the_layer(sizes):
     """Moving one core entry by 1 changes W x exactly by the responses (padded factorisations too)."""

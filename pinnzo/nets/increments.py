@@ -7,8 +7,8 @@ act(z + delta) costs one transcendental function per value; the Taylor series
     act(z + delta) - act(z) = sum_{k=1..K} c_k(z) delta^k + remainder,   c_k = act^(k)(z) / k!,
 
 costs K fused multiply-adds per value once the c_k are known, and they are computed once
-per z (sin: +-sin z, +-cos z over k!; tanh: polynomials in tanh z). The order K is chosen
-from max |delta| so that the remainder bound is at most eps(dtype) / 4, below the rounding
+per z (sin: +-sin z, +-cos z over k!; tanh: polynomials in tanh z). The order K is chosen per
+row of z, from the row's max |delta|, so that the remainder bound is at most eps(dtype) / 4, below the rounding
 of act(z + delta) itself (|act| <= 1; the rounding of the argument z + delta alone moves it
 by about eps |z act'(z)| / 2), so the increments are the black-box ones to rounding:
 
@@ -18,10 +18,20 @@ by about eps |z act'(z)| / 2), so the increments are the black-box ones to round
 
 Larger deltas, and activations without a series here (relu, gelu), take the direct
 difference act(z + delta) - act(z), which is what a black-box query computes.
+
+Each row's order depends on that row alone: in a block of rows that need different orders, the
+coefficients above a row's order are zero in that row (Horner then adds exact zeros, and the
+lower-order sum comes out bit for bit). A process holding a shard of a batch thus computes the
+batch's increments of its rows (up to the summation kernel of the weighted sums over the units).
+The caller may pass each row's ``reach``, any upper bound of its |delta| that depends on the row
+alone (optim/coordinates.py carries one through the layers instead of reducing every layer's
+deltas): a looser bound costs at most a higher order, never accuracy.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 
 import numpy as np
@@ -52,6 +62,33 @@ def _tanh_polynomials(count: int) -> list[np.ndarray]:
 _TANH = _tanh_polynomials(MAX_ORDER)
 
 
+@functools.cache
+def _thresholds(kind: str, dtype: torch.dtype) -> tuple[float, ...]:
+    """Per order K = 1..MAX_ORDER: the largest |delta| whose remainder bound is at most eps(dtype) / 4
+    (by bisection in double precision, then rounded down to a value of ``dtype``, so that comparing a
+    ``dtype`` tensor with them and a float with them agree), increasing in K."""
+    bound = _sin_bound if kind == "sin" else _tanh_bound
+    tolerance = torch.finfo(dtype).eps / 4
+    thresholds = []
+    for order in range(1, MAX_ORDER + 1):
+        low, high = 0.0, 1.0
+        for _ in range(80):
+            middle = (low + high) / 2
+            low, high = (middle, high) if bound(order, middle) <= tolerance else (low, middle)
+        rounded = torch.tensor(low, dtype=dtype)
+        if rounded.item() > low:
+            rounded = torch.nextafter(rounded, torch.zeros_like(rounded))
+        thresholds.append(rounded.item())
+    return tuple(thresholds)
+
+
+@functools.cache
+def _boundaries(kind: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0 then ``_thresholds`` (MAX_ORDER + 1,): torch.bucketize of a row's reach in them is its order
+    (0 for no change, MAX_ORDER + 1 beyond the series)."""
+    return torch.tensor((0.0,) + _thresholds(kind, dtype), dtype=dtype, device=device)
+
+
 class Increments:
     """act(z + delta) - act(z) at fixed z, unit-major: zT (W, R), with act(z) = ``aT`` (W, R)
     already computed."""
@@ -65,17 +102,18 @@ class Increments:
         self._cos = None
 
     def order(self, delta_max: float) -> int | None:
-        """The smallest series order whose remainder is below eps / 4, or None."""
+        """The smallest series order whose remainder is below eps / 4 at |delta| <= delta_max, or None."""
         if self.kind is None:
             return None
         if delta_max == 0:
             return 0
-        bound = _sin_bound if self.kind == "sin" else _tanh_bound
-        tolerance = torch.finfo(self.z.dtype).eps / 4
-        for order in range(1, MAX_ORDER + 1):
-            if bound(order, delta_max) <= tolerance:
-                return order
-        return None
+        order = bisect.bisect_left(_thresholds(self.kind, self.z.dtype), delta_max) + 1
+        return order if order <= MAX_ORDER else None
+
+    def orders(self, reach: torch.Tensor) -> torch.Tensor:
+        """``order`` of each row (r,) from its largest |delta| ``reach`` (r,) (of z's dtype): MAX_ORDER + 1
+        where no order suffices (those rows take the direct difference)."""
+        return torch.bucketize(reach, _boundaries(self.kind, self.z.dtype, reach.device))
 
     def coefficient(self, k: int) -> torch.Tensor:
         """c_k = act^(k)(z) / k! (W, R), times the weights when given."""
@@ -95,31 +133,64 @@ class Increments:
             result = result * self.a + coefficient
         return result
 
-    def __call__(self, delta: torch.Tensor, units: torch.Tensor | None = None, rows: slice = slice(None)) -> torch.Tensor:
+    def reach(self, delta: torch.Tensor) -> torch.Tensor | None:
+        """Each row's largest |delta| (r,) for deltas (E, U, r); None without a series (not needed).
+        (max and -min over the rows' columns: two passes that write nothing, unlike |delta|.)"""
+        if self.kind is None:
+            return None
+        columns = delta.reshape(-1, delta.shape[-1])
+        return torch.maximum(columns.amax(0), columns.amin(0).neg_())
+
+    def __call__(self, delta: torch.Tensor, units: torch.Tensor | None = None, rows: slice = slice(None),
+                 reach: torch.Tensor | None = None) -> torch.Tensor:
         """Increments (E, U, r) for deltas (E, U, r) at the units ``units`` (E, U), or (U,) the same
         for all E, and the ``rows`` of z; or (E, W, r) for deltas (E, W, r) at every unit when
-        ``units`` is None. With weights: their weighted sums over the units (E, 1, r)."""
-        order = self.order(largest(delta))
-        pick = (lambda t: t[:, rows]) if units is None else (lambda t: t[units, rows])
-        if order is None:
-            change = self.activation(pick(self.z) + delta) - pick(self.a)
-            if self.weights is None:
-                return change
-            weights = self.weights if units is None else self.weights[units]  # (W,), (U,) or (E, U)
-            return (change * weights[..., None]).sum(-2, keepdim=True)
-        if order == 0:
+        ``units`` is None. With weights: their weighted sums over the units (E, 1, r). ``reach`` (r,):
+        an upper bound of each row's |delta| that depends on the row alone (default: its maximum);
+        it sets the row's series order."""
+        def pick(values: torch.Tensor) -> torch.Tensor:
+            return _at_units(values[:, rows], units)
+        if self.kind is None:
+            return self._direct(delta, units, pick)
+        reach = self.reach(delta) if reach is None else reach
+        low, high = [bound.item() for bound in torch.aminmax(reach)] if len(reach) else (0.0, 0.0)
+        lowest, highest = self.order(low), self.order(high)
+        if lowest is None:
+            return self._direct(delta, units, pick)
+        if highest == 0:
             return torch.zeros_like(delta) if self.weights is None else delta.new_zeros(len(delta), 1, delta.shape[-1])
-        result = pick(self.coefficient(order))
-        for k in range(order - 1, 0, -1):  # Horner: c_1 + delta (c_2 + delta (c_3 + ...))
-            result = torch.addcmul(pick(self.coefficient(k)), delta, result)
+        orders = self.orders(reach) if highest != lowest else None
+        series = self._series(delta, units, rows, orders, lowest, MAX_ORDER if highest is None else highest)
+        if highest is not None:
+            return series
+        return torch.where(orders > MAX_ORDER, self._direct(delta, units, pick), series)
+
+    def _direct(self, delta: torch.Tensor, units: torch.Tensor | None, pick) -> torch.Tensor:
+        """act(z + delta) - act(z), summed with the weights when given."""
+        change = self.activation(pick(self.z) + delta) - pick(self.a)
+        if self.weights is None:
+            return change
+        weights = self.weights if units is None else self.weights[units]  # (W,), (U,) or (E, U)
+        return (change * weights[..., None]).sum(-2, keepdim=True)
+
+    def _series(self, delta: torch.Tensor, units: torch.Tensor | None, rows: slice, orders: torch.Tensor | None,
+                lowest: int, highest: int) -> torch.Tensor:
+        """The Taylor series of each row to its own order ``orders`` (r,) (None: all ``lowest``),
+        lowest <= orders <= highest (rows above highest are left to the caller): Horner in delta, with
+        the coefficients above a row's order set to zero in that row."""
+        def coefficient(k: int) -> torch.Tensor:  # masked before picking the units: (W, r), not (E, U, r)
+            values = self.coefficient(k)[:, rows]
+            return _at_units(values if k <= lowest else values * (orders >= k), units)
+
+        result = coefficient(highest)
+        for k in range(highest - 1, 0, -1):  # Horner: c_1 + delta (c_2 + delta (c_3 + ...))
+            result = torch.addcmul(coefficient(k), delta, result)
         if self.weights is None:
             return result * delta
         return torch.linalg.vecdot(result.expand_as(delta), delta, dim=-2)[:, None]
 
 
-def largest(values: torch.Tensor) -> float:
-    """max |values| (0 for none), in one pass."""
-    if not values.numel():
-        return 0.0
-    low, high = torch.aminmax(values)
-    return max(-low.item(), high.item())
+def _at_units(values: torch.Tensor, units: torch.Tensor | None) -> torch.Tensor:
+    """values (W, r) at the ``units``: all (W, r) for None, (U, r) for (U,), (E, U, r) for (E, U)
+    (an index_select: several times faster than values[units])."""
+    return values if units is None else values.index_select(0, units.flatten()).view(*units.shape, -1)

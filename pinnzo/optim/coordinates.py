@@ -84,6 +84,7 @@ class LayeredForward:
                 a = model.activation(z)
                 self.increments.append(Increments(model.activation, z.T.contiguous(), a.T.contiguous()))
         self._weights: dict[int, torch.Tensor] = {}
+        self._gains: dict[int, torch.Tensor] = {}
         last = len(self.layers) - 1
         self.folded = last > 0 and self.outputs[last].shape[-1] == 1  # one output: its weights fold into
         if self.folded:                                                # the last increments
@@ -100,6 +101,12 @@ class LayeredForward:
             self._weights[index] = _input_weights(self.layers[index], self.per_layer[index][0],
                                                   self.outputs[index - 1].shape[-1], self.outputs[index]).T
         return self._weights[index]
+
+    def gain(self, index: int) -> torch.Tensor:
+        """``_gain`` of layer ``index``'s weights (0-d)."""
+        if index not in self._gains:
+            self._gains[index] = _gain(self.weights(index))
+        return self._gains[index]
 
     def changes(self, chosen: torch.Tensor, mu: float, columns: int = 32,
                 tile: int = 2**18) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -144,16 +151,27 @@ class LayeredForward:
             width = self.outputs[last].shape[-1]
             units = units.expand(E, U)
             return dz.new_zeros(E, width, R).scatter_add_(1, units[:, :, None].expand(E, U, R), dz)
-        da = self.increments[index](dz, units, rows)
+        reach = self.increments[index].reach(dz)  # each row's largest |dz| (r,), None without a series
+        da = self.increments[index](dz, units, rows, reach)
         if index == last - 1 and self.folded:
             return da
         weights = self.weights(index + 1)[:, units]  # (out, U) or (out, E, U)
         dz = (weights if units.dim() == 1 else weights.permute(1, 0, 2)) @ da  # (E, out, r)
+        reach = None if reach is None else reach * _gain(weights)
         for later in range(index + 1, last):
-            dz = self.increments[later](dz, None, rows)
+            dz = self.increments[later](dz, None, rows, reach)
             if not (later == last - 1 and self.folded):
                 dz = self.weights(later + 1) @ dz
+                reach = None if reach is None else reach * self.gain(later + 1)
         return dz
+
+
+def _gain(weights: torch.Tensor) -> torch.Tensor:
+    """How much a linear layer after sin or tanh can grow a row's largest change: dz' = weights (act(z + dz)
+    - act(z)) has |dz'| <= max_o sum_u |w_ou| max_u |dz_u| (sin and tanh change by at most |dz|), for
+    weights (out, U) or (out, E, U). A row's bound times it depends on the row alone, unlike the maximum
+    of dz' over the row, and costs no pass over the (E, out, r) values."""
+    return weights.abs().sum(-1).max()
 
 
 def _blocks(units: torch.Tensor, columns: int) -> list[tuple[torch.Tensor, bool]]:
