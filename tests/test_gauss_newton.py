@@ -71,11 +71,13 @@ def test_layered_jacobian_columns_equal_black_box_queries(network, backend):
     assert (black_box - objective.residuals(theta[None], batch)).abs().max() > 1e3 * floor  # columns move
 
 
-def _linear_least_squares():
-    """rho(w) = M w - b (n = 12 > d = 5): the network's outputs on the identity are w."""
+def _linear_least_squares(curvature: torch.Tensor | None = None):
+    """rho(w) = M w - b (n = 12 > d = 5), plus (w . w) ``curvature`` (12,) when given: the network's
+    outputs on the identity are w."""
     generator = torch.Generator().manual_seed(0)
     M = torch.randn(12, 5, generator=generator, dtype=torch.float64)
     b = torch.randn(12, generator=generator, dtype=torch.float64)
+    c = torch.zeros(12, dtype=torch.float64) if curvature is None else curvature
 
     class Vector(torch.nn.Module):
         def __init__(self):
@@ -89,7 +91,8 @@ def _linear_least_squares():
         eye = torch.eye(5, dtype=torch.float64)
 
         def residual_vector(self, network, batch):
-            return M @ network(self.eye) - b
+            w = network(self.eye)
+            return M @ w - b + (w @ w) * c
 
         def residual_count(self, batch):
             return 12
@@ -127,6 +130,29 @@ def test_a_damped_step_solves_the_levenberg_or_marquardt_system(matrix):
     moved, state, _ = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
     assert state.accepted == 1
     torch.testing.assert_close(moved, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("size, accelerated", [(0.05, True), (5.0, False)])
+def test_geodesic_acceleration_bends_the_step_by_the_second_directional_derivative(size, accelerated):
+    """rho(w) = M w - b + (w . w) c: along a velocity v its second directional derivative is exactly
+    2 (v . v) c, so the step is v + w / 2 with w = -(A + lambda D)^-1 J^T 2 (v . v) c, kept while
+    |w| <= 0.75 |v|; a strong curvature (large c) gives |w| > 0.75 |v| and the plain step v."""
+    c = size * torch.linspace(-1, 1, 12, dtype=torch.float64)
+    objective, _ = _linear_least_squares(c)
+    theta = objective.flatten() + 0.1
+    J = torch.func.jacrev(lambda t: objective.loss_fn.residual_vector(objective.network(t), None))(theta)
+    r0 = objective.residuals(theta[None], None)[0]
+    A = J.T @ J
+    M = A + 0.5 * A.diagonal().mean() * torch.eye(5, dtype=torch.float64)
+    v = torch.linalg.solve(M, -J.T @ r0)
+    w = torch.linalg.solve(M, -J.T @ (2 * (v @ v) * c))
+    assert bool(w.norm() <= 0.75 * v.norm()) is accelerated
+    plain = make_optimizer("gn", damping=0.5)  # gn_acceleration = 0: off by default
+    bent = make_optimizer("gn", damping=0.5, gn_acceleration=0.75)
+    unbent, _, _ = plain.update(0, theta, plain.init(theta), objective, None, torch.Generator())
+    moved, state, _ = bent.update(0, theta, bent.init(theta), objective, None, torch.Generator())
+    torch.testing.assert_close(unbent, theta + v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(moved, theta + (v + w / 2 if accelerated else v), rtol=1e-8, atol=1e-10)
 
 
 def test_auto_subspace_takes_every_coordinate_up_to_4096_parameters_then_random_directions():

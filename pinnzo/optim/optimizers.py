@@ -180,16 +180,18 @@ def adam_lbfgs(lr: float = 1e-3, lr_decay: float = 1.0, decay_every: int = 1000,
 
 
 def gn(damping: float = 1e-3, damping_rule: str = "nielsen", damping_matrix: str = "identity",
-       gn_tolerance: float = 1e-10, memory_mb: int = 1024) -> GaussNewton:
+       gn_acceleration: float = 0.0, gn_tolerance: float = 1e-10, memory_mb: int = 1024) -> GaussNewton:
     """Levenberg-Marquardt with the Jacobian of the residual vector by autograd (first order)."""
     return GaussNewton("gn", damping=damping, rule=damping_rule, matrix=damping_matrix, tolerance=gn_tolerance,
-                       memory_mb=memory_mb)
+                       acceleration=gn_acceleration, memory_mb=memory_mb)
 
 
 def zo_gn(gn_subspace: str = "auto", gn_directions: int = 200, gn_mu: float = 0.0, difference: str = "forward",
           damping: float = 1e-3, damping_rule: str = "nielsen", damping_matrix: str = "identity",
-          gn_tolerance: float = 1e-10, memory_mb: int = 1024, rounding_gain: float = 1.0) -> GaussNewton:
+          gn_acceleration: float = 0.0, gn_tolerance: float = 1e-10, memory_mb: int = 1024,
+          rounding_gain: float = 1.0) -> GaussNewton:
     """Levenberg-Marquardt with the Jacobian by forward differences of residual queries: no
     back-propagation anywhere. ``rounding_gain``: the derivative backend's (sizes the step gn_mu)."""
     return GaussNewton("zo-gn", gn_subspace, gn_directions, gn_mu, difference, damping, damping_rule,
-                       damping_matrix, gn_tolerance, memory_mb=memory_mb, rounding_gain=rounding_gain)
+                       damping_matrix, gn_tolerance, acceleration=gn_acceleration, memory_mb=memory_mb,
+                       rounding_gain=rounding_gain)
