@@ -1,0 +1,150 @@
+"""pinnzo bench accuracy: every problem x method for a wall-time budget, resumable, JSON + Markdown."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+from pinnzo import runs
+from pinnzo.accuracy import METHODS, cell_settings, run_accuracy, shipped_problems, time_to
+from pinnzo.errors import PinnzoError
+from pinnzo.loop import Interrupted
+from pinnzo.problem import load_problem
+
+REPO = Path(__file__).resolve().parents[1]
+POISSON = REPO / "problems" / "poisson2d.yaml"
+BUDGET = 1.5
+
+
+def metrics_rows(folder: Path) -> list[dict]:
+    """metrics.csv's step, wall_s and val_rel_l2 columns, as numbers."""
+    rows = csv.DictReader((folder / "metrics.csv").read_text().splitlines())
+    return [{key: float(row[key]) for key in ("step", "wall_s", "val_rel_l2")} for row in rows]
+
+
+def markdown_rows(path: Path) -> list[list[str]]:
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def first_time_below(rows: list[dict], threshold: float):
+    """Independent of pinnzo.accuracy: the first wall_s whose validation error is at most threshold."""
+    for row in rows:
+        if row["val_rel_l2"] <= threshold:
+            return row["wall_s"]
+    return None
+
+
+def test_time_to_is_the_first_evaluation_at_or_below_the_threshold():
+    rows = [{"wall_s": 1.0, "val_rel_l2": 0.5}, {"wall_s": 2.0, "val_rel_l2": 0.01},
+            {"wall_s": 3.0, "val_rel_l2": 0.02}, {"wall_s": 4.0, "val_rel_l2": 1e-4}]
+    assert time_to(rows, 1e-2) == 2.0  # at the threshold counts; a later rise does not move it
+    assert time_to(rows, 1e-3) == 4.0
+    assert time_to(rows, 1e-5) is None
+
+
+def test_every_cell_trains_for_its_budget_is_recorded_then_skipped(tmp_path):
+    out, lines = tmp_path / "accuracy", []
+    written = run_accuracy([POISSON], ["adam", "zo-gn"], BUDGET, out, lines.append)
+    assert written == [out / "accuracy.json", out / "accuracy.md"]
+    assert [line.split(":")[0] for line in lines] == ["poisson2d / adam", "poisson2d / zo-gn"]
+    assert all(": finished in " in line for line in lines)
+    report = json.loads((out / "accuracy.json").read_text())
+    assert report["budget_s"] == BUDGET and set(report["machine"]) >= {"cpu_count", "torch"}
+    assert report["methods"]["zo-gn"]["back_propagation"] is False
+    assert report["methods"]["adam"]["back_propagation"] is True
+    for cell in report["cells"]:
+        folder = Path(cell["run"])
+        assert folder == out / "poisson2d" / cell["method"]
+        summary = json.loads((folder / "summary.json").read_text())
+        config = runs.read_config(folder)
+        # the cell ran the method's recipe, on the problem's file, for the budget
+        for key, value in METHODS[cell["method"]].changes.items():
+            assert config["settings"][key] == value, key
+        assert config["settings"]["time_budget"] == BUDGET
+        assert summary["stopped_by"] in ("time budget", "converged")
+        if summary["stopped_by"] == "time budget":
+            assert summary["wall_time_s"] >= BUDGET
+        for key in ("final_rel_l2", "best_rel_l2", "steps", "parameters"):
+            assert cell[key] == summary[key]
+        assert cell["queries"] == summary["total_queries"]
+        rows = metrics_rows(folder)
+        assert rows[-1]["step"] == summary["steps"]  # the last step is evaluated, whatever stopped it
+        for threshold in (1e-2, 1e-3):
+            assert cell[f"seconds_to_{threshold:g}"] == first_time_below(rows, threshold)
+    header, *table = markdown_rows(out / "accuracy.md")
+    assert header == ["problem", "adam", "zo-gn"]
+    assert table[0][0] == "poisson2d"
+    for text, cell in zip(table[0][1:], report["cells"]):
+        assert text.startswith(f"{cell['final_rel_l2']:.1e} (")
+
+    # a second run skips every finished cell and leaves its files alone
+    stamps = {path: path.stat().st_mtime_ns for path in out.glob("*/*/*")}
+    lines.clear()
+    run_accuracy([POISSON], ["adam", "zo-gn"], BUDGET, out, lines.append)
+    assert all(": skipped, " in line for line in lines) and len(lines) == 2
+    assert stamps == {path: path.stat().st_mtime_ns for path in out.glob("*/*/*")}
+    without_status = lambda cells: [{k: v for k, v in cell.items() if k != "status"} for cell in cells]
+    again = json.loads((out / "accuracy.json").read_text())["cells"]
+    assert [cell["status"] for cell in again] == ["skipped", "skipped"]
+    assert without_status(again) == without_status(report["cells"])
+
+    # another budget is another experiment: the saved cell is refused, not silently reused
+    with pytest.raises(PinnzoError, match="time_budget"):
+        run_accuracy([POISSON], ["adam"], 2 * BUDGET, out, lines.append)
+
+
+def test_an_interrupted_cell_resumes_with_the_rest_of_its_budget(tmp_path, monkeypatch):
+    import pinnzo.pinn
+
+    out, solve = tmp_path / "accuracy", pinnzo.pinn.solve
+
+    def interrupted(*args, **kwargs):
+        def interrupt(step, state):
+            if step == 3:
+                raise KeyboardInterrupt
+        return solve(*args, **kwargs, callbacks=[interrupt])
+
+    monkeypatch.setattr(pinnzo.pinn, "solve", interrupted)
+    with pytest.raises(Interrupted):
+        run_accuracy([POISSON], ["adam"], BUDGET, out, print)
+    folder = out / "poisson2d" / "adam"
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "summary.json").is_file()
+    monkeypatch.setattr(pinnzo.pinn, "solve", solve)
+    lines = []
+    run_accuracy([POISSON], ["adam"], BUDGET, out, lines.append)
+    assert ": finished in " in lines[0]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["steps"] > 4 and summary["stopped_by"] == "time budget"
+    assert summary["wall_time_s"] >= BUDGET
+    steps = [row["step"] for row in metrics_rows(folder)]
+    assert steps == sorted(set(steps))  # one history, continued, not restarted
+
+
+def test_the_grid_covers_exactly_the_problems_with_an_exact_solution(tmp_path):
+    names = [path.name for path in shipped_problems(REPO / "problems")]
+    assert "poisson2d.yaml" in names and "hjb20.yaml" in names
+    for path in sorted((REPO / "problems").glob("*.yaml")):
+        assert (path.name in names) == load_problem(path).has_exact
+    # every method's recipe is valid settings on every shipped problem
+    for path in shipped_problems(REPO / "problems"):
+        problem = load_problem(path)
+        for name in METHODS.names():
+            method = METHODS[name]
+            settings = cell_settings(problem, method, 300.0)
+            assert settings.time_budget == 300.0 and settings.optimizer == method.changes["optimizer"]
+
+
+def test_bench_accuracy_refuses_bad_input_with_one_line(tmp_path):
+    result = run_cli(["bench", "accuracy", "--budget", "0", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--budget" in result.output
+    result = run_cli(["bench", "accuracy", "--methods", "adam,newton", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "must be one of" in result.output
+    no_exact = tmp_path / "no-exact.yaml"
+    no_exact.write_text(POISSON.read_text().replace("exact: sin(pi * x1) * sin(pi * x2)\n", ""))
+    result = run_cli(["bench", "accuracy", "--problems", str(no_exact), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "no exact solution" in result.output
+    assert not (tmp_path / "a").exists()
+    assert "Traceback" not in result.output
