@@ -63,6 +63,10 @@ METHODS.register("zo-gn", Method(
     {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
      "optimizer": "zo-gn", "batch": 1000, "condition_batch": 200, "resample_every": 100, "eval_every": 5}, False))
 
+# First order at its best on small problems: zo-gn's recipe with the Jacobian by autograd (not in the default grid).
+METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dense 24-24 tanh, float64",
+                              {**METHODS["zo-gn"].changes, "optimizer": "gn"}, True))
+
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs
 # 10 queries, one per step on average); zo-gn's at its own resamples (every 100 steps).

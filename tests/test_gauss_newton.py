@@ -71,6 +71,30 @@ def test_layered_jacobian_columns_equal_black_box_queries(network, backend):
     assert (black_box - objective.residuals(theta[None], batch)).abs().max() > 1e3 * floor  # columns move
 
 
+@pytest.mark.parametrize("network", ["mlp", "tt"])
+@pytest.mark.parametrize("problem, backend", [("hjb20-bc", "stein"), ("hjb20-bc", "sparse-grid"),
+                                              ("poisson2d", "fd"), ("burgers1d-inverse", "sparse-grid")])
+def test_the_autograd_jacobian_by_rows_equals_reverse_mode_over_the_residual_vector(network, problem, backend):
+    """gn's Jacobian of a stencil loss, (d rho / d N)(d N / d theta), against jacrev of the whole
+    residual vector; burgers1d-inverse has an unknown (the last column) inside the equation."""
+    objective, batch, theta = _components(REPO / "problems" / f"{problem}.yaml", backend=backend, network=network)
+    assert objective.layered
+    value = lambda t: objective.residuals(t[None], batch)[0]
+    with torch.enable_grad():
+        reverse = torch.func.jacrev(lambda t: objective._residual_vector()(objective.network(t), batch))(theta)
+    before = objective.queries
+    rho, J = objective.residual_jacobian(theta, batch)
+    assert objective.queries - before == 1 and J.shape == (objective.residual_count(batch), objective.dim)
+    # fd's second differences divide the rounding of the network values (~1e-16 |N|) by h^2 = 1e-8
+    # (float64) and sum two: they agree to that floor, in rho and in J; the others to 1e-12
+    scale = objective.network(theta)(objective.loss_fn.inputs(batch)).abs().max()
+    floor = 1e-12 if backend != "fd" else 10 * 2.2e-16 * 4 / 1e-8 * 2 * scale
+    assert (rho - value(theta)).abs().max() <= floor
+    assert (J - reverse).abs().max() <= floor < 1e-3 * reverse.abs().max()
+    if objective.unknowns:
+        assert J[:, -1].abs().max() > 1e-3  # the unknown's column is not left at zero
+
+
 def _linear_least_squares(curvature: torch.Tensor | None = None):
     """rho(w) = M w - b (n = 12 > d = 5), plus (w . w) ``curvature`` (12,) when given: the network's
     outputs on the identity are w."""
