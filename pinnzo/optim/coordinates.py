@@ -156,6 +156,13 @@ class LayeredForward:
         if index == last - 1 and self.folded:
             return da
         weights = self.weights(index + 1)[:, units]  # (out, U) or (out, E, U)
+        if index == last - 2 and self.folded and units.dim() == 1 and len(units) == 1:
+            # one moved unit before the last hidden layer: its change moves that layer along one
+            # direction, whose series the increments regroup once for the whole block
+            moved = self.increments[last - 1].along(da, weights[:, 0], rows,
+                                                    None if reach is None else reach * _gain(weights))
+            if moved is not None:
+                return moved
         dz = (weights if units.dim() == 1 else weights.permute(1, 0, 2)) @ da  # (E, out, r)
         reach = None if reach is None else reach * _gain(weights)
         for later in range(index + 1, last):
