@@ -62,6 +62,7 @@ class Task(Protocol):
 
     def describe(self) -> str: ...
     def sample(self, step: int, generators: dict[str, torch.Generator], theta: torch.Tensor) -> Any: ...
+    def refresh(self) -> bool: ...  # fresh points at the next step (an optimizer stalled); False: none to draw
     def should_evaluate(self, step: int) -> bool: ...
     def evaluate(self, theta: torch.Tensor, step: int, info: StepInfo, state: "TrainState") -> dict: ...
     def score(self, row: dict) -> float | None: ...
@@ -231,6 +232,8 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
             theta, optimizer_state, info = task.optimizer.update(step, state.theta, state.optimizer, task.objective,
                                                                  batch, generators["zo"])
             check_finite(info, theta, step, checkpoint)
+            if info.stalled and not task.refresh():  # before commit: the checkpoint holds no stale points
+                info.converged = True
             commit(state, step, theta, optimizer_state, info, task, generators)
             last = (step, info, info.converged)
             for event in info.events:

@@ -216,6 +216,9 @@ class MnistTask:
         return (f"pinnzo mnist: {s.network} 784-{s.width}-10 ({self.objective.dim:,} parameters), {s.optimizer}, "
                 f"{s.epochs} epochs of {self.steps_per_epoch} steps x {s.batch}")
 
+    def refresh(self) -> bool:
+        return False  # every step already takes the next mini-batch
+
     def sample(self, step: int, generators, theta=None):
         k = step % self.steps_per_epoch
         if k == 0 or self.order is None:

@@ -259,6 +259,11 @@ class PINNTask:
     def score(self, row: dict) -> float:
         return row["val_rel_l2"] if not math.isnan(row["val_rel_l2"]) else row["loss"]
 
+    def refresh(self) -> bool:
+        """Draw fresh points (and Stein samples) at the next step, off the resampling schedule."""
+        self.batch = None
+        return True
+
     def state_dict(self) -> dict:
         """The points in use (reused until the next resample) and the Stein generator before their draw."""
         if self.batch is None:

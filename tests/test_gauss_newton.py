@@ -292,6 +292,51 @@ def test_gauss_newton_stops_when_it_can_make_no_progress(tmp_path):
     assert "converged" in run.summary["events"][-1]["event"]
 
 
+def test_a_stall_asks_for_fresh_points_and_a_second_one_without_progress_converges():
+    """At the least-squares minimum no trial step decreases the loss: with progress since the last
+    stall the step reports stalled (the damping starts afresh), without any it has converged."""
+    from pinnzo.optim.gauss_newton import MAX_DAMPING, GNState
+
+    objective, solution = _linear_least_squares()
+    optimizer = make_optimizer("gn", damping=1e-3)
+    for since_stall, stalled in ((3, True), (0, False)):
+        state = GNState(MAX_DAMPING / 4, 2.0, 10, 0, 1.0, since_stall)
+        moved, state, info = optimizer.update(5, solution, state, objective, None, torch.Generator())
+        assert torch.equal(moved, solution) and (info.stalled, info.converged) == (stalled, not stalled)
+        assert state.damping == (1e-3 if stalled else MAX_DAMPING) and state.since_stall == 0
+        assert ("converged" in info.events[-1]) is not stalled
+
+
+def test_a_pinn_draws_fresh_points_after_a_stall_and_resumes_across_it_bit_identically(tmp_path):
+    """float32 fd: at the rounding floor zo-gn stalls; the run goes on with fresh points (off the
+    resampling schedule), and an interrupt right after the stall resumes to the same numbers."""
+    settings = resolve_settings(load_problem(LINE), {"optimizer": "zo-gn", "backend": "fd", "dtype": "float32",
+                                                      "steps": 70, "resample_every": 1000})
+    run = solve(LINE, settings, out=tmp_path / "first")
+    stalls = [event["step"] for event in run.summary["events"] if "fresh points, damping" in event["event"]]
+    assert len(stalls) >= 2 and run.summary["steps"] == 70  # it went on after each stall
+    assert run.summary["final_rel_l2"] < 1e-3
+    settings = settings.replace({"steps": stalls[0] + 6})
+    (straight, resumed), (a, b) = interrupted_and_straight(LINE, settings, tmp_path, at_step=stalls[0] - 1)
+    assert straight == resumed
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_refresh_draws_fresh_points_at_the_next_step():
+    from pinnzo.pinn import PINNTask
+
+    problem = load_problem(LINE)
+    task = PINNTask(build(problem, resolve_settings(problem, {"optimizer": "zo-gn", "backend": "fd"})))
+    generators = {name: torch.Generator().manual_seed(i) for i, name in enumerate(task.generator_names)}
+    theta = task.objective.flatten()
+    first = task.sample(0, generators, theta)
+    assert task.sample(1, generators, theta) is first  # the same points until the next resample
+    assert task.refresh() is True
+    fresh = task.sample(2, generators, theta)
+    assert fresh is not first and not torch.equal(fresh.interior, first.interior)
+    assert task.sample(3, generators, theta) is fresh
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--optimizer", "lbfgs", "--set", "directions=4"], "--set directions: lbfgs does not use this setting"),
     (["--optimizer", "zo-gn", "--lr", "0.1"], "--lr: zo-gn does not use this setting"),

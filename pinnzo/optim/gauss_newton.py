@@ -57,6 +57,7 @@ class GNState(NamedTuple):
     accepted: int  # steps accepted so far
     rejected: int  # trial steps rejected so far
     first_loss: float = math.nan  # the loss at the first step (the tolerance is relative to it)
+    since_stall: int = 0  # steps accepted since the last stall (the points' last refresh after one)
 
 
 def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
@@ -178,15 +179,27 @@ class GaussNewton:
             gain = (loss - new_loss) / predicted if predicted > 0 else -1.0
             if math.isfinite(new_loss) and gain > 0:
                 damping, growth = self._accepted(damping, gain), 2.0
-                return candidate, GNState(damping, growth, state.accepted + 1, rejected, first), \
-                    self._accepted_info(loss, new_loss, first)
+                return candidate, GNState(damping, growth, state.accepted + 1, rejected, first,
+                                          state.since_stall + 1), self._accepted_info(loss, new_loss, first)
             damping, growth, rejected = self._rejected(damping, growth), growth * 2, rejected + 1
-        # no trial step decreased the loss: at the largest damping the steps vanish, so stop
-        info = StepInfo(loss, self.stage, converged=damping >= MAX_DAMPING)
-        if info.converged:
+        if damping < MAX_DAMPING:
+            return theta, GNState(damping, growth, state.accepted, rejected, first, state.since_stall), \
+                StepInfo(loss, self.stage)
+        return theta, *self._stalled(state, loss, rejected, first)
+
+    def _stalled(self, state: GNState, loss: float, rejected: int, first: float) -> tuple[GNState, StepInfo]:
+        """No trial step decreased the loss, and at the largest damping the steps vanish. A minimum of
+        these points' least squares need not be one of the PDE's: after progress since the last stall,
+        ask for fresh points and start their damping afresh; with none, stop (converged)."""
+        if state.since_stall == 0:
+            info = StepInfo(loss, self.stage, converged=True)
             info.events.append(f"{self.stage}: converged (no decrease of the loss {loss:.3e} at damping "
-                               f"{damping:.0e}): stopping")
-        return theta, GNState(damping, growth, state.accepted, rejected, first), info
+                               f"{MAX_DAMPING:.0e}, nor on fresh points since the last stall): stopping")
+            return GNState(MAX_DAMPING, 2.0, state.accepted, rejected, first, 0), info
+        info = StepInfo(loss, self.stage, stalled=True)
+        info.events.append(f"{self.stage}: no decrease of the loss {loss:.3e} at damping {MAX_DAMPING:.0e} on "
+                           f"these points: fresh points, damping {self.damping:g}")
+        return GNState(self.damping, 2.0, state.accepted, rejected, first, 0), info
 
     def _move(self, jacobian: Jacobian, a: torch.Tensor) -> torch.Tensor:
         """The change of theta (d,) for the subspace coefficients a (k,)."""
