@@ -269,6 +269,12 @@ def test_resume_after_an_interrupt_is_bit_identical(tmp_path, optimizer, changes
 def test_a_jacobian_too_large_for_memory_is_refused_with_the_setting_to_change(tmp_path):
     with pytest.raises(PinnzoError, match=r"zo-gn: the Jacobian has 1,010 residuals x .* more than memory_mb = 1"):
         solve(LINE, optimizer="zo-gn", backend="fd", batch=1000, memory_mb=1, steps=2, out=tmp_path / "r")
+    # gn with a stencil backend first holds the network's Jacobian at all 3,010 stencil rows (~4.5 MB)
+    solve(LINE, optimizer="zo-gn", backend="fd", batch=1000, memory_mb=4, steps=1, out=tmp_path / "fits")
+    with pytest.raises(PinnzoError, match=r"gn: the Jacobian has 1,010 residuals x 97 directions and the network's "
+                                          r"3,010 stencil rows x 97 parameters \(~6 MB\), more than memory_mb = 4: "
+                                          r"lower batch or condition_batch, or raise memory_mb"):
+        solve(LINE, optimizer="gn", backend="fd", batch=1000, memory_mb=4, steps=1, out=tmp_path / "gn")
 
 
 def test_difference_step_follows_the_backends_rounding():

@@ -248,11 +248,15 @@ class GaussNewton:
         else:
             k = min(self.count, d)
         needed = 2 * 8 * n * k / 2**20
+        what = f"the Jacobian has {n:,} residuals x {k:,} directions"
+        if self.stage == "gn" and objective.layered:  # the network's Jacobian at every stencil row first
+            rows = len(objective.loss_fn.inputs(batch))
+            needed += 2 * 8 * rows * d / 2**20
+            what += f" and the network's {rows:,} stencil rows x {d:,} parameters"
         if needed > self.memory_mb:
-            raise PinnzoError(f"{self.stage}: the Jacobian has {n:,} residuals x {k:,} directions "
-                              f"(~{needed:,.0f} MB), more than memory_mb = {self.memory_mb}: lower batch or "
-                              f"condition_batch, use gn_subspace=orthonormal with fewer gn_directions, "
-                              f"or raise memory_mb")
+            subspace = "" if self.stage == "gn" else ", use gn_subspace=orthonormal with fewer gn_directions"
+            raise PinnzoError(f"{self.stage}: {what} (~{needed:,.0f} MB), more than memory_mb = {self.memory_mb}: "
+                              f"lower batch or condition_batch{subspace}, or raise memory_mb")
 
 
 def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Tensor):
