@@ -115,8 +115,10 @@ def cell_record(problem_name: str, method_name: str, folder: Path, status: str, 
 
 
 def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: float, out: Path,
-                 echo: Callable[[str], None] = print, quiet: bool = True, device: str | None = None) -> list[Path]:
-    """Run (or skip) every cell; write accuracy.json and accuracy.md in ``out``."""
+                 echo: Callable[[str], None] = print, quiet: bool = True, device: str | None = None,
+                 report_only: bool = False) -> list[Path]:
+    """Run (or skip) every cell; write accuracy.json and accuracy.md in ``out``. ``report_only``: run
+    nothing, report the finished cells and mark the others "not run"."""
     from pinnzo.pinn import solve
     from pinnzo.problem import load_problem
     from pinnzo.reproduce import run_cell
@@ -131,6 +133,10 @@ def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: flo
         for name, method in methods:
             folder = out / problem.name / name
             settings = cell_settings(problem, method, budget, device)
+            if report_only and not finished(folder, settings):
+                records.append({"problem": problem.name, "method": name, "status": "not run", "run": str(folder)})
+                echo(f"{problem.name} / {name}: not run")
+                continue
             started = time.perf_counter()
             result = run_cell(settings, folder, lambda resume, p=problem, s=settings, f=folder:
                               solve(p, s, out=f, resume=resume, quiet=quiet).summary)
@@ -147,6 +153,16 @@ def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: flo
     atomic_write(out / "accuracy.json", json.dumps({"machine": machine_info(), **report}, indent=2).encode())
     atomic_write(out / "accuracy.md", markdown(report).encode())
     return [out / "accuracy.json", out / "accuracy.md"]
+
+
+def finished(folder: Path, settings) -> bool:
+    """Whether ``folder`` holds a finished (or diverged) run of ``settings`` (another run is refused)."""
+    from pinnzo.reproduce import check_saved
+
+    if not ((folder / "summary.json").is_file() or (folder / "diverged.json").is_file()):
+        return False
+    check_saved(folder, settings.as_dict())
+    return True
 
 
 def _figure(value) -> str:
@@ -169,8 +185,8 @@ def markdown(report: dict) -> str:
         texts = []
         for name in names:
             cell = cells.get(name)
-            if cell is None:
-                texts.append("")
+            if cell is None or cell["status"] == "not run":
+                texts.append("not run")
             elif cell["status"] == "diverged":
                 texts.append("diverged")
             else:

@@ -647,6 +647,9 @@ def bench_accuracy(
         "results/bench/accuracy"),
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default cpu).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display inside each run.")] = False,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing: write accuracy.json and "
+                                                                     "accuracy.md from the finished cells, the "
+                                                                     "others marked 'not run'.")] = False,
 ):
     """Every problem x method (adam, adam-lbfgs, zo-signrge, hybrid, zo-gn), each cell trained for a wall-time
     budget: relative L2, time to 1e-2 and 1e-3, loss queries. Resumable: finished cells are skipped."""
@@ -660,7 +663,7 @@ def bench_accuracy(
         METHODS[name]  # one "must be one of" error before any work
     paths = [Path(p.strip()) for p in problems.split(",")] if problems else shipped_problems(Path("problems"))
     try:
-        for path in run_accuracy(paths, names, budget, out, typer.echo, quiet, device):
+        for path in run_accuracy(paths, names, budget, out, typer.echo, quiet, device, report_only):
             typer.echo(f"wrote {path}")
     except Interrupted:
         typer.echo("interrupted; run the same command again to continue (finished cells are kept)", err=True)

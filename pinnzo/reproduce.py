@@ -260,7 +260,7 @@ def _diverged_record(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _check_saved(folder: Path, settings: dict) -> None:
+def check_saved(folder: Path, settings: dict) -> None:
     """Refuse a folder whose saved run used other settings."""
     config = runs.read_config(folder)
     missing, differences = runs.compare_settings(config["settings"], settings, config.get("task"))
@@ -283,7 +283,7 @@ def run_cell(settings, folder: Path, run: Callable[[bool], dict]) -> CellResult:
 
     wanted = settings.as_dict()
     if (folder / "summary.json").is_file() or (folder / "diverged.json").is_file():
-        _check_saved(folder, wanted)
+        check_saved(folder, wanted)
         diverged = _diverged_record(folder)
         if diverged is not None:
             return CellResult(folder, "diverged", diverged)

@@ -91,6 +91,16 @@ def test_every_cell_trains_for_its_budget_is_recorded_then_skipped(tmp_path):
     assert [cell["status"] for cell in again] == ["skipped", "skipped"]
     assert without_status(again) == without_status(report["cells"])
 
+    # --report-only runs nothing: the finished cells as they are, the others "not run"
+    lines.clear()
+    run_accuracy([POISSON], ["zo-gn", "gn"], BUDGET, out, lines.append, report_only=True)
+    assert lines == [lines[0], "poisson2d / gn: not run"] and ": skipped, " in lines[0]
+    assert not (out / "poisson2d" / "gn").exists()
+    header, row = markdown_rows(out / "accuracy.md")
+    assert header == ["problem", "zo-gn", "gn"] and row[1] == table[0][2] and row[2] == "not run"
+    assert [cell["status"] for cell in json.loads((out / "accuracy.json").read_text())["cells"]] == ["skipped",
+                                                                                                    "not run"]
+
     # another budget is another experiment: the saved cell is refused, not silently reused
     with pytest.raises(PinnzoError, match="time_budget"):
         run_accuracy([POISSON], ["adam"], 2 * BUDGET, out, lines.append)
