@@ -97,6 +97,8 @@ class Increments:
         """``weights`` (W,): the increments are only needed summed with these weights (a linear output
         layer with one output follows): sum_w weights[w] increment[w], folded into the c_k."""
         self.activation, self.z, self.a, self.weights = activation, zT, aT, weights
+        self.into: torch.Tensor | None = None  # (W, U): the weights from the layer before (``along``)
+        self._regrouped: list[torch.Tensor] = []  # C_1, C_2, ... (U, R) of ``along``
         self.kind = {torch.sin: "sin", torch.tanh: "tanh"}.get(activation)
         self._coefficients: list[torch.Tensor] = []  # c_1, c_2, ... (W, R), computed as needed
         self._cos = None
@@ -165,21 +167,22 @@ class Increments:
             return series
         return torch.where(orders > MAX_ORDER, self._direct(delta, units, pick), series)
 
-    def along(self, delta: torch.Tensor, direction: torch.Tensor, rows: slice, reach: torch.Tensor | None
+    def along(self, delta: torch.Tensor, units: torch.Tensor, rows: slice, reach: torch.Tensor | None
               ) -> torch.Tensor | None:
-        """The weighted increments sum_w weights[w] (act(z_w + direction[w] delta) - act(z_w)) (E, 1, r)
-        for changes that move every unit along one ``direction`` (W,) by delta (E, 1, r) (the next
-        layer's response to one moved unit). The series regroups as
+        """The weighted increments sum_w weights[w] (act(z_w + into[w, u] delta) - act(z_w)) (E, 1, r)
+        for changes delta (E, 1, r) of one unit u of the layer before (``units``: (1,) the same for all
+        E, or (E, 1)), which move this layer along the column ``into[:, u]`` of its weights. The series
+        regroups as
 
-            sum_k (sum_w weights[w] c_k[w] direction[w]^k) delta^k,
+            sum_k (sum_w weights[w] c_k[w] into[w, u]^k) delta^k = sum_k C_k[u] delta^k,
 
-        whose coefficients (r,) serve all E deltas: W times fewer multiply-adds than ``__call__`` on
-        the (E, W, r) changes. ``reach`` (r,): each row's bound of |direction[w] delta|. None where
-        this does not apply (no folded weights, no series, a row beyond it): the caller takes
-        ``__call__``."""
-        if self.weights is None or self.kind is None:
+        with C_k = (into^k)^T c_k (U, R) one matrix product per order for all units: one term per order
+        instead of one per unit of this layer. ``reach`` (r,): each row's bound of |into[w, u] delta|.
+        None where this does not apply (no ``into`` and folded weights, no series, a row beyond it):
+        the caller takes ``__call__``."""
+        if self.weights is None or self.into is None or self.kind is None:
             return None
-        reach = self.reach(delta) * direction.abs().max() if reach is None else reach
+        reach = self.reach(delta) * self.into.abs().max() if reach is None else reach
         low, high = [bound.item() for bound in torch.aminmax(reach)] if len(reach) else (0.0, 0.0)
         lowest, highest = self.order(low), self.order(high)
         if lowest is None or highest is None:
@@ -188,14 +191,21 @@ class Increments:
             return torch.zeros_like(delta)
         orders = self.orders(reach) if highest != lowest else None
 
-        def coefficient(k: int) -> torch.Tensor:  # (r,): the units summed with direction^k
-            values = self.coefficient(k)[:, rows]
-            return direction.pow(k) @ (values if k <= lowest else values * (orders >= k))
+        def coefficient(k: int) -> torch.Tensor:  # C_k at the units and rows: (1, r) or (E, 1, r)
+            values = self.regrouped(k)[:, rows]
+            return _at_units(values if k <= lowest else values * (orders >= k), units)
 
         result = coefficient(highest)
         for k in range(highest - 1, 0, -1):
             result = torch.addcmul(coefficient(k), delta, result)
         return result * delta
+
+    def regrouped(self, k: int) -> torch.Tensor:
+        """C_k = (into^k)^T c_k (U, R): the order-k coefficient of a change along each column of ``into``."""
+        while len(self._regrouped) < k:
+            order = len(self._regrouped) + 1
+            self._regrouped.append(self.into.pow(order).T @ self.coefficient(order))
+        return self._regrouped[k - 1]
 
     def _direct(self, delta: torch.Tensor, units: torch.Tensor | None, pick) -> torch.Tensor:
         """act(z + delta) - act(z), summed with the weights when given."""

@@ -89,6 +89,8 @@ class LayeredForward:
         self.folded = last > 0 and self.outputs[last].shape[-1] == 1  # one output: its weights fold into
         if self.folded:                                                # the last increments
             self.increments[last - 1].weights = self.weights(last)[0]
+            if last >= 2:  # and a moved unit of the layer before moves them along a column of these
+                self.increments[last - 1].into = self.weights(last - 1)
 
     @property
     def output(self) -> torch.Tensor:
@@ -156,11 +158,10 @@ class LayeredForward:
         if index == last - 1 and self.folded:
             return da
         weights = self.weights(index + 1)[:, units]  # (out, U) or (out, E, U)
-        if index == last - 2 and self.folded and units.dim() == 1 and len(units) == 1:
-            # one moved unit before the last hidden layer: its change moves that layer along one
-            # direction, whose series the increments regroup once for the whole block
-            moved = self.increments[last - 1].along(da, weights[:, 0], rows,
-                                                    None if reach is None else reach * _gain(weights))
+        if index == last - 2 and self.folded and units.shape[-1] == 1:
+            # one moved unit before the last hidden layer: its change moves that layer along one column
+            # of its weights, whose series the increments regroup once for every unit (nets/increments.py)
+            moved = self.increments[last - 1].along(da, units, rows, None if reach is None else reach * _gain(weights))
             if moved is not None:
                 return moved
         dz = (weights if units.dim() == 1 else weights.permute(1, 0, 2)) @ da  # (E, out, r)

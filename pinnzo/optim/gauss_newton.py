@@ -39,6 +39,7 @@ from pinnzo.optim.info import StepInfo
 
 SUBSPACES = ("auto", "coordinates", "gaussian", "orthonormal")
 MIN_DAMPING, MAX_DAMPING = 1e-15, 1e15
+STALL_GAIN = 0.9  # a stall after one goes on with fresh points only below this fraction of that one's loss
 AUTO_COORDINATES = 4096  # "auto": all coordinates up to this many parameters, else random directions
 
 
@@ -58,6 +59,7 @@ class GNState(NamedTuple):
     rejected: int  # trial steps rejected so far
     first_loss: float = math.nan  # the loss at the first step (the tolerance is relative to it)
     since_stall: int = 0  # steps accepted since the last stall (the points' last refresh after one)
+    stall_loss: float = math.inf  # the loss at the last stall
 
 
 def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
@@ -180,26 +182,29 @@ class GaussNewton:
             if math.isfinite(new_loss) and gain > 0:
                 damping, growth = self._accepted(damping, gain), 2.0
                 return candidate, GNState(damping, growth, state.accepted + 1, rejected, first,
-                                          state.since_stall + 1), self._accepted_info(loss, new_loss, first)
+                                          state.since_stall + 1, state.stall_loss), \
+                    self._accepted_info(loss, new_loss, first)
             damping, growth, rejected = self._rejected(damping, growth), growth * 2, rejected + 1
         if damping < MAX_DAMPING:
-            return theta, GNState(damping, growth, state.accepted, rejected, first, state.since_stall), \
+            return theta, state._replace(damping=damping, growth=growth, rejected=rejected, first_loss=first), \
                 StepInfo(loss, self.stage)
         return theta, *self._stalled(state, loss, rejected, first)
 
     def _stalled(self, state: GNState, loss: float, rejected: int, first: float) -> tuple[GNState, StepInfo]:
         """No trial step decreased the loss, and at the largest damping the steps vanish. A minimum of
-        these points' least squares need not be one of the PDE's: after progress since the last stall,
-        ask for fresh points and start their damping afresh; with none, stop (converged)."""
-        if state.since_stall == 0:
+        these points' least squares need not be one of the PDE's: after progress since the last stall
+        to a loss at least ``STALL_GAIN`` below that stall's, ask for fresh points and start their
+        damping afresh; else stop (converged: at a rounding floor, fresh points only add noise)."""
+        if state.since_stall == 0 or loss > STALL_GAIN * state.stall_loss:
             info = StepInfo(loss, self.stage, converged=True)
             info.events.append(f"{self.stage}: converged (no decrease of the loss {loss:.3e} at damping "
-                               f"{MAX_DAMPING:.0e}, nor on fresh points since the last stall): stopping")
-            return GNState(MAX_DAMPING, 2.0, state.accepted, rejected, first, 0), info
+                               f"{MAX_DAMPING:.0e}, and no gain since the last stall at "
+                               f"{state.stall_loss:.3e}): stopping")
+            return GNState(MAX_DAMPING, 2.0, state.accepted, rejected, first, 0, loss), info
         info = StepInfo(loss, self.stage, stalled=True)
         info.events.append(f"{self.stage}: no decrease of the loss {loss:.3e} at damping {MAX_DAMPING:.0e} on "
                            f"these points: fresh points, damping {self.damping:g}")
-        return GNState(self.damping, 2.0, state.accepted, rejected, first, 0), info
+        return GNState(self.damping, 2.0, state.accepted, rejected, first, 0, loss), info
 
     def _move(self, jacobian: Jacobian, a: torch.Tensor) -> torch.Tensor:
         """The change of theta (d,) for the subspace coefficients a (k,)."""
