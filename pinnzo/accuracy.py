@@ -61,7 +61,7 @@ METHODS.register("hybrid", Method("ZO hybrid (signRGE, then CGE) + sparse-grid S
 METHODS.register("zo-gn", Method(
     "ZO Gauss-Newton + FD, dense 24-24 tanh, float64 (forward queries only)",
     {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
-     "optimizer": "zo-gn", "batch": 1000, "condition_batch": 200, "resample_every": 100, "eval_every": 5}, False))
+     "optimizer": "zo-gn", "batch": 1000, "condition_batch": 200, "resample_every": 20, "eval_every": 5}, False))
 
 # First order at its best on small problems: zo-gn's recipe with the Jacobian by autograd (not in the default grid).
 METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dense 24-24 tanh, float64",
@@ -69,7 +69,7 @@ METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dens
 
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs
-# 10 queries, one per step on average); zo-gn's at its own resamples (every 100 steps).
+# 10 queries, one per step on average); zo-gn's at its own resamples (every 20 steps).
 _ZO_GN = dict(METHODS["zo-gn"].changes)
 METHODS.register("adam-rad", Method("adam, interior points by RAD (pool 10 x batch, k = c = 1) every 10 steps",
                                     {**METHODS["adam"].changes, "resample": "rad", "resample_every": 10}, True))

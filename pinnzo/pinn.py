@@ -47,9 +47,12 @@ def resolve_settings(problem: Problem, changes: Mapping[str, Any] = (), prefix: 
 
 
 def resample_period(settings: Settings) -> int:
-    """Steps between fresh points: ``resample_every``, or automatically 1 for the gradient methods and
-    100 for the methods that want a fixed least-squares problem (L-BFGS, Gauss-Newton)."""
-    return settings.resample_every or (100 if settings.optimizer in FIXED_POINTS else 1)
+    """Steps between fresh points: ``resample_every``, or automatically 1 for the gradient methods, 100
+    for L-BFGS (its curvature history wants one problem) and 20 for Gauss-Newton (a few steps solve one
+    point set's least squares; more point sets generalise better: docs/method.md)."""
+    if settings.resample_every:
+        return settings.resample_every
+    return 1 if settings.optimizer not in FIXED_POINTS else 20 if settings.optimizer in ("gn", "zo-gn") else 100
 
 
 def device_of(name: str) -> torch.device:

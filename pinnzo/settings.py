@@ -91,7 +91,7 @@ class Settings(SettingsBase):
     gn_acceleration: float = 0.0  # gn, zo-gn: geodesic acceleration w kept while |w| <= this x |v| (one query a trial; 0: off)
     gn_tolerance: float = 1e-10  # gn, zo-gn: converged once the loss is below this times its first value (0: never)
     history: int = 50  # L-BFGS history size
-    resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, gn, zo-gn)
+    resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, 20 for gn, zo-gn)
     # run
     steps: int = 1000
     batch: int = 100  # interior points per step
