@@ -334,6 +334,16 @@ def test_a_pinn_draws_fresh_points_after_a_stall_and_resumes_across_it_bit_ident
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+@pytest.mark.parametrize("optimizer, period", [("adam", 1), ("zo-signrge", 1), ("lbfgs", 100), ("adam-lbfgs", 100),
+                                               ("gn", 20), ("zo-gn", 20)])
+def test_the_points_are_resampled_every_step_for_gradients_and_held_for_least_squares(optimizer, period):
+    from pinnzo.pinn import resample_period
+
+    problem = load_problem(LINE)
+    assert resample_period(resolve_settings(problem, {"optimizer": optimizer})) == period
+    assert resample_period(resolve_settings(problem, {"optimizer": optimizer, "resample_every": 7})) == 7
+
+
 def test_refresh_draws_fresh_points_at_the_next_step():
     from pinnzo.pinn import PINNTask
 
