@@ -138,8 +138,19 @@ def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: flo
                 echo(f"{problem.name} / {name}: not run")
                 continue
             started = time.perf_counter()
-            result = run_cell(settings, folder, lambda resume, p=problem, s=settings, f=folder:
-                              solve(p, s, out=f, resume=resume, quiet=quiet).summary)
+
+            def train(resume, p=problem, s=settings, f=folder):
+                try:
+                    return solve(p, s, out=f, resume=resume, quiet=quiet).summary
+                except PinnzoError as error:  # the cell cannot run as set (its memory, say): the grid goes on
+                    raise Refused(str(error)) from None
+            try:
+                result = run_cell(settings, folder, train)
+            except Refused as refusal:
+                records.append({"problem": problem.name, "method": name, "status": "refused", "run": str(folder),
+                                "message": str(refusal)})
+                echo(f"{problem.name} / {name}: refused: {refusal}")
+                continue
             record = cell_record(problem.name, name, folder, result.status, result.summary)
             records.append(record)
             took = "" if result.status == "skipped" else f" in {time.perf_counter() - started:.0f} s"
@@ -153,6 +164,10 @@ def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: flo
     atomic_write(out / "accuracy.json", json.dumps({"machine": machine_info(), **report}, indent=2).encode())
     atomic_write(out / "accuracy.md", markdown(report).encode())
     return [out / "accuracy.json", out / "accuracy.md"]
+
+
+class Refused(Exception):
+    """A cell whose run refused its settings (recorded with the message; the other cells go on)."""
 
 
 def finished(folder: Path, settings) -> bool:
@@ -185,8 +200,8 @@ def markdown(report: dict) -> str:
         texts = []
         for name in names:
             cell = cells.get(name)
-            if cell is None or cell["status"] == "not run":
-                texts.append("not run")
+            if cell is None or cell["status"] in ("not run", "refused"):
+                texts.append("not run" if cell is None else cell["status"])
             elif cell["status"] == "diverged":
                 texts.append("diverged")
             else:

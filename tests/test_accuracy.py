@@ -133,6 +133,25 @@ def test_an_interrupted_cell_resumes_with_the_rest_of_its_budget(tmp_path, monke
     assert steps == sorted(set(steps))  # one history, continued, not restarted
 
 
+def test_a_cell_refused_by_its_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """gn's Jacobian at every stencil row does not fit in 1 MB: that cell is refused with the message,
+    the next one runs, and a later run tries the refused cell again (nothing of it was kept)."""
+    import pinnzo.accuracy as accuracy
+
+    monkeypatch.setitem(accuracy.METHODS._items, "gn-tight", accuracy.Method(
+        "gn in 1 MB", {**METHODS["gn"].changes, "memory_mb": 1}, True))
+    out, lines = tmp_path / "accuracy", []
+    run_accuracy([POISSON], ["gn-tight", "adam"], BUDGET, out, lines.append)
+    assert lines[0].startswith("poisson2d / gn-tight: refused: gn: the Jacobian has ")
+    assert "more than memory_mb = 1" in lines[0] and ": finished in " in lines[1]
+    cells = json.loads((out / "accuracy.json").read_text())["cells"]
+    assert [cell["status"] for cell in cells] == ["refused", "finished"] and "memory_mb" in cells[0]["message"]
+    assert markdown_rows(out / "accuracy.md")[1][1] == "refused"
+    lines.clear()
+    run_accuracy([POISSON], ["gn-tight", "adam"], BUDGET, out, lines.append)
+    assert ": refused: " in lines[0] and ": skipped, " in lines[1]
+
+
 def test_the_grid_covers_exactly_the_problems_with_an_exact_solution(tmp_path):
     names = [path.name for path in shipped_problems(REPO / "problems")]
     assert "poisson2d.yaml" in names and "hjb20.yaml" in names
