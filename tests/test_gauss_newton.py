@@ -96,6 +96,25 @@ def test_the_autograd_jacobian_by_rows_equals_reverse_mode_over_the_residual_vec
         assert J[:, -1].abs().max() > 1e-3  # the unknown's column is not left at zero
 
 
+@pytest.mark.parametrize("network", ["mlp", "tt"])
+def test_central_differences_take_the_layered_path_with_the_black_box_values(network):
+    """Central columns (rho(theta + mu e_j) - rho(theta - mu e_j)) / 2 mu: 2k + 1 queries, the layered
+    changes moving by -mu too, equal to black-box queries; mu is (eps g)^(1/3) for central differences."""
+    objective, batch, theta = _components(REPO / "problems" / "hjb20-bc.yaml", backend="stein", network=network)
+    k = objective.dim
+    jacobian = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", difference="central")
+    mu = (2.2e-16) ** (1 / 3) * max(1.0, theta.abs().max().item())
+    assert jacobian.queries == 2 * k + 1 and jacobian.directions is None
+    steps = mu * torch.eye(k, dtype=torch.float64)
+    black_box = ((objective.residuals(theta + steps, batch) - objective.residuals(theta - steps, batch)) / (2 * mu)).T
+    assert (jacobian.matrix - black_box).abs().max() <= 1e-12 / mu
+    forward = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates")
+    with torch.enable_grad():
+        exact = torch.func.jacrev(lambda t: objective._residual_vector()(objective.network(t), batch))(theta)
+    # second-order truncation: central is far closer to the exact Jacobian than forward
+    assert (jacobian.matrix - exact).abs().max() < 0.05 * (forward.matrix - exact).abs().max()
+
+
 def _linear_least_squares(curvature: torch.Tensor | None = None):
     """rho(w) = M w - b (n = 12 > d = 5), plus (w . w) ``curvature`` (12,) when given: the network's
     outputs on the identity are w."""

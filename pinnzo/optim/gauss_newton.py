@@ -62,11 +62,13 @@ class GNState(NamedTuple):
     stall_loss: float = math.inf  # the loss at the last stall
 
 
-def default_mu(theta: torch.Tensor, gain: float = 1.0) -> float:
+def default_mu(theta: torch.Tensor, gain: float = 1.0, difference: str = "forward") -> float:
     """sqrt(eps * gain) times the scale of theta: the forward-difference step that balances truncation
     against rounding, when the residuals carry rounding errors of eps * gain (relative; ``gain`` is the
-    derivative backend's amplification, 1 for exact derivatives)."""
-    return (torch.finfo(theta.dtype).eps * gain) ** 0.5 * max(1.0, theta.abs().max().item())
+    derivative backend's amplification, 1 for exact derivatives); (eps * gain)^(1/3) for central
+    differences, whose truncation is of second order."""
+    power = 1 / 3 if difference == "central" else 1 / 2
+    return (torch.finfo(theta.dtype).eps * gain) ** power * max(1.0, theta.abs().max().item())
 
 
 def auto_subspace(count: int, dim: int, residuals: int) -> tuple[str, int]:
@@ -102,16 +104,20 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
                         gain: float = 1.0) -> Jacobian:
     """J_S by differences of residual-vector queries: forward (k + 1 queries) or central (2k + 1).
 
-    Coordinate columns with forward differences take the layered path when the objective has one
-    (the same values, re-running only the layers after each perturbed parameter).
+    Coordinate columns take the layered path when the objective has one (the same values, re-running
+    only the layers after each perturbed parameter; central differences move by -mu too).
     """
-    mu = mu or default_mu(theta, gain)
+    mu = mu or default_mu(theta, gain, difference)
     S = subspace(kind, count, theta.numel(), generator, theta, objective.residual_count(batch))
     k = theta.numel() if S is None else len(S)
-    if S is None and difference == "forward" and objective.layered:
+    if S is None and difference in ("forward", "central") and objective.layered:
         r0 = objective.residuals(theta[None], batch)[0]
-        perturbed = objective.coordinate_residuals(theta, batch, torch.arange(k, device=theta.device), mu)
-        return Jacobian(r0, ((perturbed - r0) / mu).T, None, k + 1)
+        chosen = torch.arange(k, device=theta.device)
+        plus = objective.coordinate_residuals(theta, batch, chosen, mu)
+        if difference == "forward":
+            return Jacobian(r0, ((plus - r0) / mu).T, None, k + 1)
+        minus = objective.coordinate_residuals(theta, batch, chosen, -mu)
+        return Jacobian(r0, ((plus - minus) / (2 * mu)).T, None, 2 * k + 1)
     steps = mu * (torch.eye(k, dtype=theta.dtype, device=theta.device) if S is None else S)
     if difference == "forward":
         values = objective.residuals(torch.cat([theta[None], theta + steps]), batch)
