@@ -52,7 +52,9 @@ def resample_period(settings: Settings) -> int:
     point set's least squares; more point sets generalise better: docs/method.md)."""
     if settings.resample_every:
         return settings.resample_every
-    return 1 if settings.optimizer not in FIXED_POINTS else 20 if settings.optimizer in ("gn", "zo-gn") else 100
+    if settings.optimizer in LEAST_SQUARES:
+        return 20
+    return 100 if settings.optimizer in FIXED_POINTS else 1
 
 
 def device_of(name: str) -> torch.device:
