@@ -232,6 +232,20 @@ class Perturbations:
             keys, weights = loss.backend.linear_map(atoms, spatial, loss.problem.dim, outputs.dtype, outputs.device)
             self.segments.append((rows, count, stencil, atoms, base, keys, weights))
 
+    def rounding_gain(self) -> float | None:
+        """How much larger than the solution values u the rounding of N + dN's residuals is, for a
+        change dN of its own: the parts at N + dN are ``base + du @ W``, so they and the residuals
+        made of them carry the rounding of the unperturbed parts and residuals (eps |value|), where
+        a black-box query's carry that of u amplified by the stencil's weights (the backend's
+        rounding_gain). It is max(1, max |part or residual| / max |u|); None for an ansatz that is
+        not affine in N, whose du = u(N + dN) - u(N) is a difference of values again."""
+        if self.loss._ansatz(self.batch) is None and self.loss.problem.ansatz is not None:
+            return None
+        parts = [part for segment in self.segments for part in segment[4].values()]
+        residuals = [residual for _, residual, _, _ in self._terms(torch.zeros_like(self.outputs))]
+        largest = max(values.abs().max().item() for values in parts + residuals)
+        return max(1.0, largest / max(self.u.abs().max().item(), torch.finfo(self.u.dtype).tiny))
+
     def _change_of_u(self, changes: torch.Tensor) -> torch.Tensor:
         affine = self.loss._ansatz(self.batch)
         if affine is not None:

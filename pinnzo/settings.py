@@ -84,7 +84,7 @@ class Settings(SettingsBase):
     # Gauss-Newton (gn, zo-gn) and L-BFGS (lbfgs, adam-lbfgs)
     gn_subspace: str = "auto"  # auto | coordinates | gaussian | orthonormal (zo-gn's directions; auto: all coordinates up to 4096 parameters, else min(gn_directions, residuals) orthonormal)
     gn_directions: int = 200  # k random directions of zo-gn (gaussian, orthonormal, auto)
-    gn_mu: float = 0.0  # zo-gn difference step (0: sqrt(eps) of the dtype times the scale of theta)
+    gn_mu: float = 0.0  # zo-gn difference step (0: sqrt(eps x rounding gain) times the scale of theta)
     damping: float = 1e-3  # initial Levenberg-Marquardt damping lambda
     damping_rule: str = "nielsen"  # nielsen | marquardt
     damping_matrix: str = "identity"  # identity (lambda x mean diag(J^T J) x I, Levenberg) | diagonal (lambda diag(J^T J), Marquardt)

@@ -98,13 +98,15 @@ def test_the_autograd_jacobian_by_rows_equals_reverse_mode_over_the_residual_vec
 
 @pytest.mark.parametrize("network", ["mlp", "tt"])
 def test_central_differences_take_the_layered_path_with_the_black_box_values(network):
-    """Central columns (rho(theta + mu e_j) - rho(theta - mu e_j)) / 2 mu: 2k + 1 queries, the layered
-    changes moving by -mu too, equal to black-box queries; mu is (eps g)^(1/3) for central differences."""
+    """Central columns (rho(theta + mu e_j) - rho(theta - mu e_j)) / 2 mu: 2k + 2 queries (one for the
+    layered path's rounding gain), the layered changes moving by -mu too, equal to black-box queries;
+    mu is (eps g)^(1/3) for central differences."""
     objective, batch, theta = _components(REPO / "problems" / "hjb20-bc.yaml", backend="stein", network=network)
     k = objective.dim
     jacobian = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", difference="central")
-    mu = (2.2e-16) ** (1 / 3) * max(1.0, theta.abs().max().item())
-    assert jacobian.queries == 2 * k + 1 and jacobian.directions is None
+    gain = objective.coordinate_rounding_gain(theta, batch)
+    mu = (2.220446049250313e-16 * gain) ** (1 / 3) * max(1.0, theta.abs().max().item())
+    assert jacobian.queries == 2 * k + 2 and jacobian.directions is None
     steps = mu * torch.eye(k, dtype=torch.float64)
     black_box = ((objective.residuals(theta + steps, batch) - objective.residuals(theta - steps, batch)) / (2 * mu)).T
     assert (jacobian.matrix - black_box).abs().max() <= 1e-12 / mu
@@ -403,3 +405,36 @@ def test_an_underdetermined_least_squares_problem_is_warned_about(tmp_path, caps
         capsys.readouterr().err
     solve(LINE, optimizer="zo-gn", backend="fd", steps=1, quiet=False, out=tmp_path / "enough")
     assert "underdetermined" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("network", ["mlp", "tt"])
+@pytest.mark.parametrize("problem", ["helmholtz2d", "layer2d"])
+def test_layered_forward_differences_take_a_step_sized_by_the_parts_and_match_autograd(network, problem):
+    """The layered columns round relative to the stencil parts and residuals, not to u amplified by fd's
+    4 / h^2 = 4e8: their step is sqrt(eps g) for the measured gain g (~1e2-1e4 here), and the Jacobian
+    agrees with the autograd one to ~1e-6, where the black-box step sqrt(eps 4e8) truncates at ~3e-4.
+    Their differences start from the layered path's own unperturbed residuals, not from batched forwards
+    whose last bits differ (an error the stencil and 1 / mu amplify)."""
+    objective, _, theta = _components(REPO / "problems" / f"{problem}.yaml", backend="fd", network=network)
+    batch = sample_batch(load_problem(REPO / "problems" / f"{problem}.yaml"), 50, 20,
+                         torch.Generator().manual_seed(0), torch.float64)
+    rho, exact = objective.residual_jacobian(theta, batch)
+    gain = objective.coordinate_rounding_gain(theta, batch)
+    assert 1 < gain < 1e5
+    error = lambda m: ((m - exact).norm() / exact.norm()).item()
+    layered = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", gain=4e8)
+    assert layered.queries == objective.dim + 3 and torch.equal(layered.residual, objective.residuals(theta[None], batch)[0])
+    assert error(layered.matrix) < 2e-6
+    black_box_step = (2.220446049250313e-16 * 4e8) ** 0.5 * max(1.0, theta.abs().max().item())
+    coarse = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", mu=black_box_step)
+    assert error(coarse.matrix) > 1e-4
+    # a ten times smaller step: the layered rounding grows as 1 / mu from a floor far below the black box's
+    fine = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", mu=1e-8)
+    assert error(fine.matrix) < 1e-5
+
+
+def test_an_inverse_problem_keeps_the_backends_step():
+    """With unknowns the layered queries go through the criterion of N + dN (values again): no gain of
+    their own, and the step stays sqrt(eps x the backend's gain)."""
+    objective, batch, theta = _components(REPO / "problems" / "burgers1d-inverse.yaml", backend="fd")
+    assert objective.layered and objective.coordinate_rounding_gain(theta, batch) is None

@@ -46,10 +46,10 @@ def test_the_series_order_meets_its_remainder_bound():
     z = torch.zeros(1, 1, dtype=torch.float64)
     sin, tanh = Increments(torch.sin, z, z), Increments(torch.tanh, z, z)
     eps = torch.finfo(torch.float64).eps
-    for delta in (1e-8, 1e-5, 1e-3):
+    for delta in (1e-8, 1e-5, 1e-3):  # relative to the increment: at most eps |delta| / 4
         order = sin.order(delta)
-        assert delta ** (order + 1) / math.factorial(order + 1) <= eps / 4
-        assert delta ** order / math.factorial(order) > eps / 4  # and no higher than needed
+        assert delta ** (order + 1) / math.factorial(order + 1) <= eps * delta / 4
+        assert delta ** order / math.factorial(order) > eps * delta / 4  # and no higher than needed
         assert tanh.order(delta) >= order
     # beyond MAX_ORDER terms the direct difference is used; relu has no series here
     assert sin.order(0.1) is None and sin.order(0.0) == 0 and Increments(torch.relu, z, z).order(1e-8) is None

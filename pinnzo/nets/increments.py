@@ -8,13 +8,18 @@ act(z + delta) costs one transcendental function per value; the Taylor series
 
 costs K fused multiply-adds per value once the c_k are known, and they are computed once
 per z (sin: +-sin z, +-cos z over k!; tanh: polynomials in tanh z). The order K is chosen per
-row of z, from the row's max |delta|, so that the remainder bound is at most eps(dtype) / 4, below the rounding
-of act(z + delta) itself (|act| <= 1; the rounding of the argument z + delta alone moves it
-by about eps |z act'(z)| / 2), so the increments are the black-box ones to rounding:
+row of z, from the row's max |delta|, so that the remainder bound is at most eps(dtype) |delta| / 4:
+rounding relative to the increment itself (|act'| <= 1), far below the rounding of act(z + delta)
+(|act| <= 1), so the increments are the black-box ones to rounding:
 
     sin:   |remainder| <= |delta|^(K+1) / (K+1)!          (every derivative is at most 1)
     tanh:  |remainder| <= M |delta|^(K+1) / (1 - |delta|) (Cauchy's estimate on the disc of
                                                           radius 1, M = max |tanh| there = tan 1)
+
+Relative, not absolute: the rows of one finite-difference stencil may take different orders, and
+the stencil's weights (1 / h^2) amplify the difference of their remainders. An absolute eps / 4
+would put errors of eps / h^2 into a stencil's change, however small the delta, and a Jacobian
+column (the change over delta) would lose all accuracy at small steps.
 
 Larger deltas, and activations without a series here (relu, gelu), take the direct
 difference act(z + delta) - act(z), which is what a black-box query computes.
@@ -64,7 +69,7 @@ _TANH = _tanh_polynomials(MAX_ORDER)
 
 @functools.cache
 def _thresholds(kind: str, dtype: torch.dtype) -> tuple[float, ...]:
-    """Per order K = 1..MAX_ORDER: the largest |delta| whose remainder bound is at most eps(dtype) / 4
+    """Per order K = 1..MAX_ORDER: the largest |delta| whose remainder bound is at most eps(dtype) |delta| / 4
     (by bisection in double precision, then rounded down to a value of ``dtype``, so that comparing a
     ``dtype`` tensor with them and a float with them agree), increasing in K."""
     bound = _sin_bound if kind == "sin" else _tanh_bound
@@ -74,7 +79,7 @@ def _thresholds(kind: str, dtype: torch.dtype) -> tuple[float, ...]:
         low, high = 0.0, 1.0
         for _ in range(80):
             middle = (low + high) / 2
-            low, high = (middle, high) if bound(order, middle) <= tolerance else (low, middle)
+            low, high = (middle, high) if bound(order, middle) <= tolerance * middle else (low, middle)
         rounded = torch.tensor(low, dtype=dtype)
         if rounded.item() > low:
             rounded = torch.nextafter(rounded, torch.zeros_like(rounded))
@@ -104,7 +109,7 @@ class Increments:
         self._cos = None
 
     def order(self, delta_max: float) -> int | None:
-        """The smallest series order whose remainder is below eps / 4 at |delta| <= delta_max, or None."""
+        """The smallest series order whose remainder is below eps |delta| / 4 at |delta| <= delta_max, or None."""
         if self.kind is None:
             return None
         if delta_max == 0:

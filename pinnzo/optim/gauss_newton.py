@@ -105,19 +105,28 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
     """J_S by differences of residual-vector queries: forward (k + 1 queries) or central (2k + 1).
 
     Coordinate columns take the layered path when the objective has one (the same values, re-running
-    only the layers after each perturbed parameter; central differences move by -mu too).
+    only the layers after each perturbed parameter; central differences move by -mu too). There the
+    residuals' changes round relative to the stencil's parts, not to the solution values amplified
+    by the stencil (Objective.coordinate_rounding_gain, one more query), so mu is sized by that gain
+    in place of the backend's ``gain``: far smaller, and the columns' truncation with it.
     """
-    mu = mu or default_mu(theta, gain, difference)
     S = subspace(kind, count, theta.numel(), generator, theta, objective.residual_count(batch))
     k = theta.numel() if S is None else len(S)
     if S is None and difference in ("forward", "central") and objective.layered:
+        layered_gain = None if mu else objective.coordinate_rounding_gain(theta, batch)
+        mu = mu or default_mu(theta, gain if layered_gain is None else layered_gain, difference)
+        extra = 0 if layered_gain is None else 1
         r0 = objective.residuals(theta[None], batch)[0]
         chosen = torch.arange(k, device=theta.device)
         plus = objective.coordinate_residuals(theta, batch, chosen, mu)
         if difference == "forward":
-            return Jacobian(r0, ((plus - r0) / mu).T, None, k + 1)
+            # the differences from the layered path's own unperturbed residuals (a move by 0): r0 by
+            # batched forwards may differ in its last bits, which the stencil amplifies and 1 / mu more
+            base = objective.coordinate_residuals(theta, batch, chosen[:1], 0.0)[0]
+            return Jacobian(r0, ((plus - base) / mu).T, None, k + 2 + extra)
         minus = objective.coordinate_residuals(theta, batch, chosen, -mu)
-        return Jacobian(r0, ((plus - minus) / (2 * mu)).T, None, 2 * k + 1)
+        return Jacobian(r0, ((plus - minus) / (2 * mu)).T, None, 2 * k + 1 + extra)
+    mu = mu or default_mu(theta, gain, difference)
     steps = mu * (torch.eye(k, dtype=theta.dtype, device=theta.device) if S is None else S)
     if difference == "forward":
         values = objective.residuals(torch.cat([theta[None], theta + steps]), batch)

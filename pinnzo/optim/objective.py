@@ -234,6 +234,18 @@ class Objective:
                                                  mu),
             None, chosen, batch)
 
+    def coordinate_rounding_gain(self, theta: torch.Tensor, batch) -> float | None:
+        """The rounding gain of ``coordinate_residuals``' differences from the residuals at theta, when
+        the loss takes the network's changes directly (residual.Perturbations.rounding_gain: the
+        largest stencil part over the largest solution value); None on the criterion path (an inverse
+        problem, a loss without ``around``), whose values round like black-box queries. One query."""
+        around = getattr(self.loss_fn, "around", None)
+        if around is None or self.unknowns or not self.layered:
+            return None
+        self.queries += 1
+        with torch.no_grad():
+            return around(self.network(theta)(self.loss_fn.inputs(batch)), batch).rounding_gain()
+
     def _split(self, evaluate, value, items: torch.Tensor, batch) -> torch.Tensor:
         """evaluate(value, items, batch) for P items (parameter vectors or coordinates); with the
         queries split over ranks, each rank evaluates its share and the results are gathered (the
