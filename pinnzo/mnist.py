@@ -24,6 +24,7 @@ from pinnzo.derivatives.memory import BATCH_ROWS
 from pinnzo.errors import PinnzoError
 from pinnzo.nets import build_mlp
 from pinnzo.optim import Objective, make_optimizer
+from pinnzo.optim.ggn import generalised
 from pinnzo.pinn import DTYPES, device_of
 from pinnzo.settings import MnistSettings
 
@@ -163,6 +164,30 @@ class CrossEntropy:
     def __call__(self, network, batch) -> torch.Tensor:
         return self.criterion(network(self.inputs(batch)), batch)
 
+    outputs = 10  # C: logits per image
+
+    def curvature(self, logits: torch.Tensor, batch):
+        """The criterion at logits F (B, C), its gradient in F (B, C) and its Hessian in F as a product
+        (B, C) -> (B, C): with p_b = softmax(F_b) and y_b the one-hot label, over the whole batch size N,
+
+            l = sum_b CE(F_b, y_b) / N,   grad = (p_b - y_b) / N,   H u = (p_b * u_b - p_b (p_b . u_b)) / N,
+
+        H_b = diag(p_b) - p_b p_b^T being positive semi-definite (the generalised Gauss-Newton's
+        output curvature, optim/ggn.py)."""
+        whole = batch[2] if len(batch) > 2 else len(batch[1])
+        p = torch.softmax(logits, -1)
+        gradient = p.clone()
+        gradient[torch.arange(len(p)), batch[1]] -= 1
+        product = lambda u: (p * u - p * (p * u).sum(-1, keepdim=True)) / whole
+        return self.criterion(logits, batch), gradient / whole, product
+
+    def curvature_diagonal(self, jacobian: torch.Tensor, logits: torch.Tensor, batch) -> torch.Tensor:
+        """diag(J^T H J) (d,) for the outputs' Jacobian (d, B, C): sum_b (sum_c p_bc J_bc^2 -
+        (sum_c p_bc J_bc)^2) / N."""
+        whole = batch[2] if len(batch) > 2 else len(batch[1])
+        p = torch.softmax(logits, -1)
+        return ((jacobian ** 2 * p).sum((1, 2)) - ((jacobian * p).sum(2) ** 2).sum(1)) / whole
+
 
 cross_entropy = CrossEntropy()
 
@@ -185,15 +210,16 @@ class MnistTask:
     the training split in mini-batches; evaluation on the validation split after each."""
 
     kind = "mnist"
-    time_budget = 0.0
     generator_names = ("shuffle", "zo")
     metric_fields = METRIC_FIELDS
     progress_metric = ("val acc", "val_accuracy")
 
     def __init__(self, data: MnistData, settings: MnistSettings):
         self.settings, self.data = settings, data
+        self.time_budget = settings.time_budget
         self.device = device_of(settings.device)
-        model = build_classifier(settings, DTYPES[settings.dtype]).to(self.device)
+        self.dtype = DTYPES[settings.dtype]
+        model = build_classifier(settings, self.dtype).to(self.device)
         self.steps_per_epoch = settings.steps_per_epoch or len(data.train_y) // settings.batch
         if self.steps_per_epoch < 1:
             raise PinnzoError(f"batch {settings.batch} is larger than the training split ({len(data.train_y)} images)")
@@ -204,11 +230,15 @@ class MnistTask:
         self.steps = settings.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(settings.optimizer, **{
             **settings.as_dict(), "decay_every": max(1, settings.decay_epochs * self.steps_per_epoch)})
+        if settings.optimizer == "zo-gn":  # on a cross-entropy: the generalised Gauss-Newton
+            self.optimizer = generalised(self.optimizer, settings.cg_iterations)
         # Loss queries of a TT classifier run one by one: vmap over per-query TT cores is
         # slower than a loop on the CPU; dense layers batch well (one bmm per layer).
         per_chunk = 1 if settings.network == "tt" else max(1, BATCH_ROWS // settings.batch)
         self.objective = Objective(model, cross_entropy, per_chunk)
-        self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
+        if settings.optimizer == "zo-gn" and self.objective.world.size > 1:
+            raise PinnzoError("zo-gn on MNIST (the generalised Gauss-Newton) runs in one process")
+        self.train_x, self.train_y = data.train_x.to(self.device, self.dtype), data.train_y.to(self.device)
         self.order = None
 
     def describe(self) -> str:
@@ -235,7 +265,8 @@ class MnistTask:
 
     def evaluate(self, theta, step: int, info, state) -> dict:
         network = self.objective.network(theta)
-        val_loss, accuracy = evaluate(network, self.data.val_x.to(self.device), self.data.val_y.to(self.device))
+        val_loss, accuracy = evaluate(network, self.data.val_x.to(self.device, self.dtype),
+                                      self.data.val_y.to(self.device))
         return {"epoch": (step + 1) // self.steps_per_epoch, "step": step + 1, "queries": state.queries,
                 "train_loss": float(np.mean(state.window)), "val_loss": val_loss, "val_accuracy": accuracy,
                 "lr": self.optimizer.schedule(step), "stage": info.stage}
@@ -251,7 +282,8 @@ class MnistTask:
 
     def finish(self, state, run_dir: Path) -> dict:
         s = self.settings
-        test_loss, test_accuracy = evaluate(self.objective.network(state.theta), self.data.test_x.to(self.device),
+        test_loss, test_accuracy = evaluate(self.objective.network(state.theta),
+                                            self.data.test_x.to(self.device, self.dtype),
                                             self.data.test_y.to(self.device))
         runs.write_model(run_dir, runs.MODEL, self.objective.state_dict(state.theta))
         return {

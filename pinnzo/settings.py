@@ -138,10 +138,16 @@ class MnistSettings(SettingsBase):
     switch_step: int = 0  # hybrid: switch at this step at the latest (0: the patience rule only)
     cge_mu: float = 0.01  # the paper: mu = 0.01, m = 0.9 in the fine-tuning stage
     cge_lr: float = 0.0
+    gn_mu: float = 0.0  # zo-gn (generalised Gauss-Newton): difference step (0: sqrt(eps) x max(1, |theta|_inf))
+    damping: float = 1e-3  # zo-gn: initial Levenberg-Marquardt damping lambda
+    damping_rule: str = "nielsen"  # zo-gn: nielsen | marquardt
+    damping_matrix: str = "identity"  # zo-gn: identity (Levenberg) | diagonal (Marquardt)
+    cg_iterations: int = 100  # zo-gn: conjugate-gradient products per step's solve
     epochs: int = 5
     batch: int = 64
     steps_per_epoch: int = 0  # 0: the whole training split
     validation: int = 5000  # images held out of the training set for validation
+    time_budget: float = 0.0  # stop after the step that passes this many seconds of training (0: no limit)
     seed: int = 0
     dtype: str = "float32"  # auto | float32 | float64 (auto as for PINN runs)
     device: str = "cpu"
@@ -167,7 +173,8 @@ CHOICES = {
 MINIMUM = {"width": 1, "depth": 1, "rank": 1, "samples": 1, "level": 1, "decay_every": 1, "directions": 1,
            "gn_directions": 1, "history": 1,
            "steps": 1, "batch": 1, "condition_batch": 1, "eval_every": 1, "eval_points": 2, "memory_mb": 1,
-           "decay_epochs": 1, "epochs": 1, "validation": 1}
+           "decay_epochs": 1, "epochs": 1, "validation": 1,
+           "cg_iterations": 1}
 MAXIMUM_INTEGER = 2**62  # seeds and sizes beyond it overflow torch's generators and tensor sizes
 # Largest allowed value of the settings with a practical ceiling below MAXIMUM_INTEGER: a plain MLP
 # deeper than this does not train, and building one takes minutes and gigabytes of layer objects.

@@ -393,9 +393,10 @@ def test_impossible_combinations_are_refused_with_one_line(tmp_path, args, needl
     assert not (tmp_path / "r").exists()
 
 
-def test_mnist_refuses_gauss_newton():
-    result = run_cli(["mnist", "--optimizer", "zo-gn", "--data-dir", "nowhere"])
-    assert result.exit_code == 2 and "Gauss-Newton needs a least-squares loss" in result.output
+def test_mnist_refuses_the_autograd_gauss_newton():
+    result = run_cli(["mnist", "--optimizer", "gn", "--data-dir", "nowhere"])
+    assert result.exit_code == 2 and "Gauss-Newton with an autograd Jacobian needs a least-squares loss" in \
+        result.output and "zo-gn" in result.output and result.output.count("\n") == 1, result.output
 
 
 def test_an_underdetermined_least_squares_problem_is_warned_about(tmp_path, capsys):

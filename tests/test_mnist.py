@@ -145,3 +145,15 @@ def test_mnist_run_folder_resume_and_plot(tmp_path):
     assert drop(tmp_path / "b") == drop(run)
     with pytest.raises(PinnzoError, match="does not match the saved run: rank: saved 2, now 3"):
         train_mnist(data, settings.replace({"rank": 3}), tmp_path / "b", resume=True, quiet=True)
+
+
+def test_float64_runs_and_a_time_budget_stops_after_its_step(tmp_path):
+    folder = tiny_mnist(tmp_path / "data", n_train=300)
+    result = run_cli(["mnist", "--data-dir", str(folder), "--rank", "2", "--epochs", "3", "--batch", "16",
+                      "--set", "validation=50", "--set", "dtype=float64", "--set", "time_budget=1e-9", "-q",
+                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dtype"] == "float64" and summary["steps"] == 1 and summary["stopped_by"] == "time budget"
+    model = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert all(tensor.dtype == torch.float64 for tensor in model.values())

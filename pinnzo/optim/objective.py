@@ -234,6 +234,22 @@ class Objective:
                                                  mu),
             None, chosen, batch)
 
+    def coordinate_outputs(self, theta: torch.Tensor, batch, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's outputs F (R, C) at ``inputs(batch)`` and their changes dF (d, R, C) when each
+        coordinate of theta moves by mu, the layered way (optim/coordinates.py): d + 1 queries."""
+        from pinnzo.optim.coordinates import LayeredForward
+
+        if not self.layered or self.unknowns:
+            raise PinnzoError("the outputs' Jacobian by layered queries needs an MLP whose loss is a criterion "
+                              "of its outputs at fixed points")
+        self.queries += 1 + theta.numel()
+        with torch.no_grad():
+            forward = LayeredForward(self.model, self.unflatten(theta), self.loss_fn.inputs(batch))
+            changes = theta.new_empty((theta.numel(), *forward.output.shape))
+            for part, change in forward.changes(torch.arange(theta.numel(), device=theta.device), mu):
+                changes[part] = change
+        return forward.output, changes
+
     def coordinate_rounding_gain(self, theta: torch.Tensor, batch) -> float | None:
         """The rounding gain of ``coordinate_residuals``' differences from the residuals at theta, when
         the loss takes the network's changes directly (residual.Perturbations.rounding_gain: the

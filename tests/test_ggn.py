@@ -1,0 +1,123 @@
+"""The generalised Gauss-Newton (zo-gn on the MNIST cross-entropy) against closed forms and autograd."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from pinnzo.mnist import build_classifier, cross_entropy, train_mnist
+from pinnzo.optim import Objective
+from pinnzo.optim.ggn import GeneralisedGaussNewton, conjugate_gradients
+from pinnzo.optim.gauss_newton import GNState
+from pinnzo.settings import MnistSettings
+from test_mnist import _separable
+
+
+def test_conjugate_gradients_solve_a_positive_definite_system():
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    M = B.T @ B + 0.1 * torch.eye(30, dtype=torch.float64)
+    b = torch.randn(30, generator=g, dtype=torch.float64)
+    x = conjugate_gradients(lambda v: M @ v, b, M.diagonal(), iterations=200, tolerance=1e-14)
+    torch.testing.assert_close(x, torch.linalg.solve(M, b), rtol=1e-10, atol=1e-12)
+    # cut off early it is still a descent direction of the model b^T x - x^T M x / 2
+    short = conjugate_gradients(lambda v: M @ v, b, M.diagonal(), iterations=2)
+    assert (b @ short - short @ M @ short / 2).item() > 0
+
+
+def _logits_batch(seed=0, rows=7):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, 10, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 10, (rows,), generator=g)
+    return logits, (torch.zeros(rows, 784, dtype=torch.float64), labels)
+
+
+def test_cross_entropy_curvature_is_the_criterions_gradient_and_hessian():
+    logits, batch = _logits_batch()
+    loss, gradient, product = cross_entropy.curvature(logits, batch)
+    f = lambda F: cross_entropy.criterion(F, batch)
+    torch.testing.assert_close(loss, f(logits), rtol=1e-14, atol=0)
+    torch.testing.assert_close(gradient, torch.func.grad(f)(logits), rtol=1e-12, atol=1e-15)
+    u = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hessian_u = torch.func.jvp(torch.func.grad(f), (logits,), (u,))[1]
+    torch.testing.assert_close(product(u), hessian_u, rtol=1e-12, atol=1e-15)
+    # diag(J^T H J) for a Jacobian J (d, B, C) against the explicit matrix
+    J = torch.randn(5, *logits.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    explicit = torch.stack([J[j].reshape(-1) @ product(J[j]).reshape(-1) for j in range(5)])
+    torch.testing.assert_close(cross_entropy.curvature_diagonal(J, logits, batch), explicit, rtol=1e-12, atol=0)
+
+
+def _tt_objective(rows=12):
+    settings = MnistSettings(rank=2, dtype="float64", activation="tanh")
+    model = build_classifier(settings, torch.float64)
+    g = torch.Generator().manual_seed(3)
+    batch = (torch.randn(rows, 784, generator=g, dtype=torch.float64), torch.randint(0, 10, (rows,), generator=g))
+    return Objective(model, cross_entropy), batch
+
+
+def test_the_layered_outputs_jacobian_matches_autograd():
+    objective, batch = _tt_objective()
+    theta = objective.flatten()
+    outputs, changes = objective.coordinate_outputs(theta, batch, 1e-7)
+    exact = torch.func.jacrev(lambda t: objective.network(t)(batch[0]))(theta)  # (R, C, d)
+    torch.testing.assert_close(outputs, objective.network(theta)(batch[0]), rtol=1e-13, atol=1e-13)
+    error = (changes / 1e-7 - exact.permute(2, 0, 1)).norm() / exact.norm()
+    assert error < 1e-6, error
+    assert objective.queries == 1 + theta.numel()
+
+
+def test_a_ggn_step_is_the_damped_newton_step_of_the_generalised_model():
+    objective, batch = _tt_objective()
+    theta = objective.flatten()
+    optimizer = GeneralisedGaussNewton("zo-gn", damping=10.0, iterations=10_000)
+    moved, state, info = optimizer.update(0, theta, optimizer.init(theta), objective, batch, None)
+    # the same step from autograd's Jacobian and the explicit d x d matrices
+    J = torch.func.jacrev(lambda t: objective.network(t)(batch[0]))(theta).reshape(-1, theta.numel())
+    _, gradient, product = cross_entropy.curvature(objective.network(theta)(batch[0]), batch)
+    H = torch.stack([product(e.reshape(-1, 10)).reshape(-1) for e in torch.eye(len(J), dtype=torch.float64)])
+    G, g = J.T @ H @ J, J.T @ gradient.reshape(-1)
+    damping = 10.0 * G.diagonal().mean()
+    expected = theta + torch.linalg.solve(G + damping * torch.eye(len(G), dtype=torch.float64), -g)
+    assert isinstance(state, GNState) and (state.accepted, state.rejected) == (1, 0) and info.loss == pytest.approx(
+        cross_entropy.criterion(objective.network(theta)(batch[0]), batch).item(), rel=1e-12)
+    assert (moved - expected).norm() / (expected - theta).norm() < 1e-5
+    assert objective.loss(moved, batch) < objective.loss(theta, batch)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_zo_gn_classifies_separable_data_in_one_epoch(tmp_path, dtype):
+    settings = MnistSettings(optimizer="zo-gn", rank=2, epochs=1, batch=32, seed=0, dtype=dtype)
+    summary = train_mnist(_separable(), settings, tmp_path / "run", quiet=True)
+    assert summary["test_accuracy"] >= 0.95, summary["test_accuracy"]
+    steps, d = 600 // 32, summary["parameters"]
+    assert summary["total_queries"] >= steps * (d + 2)  # outputs, d columns, at least one trial each
+
+
+def test_an_interrupted_zo_gn_run_resumes_bit_identically(tmp_path):
+    from pinnzo.loop import Interrupted
+
+    data = _separable(n=320)
+    settings = MnistSettings(optimizer="zo-gn", rank=2, epochs=2, batch=32, seed=0, damping=10.0)
+    straight = train_mnist(data, settings, tmp_path / "a", quiet=True)
+
+    def stop(step, state):
+        if step == 13:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        train_mnist(data, settings, tmp_path / "b", quiet=True, callbacks=[stop])
+    resumed = train_mnist(data, settings, tmp_path / "b", resume=True, quiet=True)
+    assert resumed["test_loss"] == straight["test_loss"] and resumed["total_queries"] == straight["total_queries"]
+    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in "ab")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert any(isinstance(value, GNState) for value in _walk(saved))  # the damping state was checkpointed
+
+
+def _walk(value):
+    yield value
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _walk(item)
+    elif isinstance(value, (list, tuple)) and not isinstance(value, GNState):
+        for item in value:
+            yield from _walk(item)
