@@ -231,7 +231,7 @@ class MnistTask:
         self.optimizer = make_optimizer(settings.optimizer, **{
             **settings.as_dict(), "decay_every": max(1, settings.decay_epochs * self.steps_per_epoch)})
         if settings.optimizer == "zo-gn":  # on a cross-entropy: the generalised Gauss-Newton
-            self.optimizer = generalised(self.optimizer, settings.cg_iterations)
+            self.optimizer = generalised(self.optimizer, settings.cg_iterations, settings.damping_floor)
         # Loss queries of a TT classifier run one by one: vmap over per-query TT cores is
         # slower than a loop on the CPU; dense layers batch well (one bmm per layer).
         per_chunk = 1 if settings.network == "tt" else max(1, BATCH_ROWS // settings.batch)

@@ -143,6 +143,7 @@ class MnistSettings(SettingsBase):
     damping_rule: str = "nielsen"  # zo-gn: nielsen | marquardt
     damping_matrix: str = "identity"  # zo-gn: identity (Levenberg) | diagonal (Marquardt)
     cg_iterations: int = 100  # zo-gn: conjugate-gradient products per step's solve
+    damping_floor: float = 1e-15  # zo-gn: lambda never falls below this
     epochs: int = 5
     batch: int = 64
     steps_per_epoch: int = 0  # 0: the whole training split

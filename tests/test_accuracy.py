@@ -177,3 +177,21 @@ def test_bench_accuracy_refuses_bad_input_with_one_line(tmp_path):
     assert result.exit_code == 2 and "no exact solution" in result.output
     assert not (tmp_path / "a").exists()
     assert "Traceback" not in result.output
+
+
+def test_a_cell_that_diverges_is_recorded_as_diverged_not_refused(tmp_path, monkeypatch):
+    """A method whose loss becomes infinite (SGD with a step of 1e38: its parameters overflow) is a result of that method: the
+    log, the JSON and the table say diverged, with the message, and a later run does not train it again."""
+    import pinnzo.accuracy as accuracy
+
+    monkeypatch.setitem(accuracy.METHODS._items, "sgd-huge", accuracy.Method(
+        "sgd, lr 1e38", {**METHODS["adam"].changes, "optimizer": "sgd", "lr": 1e38}, True))
+    out, lines = tmp_path / "accuracy", []
+    run_accuracy([POISSON], ["sgd-huge"], BUDGET, out, lines.append)
+    cells = json.loads((out / "accuracy.json").read_text())["cells"]
+    assert cells[0]["status"] == "diverged" and "non-finite" in cells[0]["message"]
+    assert lines[0].startswith("poisson2d / sgd-huge: diverged in ") and lines[0].endswith(f" s: {cells[0]['message']}")
+    assert markdown_rows(out / "accuracy.md")[1][1] == "diverged"
+    lines.clear()
+    run_accuracy([POISSON], ["sgd-huge"], BUDGET, out, lines.append)
+    assert lines[0] == f"poisson2d / sgd-huge: diverged: {cells[0]['message']}", lines

@@ -121,3 +121,10 @@ def _walk(value):
     elif isinstance(value, (list, tuple)) and not isinstance(value, GNState):
         for item in value:
             yield from _walk(item)
+
+
+def test_the_damping_never_falls_below_its_floor():
+    # Nielsen's rule after a perfect step (gain 1) divides lambda by 3; the floor stops it
+    assert GeneralisedGaussNewton("zo-gn")._accepted(0.3, 1.0) == pytest.approx(0.1, rel=1e-15)
+    assert GeneralisedGaussNewton("zo-gn", floor=0.25)._accepted(0.3, 1.0) == 0.25
+    assert GeneralisedGaussNewton("zo-gn", rule="marquardt", floor=0.25)._accepted(0.3, 1.0) == 0.25

@@ -161,6 +161,7 @@ class GaussNewton:
     max_tries: int = 8
     memory_mb: int = 1024
     rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
+    floor: float = MIN_DAMPING  # lambda never falls below this
 
     def schedule(self, step: int) -> float:
         return 1.0  # a (damped) Newton step: no learning rate
@@ -252,8 +253,8 @@ class GaussNewton:
 
     def _accepted(self, damping: float, gain: float) -> float:
         if self.rule == "marquardt":
-            return max(damping / 10, MIN_DAMPING)
-        return max(damping * max(1 / 3, 1 - (2 * gain - 1) ** 3), MIN_DAMPING)
+            return max(damping / 10, self.floor)
+        return max(damping * max(1 / 3, 1 - (2 * gain - 1) ** 3), self.floor)
 
     def _rejected(self, damping: float, growth: float) -> float:
         return min(damping * (10 if self.rule == "marquardt" else growth), MAX_DAMPING)

@@ -118,10 +118,11 @@ class GeneralisedGaussNewton(GaussNewton):
                               f"batch, or raise memory_mb")
 
 
-def generalised(optimizer: GaussNewton, iterations: int) -> GeneralisedGaussNewton:
-    """The same settings as ``optimizer`` (a zo-gn), for a criterion of the outputs."""
+def generalised(optimizer: GaussNewton, iterations: int, floor: float) -> GeneralisedGaussNewton:
+    """The same settings as ``optimizer`` (a zo-gn), for a criterion of the outputs; ``floor``: the
+    least damping."""
     if optimizer.stage != "zo-gn":
         raise PinnzoError(f"{optimizer.stage}: the generalised Gauss-Newton takes its Jacobian by forward "
                           f"differences (zo-gn)")
-    return GeneralisedGaussNewton(**{f.name: getattr(optimizer, f.name) for f in fields(optimizer)},
-                                  iterations=iterations)
+    return GeneralisedGaussNewton(**{**{f.name: getattr(optimizer, f.name) for f in fields(optimizer)},
+                                     "floor": floor}, iterations=iterations)
