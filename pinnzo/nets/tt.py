@@ -98,6 +98,8 @@ def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, ou
     xt = x.reshape(B, N_before * n_k, N_after).permute(2, 1, 0).reshape(N_after, -1)  # (t, (s, j, b))
     y = (R.reshape(r1 * Q, N_after) @ xt).reshape(r1 * Q, N_before, n_k * B)  # (c q, s, (j, b))
     T = (L.permute(2, 0, 1).reshape(r0 * P, N_before) @ y).reshape(r1, Q, r0, P, n_k, B)  # (c, q, a, p, j, b)
+    # one contiguous (q p, rows) slab per (c, a, j): an entry's values are one slab, whatever its i
+    T = T.permute(0, 2, 4, 1, 3, 5).reshape(r1 * r0 * n_k, Q * P, B)
     after = math.prod(out_shape[k + 1:])
     base = (torch.arange(P, device=x.device)[None, :] * (m_k * after)  # unit of (q, p), i = 0
             + torch.arange(after, device=x.device)[:, None]).flatten()
@@ -106,8 +108,10 @@ def tt_unit_responses(cores: Sequence[torch.Tensor], k: int, x: torch.Tensor, ou
         a, i, j, c = torch.unravel_index(entries, cores[k].shape)
         units = base[None, :] + (i * after)[:, None]  # (E, U) flat output indices
 
+        slabs = (c * r0 + a) * n_k + j
+
         def values(rows=slice(None)):
-            return T[c, :, a, :, j, rows].reshape(len(entries), Q * P, -1)  # (E, U, rows)
+            return T[slabs, :, rows]  # (E, U, rows)
 
         padded = units >= out_features  # outputs cut off by the padding of the factorisation
         if not padded.any():

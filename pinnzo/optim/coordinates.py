@@ -139,9 +139,14 @@ class LayeredForward:
         step = max(1, tile // (E * width))
         units = units[0] if shared else units
         change = self.outputs[-1].new_empty(E, self.outputs[-1].shape[-1], rows)
-        for start in range(0, rows, step):
-            tile_rows = slice(start, min(start + step, rows))
-            change[:, :, tile_rows] = self._propagate(index, units, mu * values(tile_rows), tile_rows)
+        gather = max(step, GATHERED // (E * U))  # rows of values fetched at once; their tiles are views
+        for outer in range(0, rows, gather):
+            stop = min(outer + gather, rows)
+            fetched = values(slice(outer, stop))
+            for start in range(outer, stop, step):
+                tile_rows = slice(start, min(start + step, stop))
+                change[:, :, tile_rows] = self._propagate(index, units, mu * fetched[:, :, start - outer:
+                                                                                   tile_rows.stop - outer], tile_rows)
         return change[:, 0] if self.model.squeeze else change.transpose(1, 2)
 
     def _propagate(self, index: int, units: torch.Tensor, dz: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -172,6 +177,9 @@ class LayeredForward:
                 dz = self.weights(later + 1) @ dz
                 reach = None if reach is None else reach * self.gain(later + 1)
         return dz
+
+
+GATHERED = 2**22  # values of a block's unit responses fetched in one piece (a strided gather per tile is slow)
 
 
 def _gain(weights: torch.Tensor) -> torch.Tensor:
