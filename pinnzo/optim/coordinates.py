@@ -31,6 +31,8 @@ from torch.func import functional_call
 
 from pinnzo.nets.increments import Increments
 
+GATHERED = 2**22  # values of a block's unit responses fetched in one piece (a strided gather per tile is slow)
+
 
 def supports(model, loss_fn) -> bool:
     """Whether ``perturbed_outputs`` applies to this model and loss."""
@@ -177,9 +179,6 @@ class LayeredForward:
                 dz = self.weights(later + 1) @ dz
                 reach = None if reach is None else reach * self.gain(later + 1)
         return dz
-
-
-GATHERED = 2**22  # values of a block's unit responses fetched in one piece (a strided gather per tile is slow)
 
 
 def _gain(weights: torch.Tensor) -> torch.Tensor:
