@@ -153,19 +153,21 @@ def _parse_assignments(assignments: list[str]) -> dict[str, str]:
 
 
 def resolve_settings(problem, preset: Optional[str], assignments: list[str], flags: dict):
-    """File defaults < preset < --set key=value < explicit flags."""
+    """Defaults < the optimizer's defaults < file < preset < --set key=value < explicit flags."""
     from pinnzo.pinn import resolve_settings as resolve
     from pinnzo.settings import Settings
 
     settings = Settings().replace(problem.solve)
+    named = {}
     if preset is not None:
         if preset not in PRESETS:
             raise PinnzoError(f"unknown preset {preset!r}; must be one of {', '.join(PRESETS)}")
-        settings = settings.replace(PRESETS[preset], f"--preset {preset}: ")
+        named = PRESETS[preset]
+        settings = settings.replace(named, f"--preset {preset}: ")
     explicit = _parse_assignments(assignments)
     settings = settings.replace(explicit, "--set ")
     given = {key: value for key, value in flags.items() if value is not None}
-    settings = resolve(problem, {**settings.as_dict(), **given}, "--")
+    settings = resolve(problem, {**named, **explicit, **given}, "--")
     _refuse_unused(settings.optimizer, {**{key: "--set " + key for key in explicit},
                                         **{key: "--" + key for key in given}})
     return settings

@@ -39,10 +39,13 @@ METRIC_FIELDS = ["step", "queries", "loss", "smoothed_loss", "val_mse", "val_rel
 
 
 def resolve_settings(problem: Problem, changes: Mapping[str, Any] = (), prefix: str = "") -> Settings:
-    """Defaults < the problem's solve: block < ``changes``; backend and optimizer names checked; dtype
-    "auto" made concrete for the optimizer."""
-    settings = Settings().replace(problem.solve).replace(dict(changes), prefix)
-    BACKENDS[settings.backend], OPTIMIZERS[settings.optimizer]  # one "must be one of" error each
+    """Defaults < the optimizer's defaults < the problem's solve: block < ``changes``; backend and
+    optimizer names checked; dtype "auto" made concrete for the optimizer."""
+    changes = dict(changes)
+    settings = Settings().replace(problem.solve).replace(changes, prefix)
+    OPTIMIZERS[settings.optimizer]  # one "must be one of" error
+    settings = settings.with_optimizer_defaults({*problem.solve, *changes})
+    BACKENDS[settings.backend]
     return settings.concrete()
 
 

@@ -17,6 +17,16 @@ from pinnzo.errors import PinnzoError
 # float32 rounding floor of the loss, ~1e-4 relative error) and float32 for every other one
 FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 
+# Defaults of the Gauss-Newton optimizers, under the problem file's solve: block and the flags (a field
+# either of them sets wins). The general defaults (the paper's TT-MLP, sparse-grid Stein, 100 points)
+# give a least-squares problem with fewer residuals than parameters, fitted exactly at the points and
+# wrong between them. A small dense tanh network keeps the d x d solve cheap, 1,000 + 200 points per
+# condition make the problem overdetermined, and finite differences are exact to rounding in float64
+# (docs/method.md, "Defaults of the Gauss-Newton optimizers").
+LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
+                          "batch": 1000, "condition_batch": 200, "eval_every": 10}
+OPTIMIZER_DEFAULTS = {"gn": LEAST_SQUARES_DEFAULTS, "zo-gn": LEAST_SQUARES_DEFAULTS}
+
 
 class SettingsBase:
     """replace / names / as_dict for the frozen settings dataclasses below."""
@@ -40,6 +50,11 @@ class SettingsBase:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_optimizer_defaults(self, given) -> "SettingsBase":
+        """A copy with its optimizer's defaults (OPTIMIZER_DEFAULTS) in every field not in ``given``."""
+        defaults = OPTIMIZER_DEFAULTS.get(self.optimizer, {})
+        return self.replace({key: value for key, value in defaults.items() if key not in given})
 
     def concrete(self):
         """A copy whose dtype "auto" is made concrete for its optimizer (FLOAT64_OPTIMIZERS: float64)."""

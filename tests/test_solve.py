@@ -303,6 +303,57 @@ def test_an_explicit_dtype_wins_over_auto(tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["settings"]["dtype"] == "float32"
 
 
+# ---- the Gauss-Newton optimizers' defaults --------------------------------------
+
+LEAST_SQUARES_RECIPE = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
+                        "batch": 1000, "condition_batch": 200}
+
+
+@pytest.mark.parametrize("optimizer", ["zo-gn", "gn"])
+def test_gauss_newton_gets_an_overdetermined_dense_recipe_where_nothing_else_is_said(optimizer):
+    from pinnzo.pinn import build, resolve_settings
+
+    given = yaml.safe_load(SMALL)
+    del given["solve"]
+    problem = load_problem(given)  # a user's file with no solve: block
+    settings = resolve_settings(problem, {"optimizer": optimizer})
+    assert {key: getattr(settings, key) for key in LEAST_SQUARES_RECIPE} == LEAST_SQUARES_RECIPE
+    assert settings.dtype == "float64"
+    residuals = settings.batch + settings.condition_batch * len(problem.conditions)
+    assert residuals > build(problem, settings).objective.dim  # overdetermined: 1,000 residuals, 721 parameters
+
+
+def test_the_file_and_the_flags_win_over_the_optimizers_defaults(tmp_path):
+    from pinnzo.pinn import resolve_settings
+
+    given = yaml.safe_load(SMALL)
+    given["solve"] = {"optimizer": "zo-gn", "batch": 300, "network": "tt"}
+    problem = load_problem(given)
+    settings = resolve_settings(problem, {"backend": "sparse-grid"})
+    assert (settings.batch, settings.network, settings.backend) == (300, "tt", "sparse-grid")  # file, file, flag
+    assert (settings.width, settings.activation, settings.condition_batch) == (24, "tanh", 200)  # zo-gn's
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(given))
+    result = run_cli(["solve", str(path), "--steps", "1", "--set", "width=4", "--set", "eval_points=10",
+                      "--out", str(tmp_path / "run"), "-q", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["settings"]
+    assert (written["batch"], written["network"], written["width"], written["backend"]) == (300, "tt", 4, "fd")
+
+
+def test_the_other_optimizers_keep_the_general_defaults():
+    from pinnzo.pinn import resolve_settings
+    from pinnzo.settings import Settings
+
+    given = yaml.safe_load(SMALL)
+    del given["solve"]
+    problem = load_problem(given)
+    for optimizer in ("adam", "zo-signrge", "hybrid", "lbfgs"):
+        settings = resolve_settings(problem, {"optimizer": optimizer})
+        assert {key: getattr(settings, key) for key in LEAST_SQUARES_RECIPE} == \
+            {key: getattr(Settings(), key) for key in LEAST_SQUARES_RECIPE}
+
+
 def test_a_settings_object_with_dtype_auto_is_made_concrete_by_solve(tmp_path):
     from pinnzo.settings import Settings
 
