@@ -28,7 +28,7 @@ from pinnzo.settings import Settings
 from pinnzo.unknowns import Unknown
 
 CONDITION_SETS = ("initial", "terminal", "boundary", "data")
-CONDITION_TYPES = ("dirichlet", "neumann")
+CONDITION_TYPES = ("dirichlet", "neumann", "rate")
 RESERVED = {"u", "N", "d", "lap", "gradsq", *SCALAR_FUNCTIONS, *CONSTANTS, *VECTOR_REDUCTIONS}
 
 
@@ -49,7 +49,8 @@ class Condition:
 
     on: "initial" (t = t0), "terminal" (t = T), "boundary" (of the spatial domain) or "data" (the
     points of a data file, whose measured values are the targets).
-    kind: "dirichlet" (B[u] = u), "neumann" (B[u] = du/dn, outward normal) or, for data,
+    kind: "dirichlet" (B[u] = u), "neumann" (B[u] = du/dn, outward normal, on the boundary), "rate"
+    (B[u] = du/dt, at the initial or terminal time: a wave equation's initial velocity) or, for data,
     "measured" (B[u] = ``value``, an expression of u's atoms ``atoms``, e.g. u or d(u, x1)).
     """
 
@@ -196,6 +197,8 @@ class Problem:
             return condition.atoms
         if condition.kind == "dirichlet":
             return frozenset({A.VALUE})
+        if condition.kind == "rate":
+            return frozenset({A.d1(self.time_index)})
         return frozenset(A.d1(i) for i in self.spatial)
 
     def condition_residual(self, condition: Condition, X: torch.Tensor, normals: torch.Tensor | None,
@@ -211,6 +214,8 @@ class Problem:
         target = condition.value_fn(values)
         if condition.kind == "dirichlet":
             return atom_values[A.VALUE] - target
+        if condition.kind == "rate":
+            return atom_values[A.d1(self.time_index)] - target
         gradient = torch.stack([atom_values[A.d1(i)] for i in self.spatial], dim=-1)
         return (gradient * normals).sum(-1) - target
 
@@ -724,6 +729,8 @@ class _Loader:
                 self.fail(f"{key}.at", f"an {on} condition needs a time variable")
             if kind == "neumann" and on != "boundary":
                 self.fail(f"{key}.type", "neumann conditions apply on the boundary only")
+            if kind == "rate" and on not in ("initial", "terminal"):
+                self.fail(f"{key}.type", "rate conditions (du/dt) apply at the initial or terminal time only")
             weight = self.number(spec.get("weight", 1.0), f"{key}.weight")
             if weight < 0:
                 self.fail(f"{key}.weight", f"expected a weight >= 0; found {weight}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import sympy
 import torch
 
 from helpers import run_cli
+from pinnzo import atoms as A
 from pinnzo.atoms import atom_symbol
 from pinnzo.derivatives import Autodiff
 from pinnzo.expr import ExpressionError, Scope, compile_torch, parse
@@ -172,6 +174,27 @@ conditions:
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
 
 
+
+def test_rate_condition_is_the_time_derivative_at_the_initial_time(tmp_path):
+    problem = load_problem(_write(tmp_path, """
+variables:
+  space: {name: x, dim: 1, domain: [0, 1]}
+  time: {name: t, domain: [0.25, 2]}
+equation: d(u, t, t) - 4 * lap(u)
+exact: sin(pi * x) * cos(2 * pi * t)
+conditions:
+  start: {at: initial, value: 0}
+  velocity: {at: initial, type: rate, value: 3 * x}
+"""))
+    velocity = problem.conditions[1]
+    assert problem.condition_atoms(velocity) == {A.d1(1)}
+    X, normals = problem.sample_condition(velocity, 200, torch.Generator().manual_seed(0), torch.float64)
+    assert normals is None and (X[:, 1] == 0.25).all()
+    values = Autodiff()(problem.exact_solution, X, problem.condition_atoms(velocity), problem.spatial)
+    got = problem.condition_residual(velocity, X, normals, values)
+    expected = -2 * math.pi * torch.sin(math.pi * X[:, 0]) - 3 * X[:, 0]  # u_t(x, 1/4) - 3x
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
+
 # ---- validation and safety ------------------------------------------------
 
 GOOD = """
@@ -197,6 +220,10 @@ BAD_FILES = [
     (GOOD + "solve: {steps: many}\n", "solve.steps: expected int; found 'many'"),
     (GOOD + "solve: {colour: red}\n", "solve.colour: unknown key"),
     (GOOD + "source: invented\n", "source: expected one of manufactured"),
+    (GOOD + "conditions: {walls: {at: boundary, type: rate, value: 0}}\n",
+     "conditions.walls.type: rate conditions (du/dt) apply at the initial or terminal time only"),
+    (GOOD + "conditions: {start: {at: initial, type: neumann, value: 0}}\n",
+     "conditions.start.type: neumann conditions apply on the boundary only"),
     (GOOD + "ansatz: sum(x)\n", "ansatz: the ansatz must use the network output N"),
     (GOOD + "conditions:\n  c: {at: edge, value: 0}\n", "conditions.c.at: expected one of initial, terminal, boundary"),
     (GOOD + "conditions:\n  c: {at: initial}\n", "conditions.c.value: missing required key"),
