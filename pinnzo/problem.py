@@ -219,6 +219,25 @@ class Problem:
         gradient = torch.stack([atom_values[A.d1(i)] for i in self.spatial], dim=-1)
         return (gradient * normals).sum(-1) - target
 
+    def exact_check(self, points: int = 256, seed: int = 0) -> dict[str, float]:
+        """How well the exact solution satisfies the problem, by autodiff in float64: max |residual| of
+        the equation ("residual") and of each condition at ``points`` random points of its set; for
+        measured data, the RMS misfit over all the data points (about the noise, when it is noisy)."""
+        from pinnzo.derivatives import Autodiff
+
+        generator, autodiff = torch.Generator().manual_seed(seed), Autodiff()
+        unknowns = self.exact_unknowns
+        X = self.sample_interior(points, generator, torch.float64)
+        atoms = autodiff(self.exact_solution, X, self.atoms, self.spatial)
+        checks = {"residual": self.residual_from_atoms(X, atoms, unknowns).abs().max().item()}
+        for condition in self.conditions:
+            X, normals = self.sample_condition(condition, points, generator, torch.float64)
+            atoms = autodiff(self.exact_solution, X, self.condition_atoms(condition), self.spatial)
+            residual = self.condition_residual(condition, X, normals, atoms, unknowns)
+            checks[condition.name] = (residual.square().mean().sqrt() if condition.data is not None
+                                      else residual.abs().max()).item()
+        return checks
+
     # ---- sampling -----------------------------------------------------------
 
     def sample_interior(self, n: int, generator: torch.Generator, dtype=torch.float32, device="cpu") -> torch.Tensor:

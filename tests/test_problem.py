@@ -195,6 +195,32 @@ conditions:
     expected = -2 * math.pi * torch.sin(math.pi * X[:, 0]) - 3 * X[:, 0]  # u_t(x, 1/4) - 3x
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
 
+
+WAVE = """
+variables:
+  space: {name: x, dim: 1, domain: [0, 1]}
+  time: {name: t, domain: [0, 1]}
+equation: d(u, t, t) - 4 * lap(u)
+exact: sin(pi * x) * cos(2 * pi * t)
+conditions:
+  start: {at: initial, value: sin(pi * x)}
+  velocity: {at: initial, type: rate, value: 0}
+  ends: {at: boundary, type: neumann, value: -pi * cos(2 * pi * t)}
+"""
+
+
+def test_check_verifies_every_condition_against_the_exact_solution(tmp_path):
+    checks = load_problem(_write(tmp_path, WAVE)).exact_check()
+    assert set(checks) == {"residual", "start", "velocity", "ends"}
+    assert max(checks.values()) < 1e-12  # u_t(x, 0) = 0; du/dn = -pi cos(2 pi t) at both ends
+    wrong = WAVE.replace("type: rate, value: 0", "type: rate, value: 0.1 * x")
+    result = run_cli(["check", str(_write(tmp_path, wrong))])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "velocity:" in line and "exact check" in line)
+    assert float(line.rsplit(": ", 1)[1]) == pytest.approx(0.1, rel=0.05)  # max |0 - 0.1 x| over [0, 1]
+    ends = next(line for line in result.output.splitlines() if "ends:" in line and "exact check" in line)
+    assert float(ends.rsplit(": ", 1)[1]) < 1e-12
+
 # ---- validation and safety ------------------------------------------------
 
 GOOD = """

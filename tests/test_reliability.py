@@ -246,6 +246,23 @@ def test_shipped_problems_and_their_yaml_anchors_still_load():
         assert result.exit_code == 0, (path, result.output)
 
 
+def test_shipped_exact_solutions_satisfy_their_equations_and_conditions():
+    """The exact solutions are the shipped problems' self-verification: equation and conditions to
+    rounding; measured data within a few noise levels."""
+    from pinnzo.problem import load_problem
+
+    for path in SHIPPED:
+        problem = load_problem(path)
+        if not problem.has_exact:
+            continue
+        checks = problem.exact_check()
+        for condition in problem.conditions:
+            if condition.data is not None:
+                noise = condition.data.noise
+                assert noise is not None and checks.pop(condition.name) < 3 * noise, (path, condition.name)
+        assert max(checks.values()) < 1e-10, (path, checks)
+
+
 # ---- quadrature: flags and the cache --------------------------------------
 
 QUADRATURE_CASES = [
