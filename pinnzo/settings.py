@@ -20,11 +20,11 @@ FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 # Defaults of the Gauss-Newton optimizers, under the problem file's solve: block and the flags (a field
 # either of them sets wins). The general defaults (the paper's TT-MLP, sparse-grid Stein, 100 points)
 # give a least-squares problem with fewer residuals than parameters, fitted exactly at the points and
-# wrong between them. A small dense tanh network keeps the d x d solve cheap, 1,000 + 200 points per
-# condition make the problem overdetermined, and finite differences are exact to rounding in float64
+# wrong between them. A small dense tanh network keeps the d x d solve cheap, 1,000 points and 1,000 per
+# condition make the problem overdetermined (each condition's own points too: a 20-D box has 40 faces), and finite differences are exact to rounding in float64
 # (docs/method.md, "Defaults of the Gauss-Newton optimizers").
 LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
-                          "batch": 1000, "condition_batch": 200, "eval_every": 10}
+                          "batch": 1000, "condition_batch": 1000, "eval_every": 10}
 OPTIMIZER_DEFAULTS = {"gn": LEAST_SQUARES_DEFAULTS, "zo-gn": LEAST_SQUARES_DEFAULTS}
 
 

@@ -306,7 +306,7 @@ def test_an_explicit_dtype_wins_over_auto(tmp_path):
 # ---- the Gauss-Newton optimizers' defaults --------------------------------------
 
 LEAST_SQUARES_RECIPE = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
-                        "batch": 1000, "condition_batch": 200}
+                        "batch": 1000, "condition_batch": 1000}
 
 
 @pytest.mark.parametrize("optimizer", ["zo-gn", "gn"])
@@ -331,7 +331,7 @@ def test_the_file_and_the_flags_win_over_the_optimizers_defaults(tmp_path):
     problem = load_problem(given)
     settings = resolve_settings(problem, {"backend": "sparse-grid"})
     assert (settings.batch, settings.network, settings.backend) == (300, "tt", "sparse-grid")  # file, file, flag
-    assert (settings.width, settings.activation, settings.condition_batch) == (24, "tanh", 200)  # zo-gn's
+    assert (settings.width, settings.activation, settings.condition_batch) == (24, "tanh", 1000)  # zo-gn's
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(given))
     result = run_cli(["solve", str(path), "--steps", "1", "--set", "width=4", "--set", "eval_points=10",
