@@ -247,11 +247,13 @@ def test_shipped_problems_and_their_yaml_anchors_still_load():
 
 
 def test_shipped_exact_solutions_satisfy_their_equations_and_conditions():
-    """The exact solutions are the shipped problems' self-verification: equation and conditions to
-    rounding; measured data within a few noise levels."""
+    """The exact solutions are the shipped problems' (and docs/examples') self-verification: equation
+    and conditions to rounding; measured data within a few noise levels."""
     from pinnzo.problem import load_problem
 
-    for path in SHIPPED:
+    examples = sorted((Path(__file__).resolve().parents[1] / "docs" / "examples").glob("*.yaml"))
+    assert len(examples) == 8
+    for path in [*SHIPPED, *examples]:
         problem = load_problem(path)
         if not problem.has_exact:
             continue
