@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from pinnzo.errors import PinnzoError, one_line
+from pinnzo.settings import LEAST_SQUARES_DEFAULTS
 
 
 class _OneLineErrors(TyperGroup):
@@ -60,6 +61,9 @@ app.add_typer(data_app, name="data")
 
 OPTIMIZER_HELP = ("First order (back-propagation): adam | sgd | lbfgs | adam-lbfgs | gn. Zeroth order (loss "
                   "queries only): zo-rge | zo-signrge | zo-cge | zo-adam | hybrid | zo-gn")
+# PINN runs only (pinnzo solve)
+LEAST_SQUARES_HELP = ("Where the file and the flags say nothing, gn and zo-gn take "
+                      + ", ".join(f"{key} {value}" for key, value in LEAST_SQUARES_DEFAULTS.items()))
 
 CacheDir = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Rule cache folder (default: $PINNZO_QUADRATURE_DIR, else ./quadrature).")]
@@ -272,7 +276,7 @@ DIST_HELP = {
 def solve(
     problem: Annotated[Path, typer.Argument(help="Problem file (YAML), e.g. problems/hjb20.yaml.")],
     backend: Annotated[Optional[str], typer.Option(help="Derivatives: ad | fd | stein | sparse-grid.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help=f"{OPTIMIZER_HELP}.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help=f"{OPTIMIZER_HELP}. {LEAST_SQUARES_HELP}.")] = None,
     network: Annotated[Optional[str], typer.Option(help="mlp | tt.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Hidden width.")] = None,
     depth: Annotated[Optional[int], typer.Option(help="Hidden layers.")] = None,
