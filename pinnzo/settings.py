@@ -51,11 +51,6 @@ class SettingsBase:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def with_optimizer_defaults(self, given) -> "SettingsBase":
-        """A copy with its optimizer's defaults (OPTIMIZER_DEFAULTS) in every field not in ``given``."""
-        defaults = OPTIMIZER_DEFAULTS.get(self.optimizer, {})
-        return self.replace({key: value for key, value in defaults.items() if key not in given})
-
     def concrete(self):
         """A copy whose dtype "auto" is made concrete for its optimizer (FLOAT64_OPTIMIZERS: float64)."""
         if self.dtype != "auto":
@@ -129,6 +124,10 @@ class Settings(SettingsBase):
     rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
     rad_c: float = 1.0
 
+    def with_optimizer_defaults(self, given) -> "Settings":
+        """A copy with its optimizer's defaults (OPTIMIZER_DEFAULTS) in every field not in ``given``."""
+        defaults = OPTIMIZER_DEFAULTS.get(self.optimizer, {})
+        return self.replace({key: value for key, value in defaults.items() if key not in given})
 
 
 @dataclass(frozen=True)
