@@ -67,11 +67,9 @@ METHODS.register("zo-gn", Method(
     {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
      "optimizer": "zo-gn", "batch": 1000, "condition_batch": 1000, "resample_every": 20, "eval_every": 5}, False))
 
-# First order at its best on small problems: zo-gn's recipe with the Jacobian by autograd (not in the default
-# grid), still at 200 points per condition (zo-gn's earlier recipe: its cells were measured with it).
+# First order at its best on small problems: zo-gn's recipe with the Jacobian by autograd (not in the default grid).
 METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dense 24-24 tanh, float64, "
-                              "1,000 + 200 points", {**METHODS["zo-gn"].changes, "optimizer": "gn",
-                                                     "condition_batch": 200}, True))
+                              "1,000 + 1,000 points", {**METHODS["zo-gn"].changes, "optimizer": "gn"}, True))
 
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs
