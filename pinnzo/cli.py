@@ -515,8 +515,8 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
             checks = loaded.exact_check()
         except (RuntimeError, ValueError, TypeError, ArithmeticError) as error:
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-            raise PinnzoError(f"{loaded.path}: exact: cannot evaluate the equation or a condition at the exact solution "
-                              f"({reason})") from None
+            raise PinnzoError(f"{loaded.path}: exact: cannot evaluate the equation or a condition at the exact "
+                              f"solution ({reason})") from None
     box = [f"{c} in [{lo:g}, {hi:g}]" for c, lo, hi in zip(loaded.columns, loaded.lows, loaded.highs)]
     box = ", ".join(box if len(box) <= 4 else [box[0], "...", box[-1]])
     typer.echo(f"problem       {loaded.name}: {loaded.description}\n"
@@ -541,7 +541,8 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
     if checks is not None:
         at = "" if not loaded.unknowns else (" (unknowns at their initial values: no exact values given)"
                                              if loaded.exact_unknowns is None else " (unknowns at their exact values)")
-        typer.echo(f"exact check   max |residual| of the exact solution at 256 points: {checks.pop('residual'):.2e}{at}")
+        equation = checks.pop("residual")
+        typer.echo(f"exact check   max |residual| of the exact solution at 256 points: {equation:.2e}{at}")
         for condition in loaded.conditions:
             what = "RMS misfit at the data points" if condition.data is not None else "max |residual| at 256 points"
             typer.echo(f"exact check   {condition.name}: {what}: {checks[condition.name]:.2e}")

@@ -20,9 +20,10 @@ FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 # Defaults of the Gauss-Newton optimizers, under the problem file's solve: block and the flags (a field
 # either of them sets wins). The general defaults (the paper's TT-MLP, sparse-grid Stein, 100 points)
 # give a least-squares problem with fewer residuals than parameters, fitted exactly at the points and
-# wrong between them. A small dense tanh network keeps the d x d solve cheap, 1,000 points and 1,000 per
-# condition make the problem overdetermined (each condition's own points too: a 20-D box has 40 faces), and finite differences are exact to rounding in float64
-# (docs/method.md, "Defaults of the Gauss-Newton optimizers").
+# wrong between them. A small dense tanh network keeps the d x d solve cheap; 1,000 points and 1,000
+# per condition make the problem overdetermined, each condition's points too (a 20-D box has 40 faces);
+# finite differences are exact to rounding in float64 (docs/method.md, "Defaults of the Gauss-Newton
+# optimizers").
 LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
                           "batch": 1000, "condition_batch": 1000, "eval_every": 10}
 OPTIMIZER_DEFAULTS = {"gn": LEAST_SQUARES_DEFAULTS, "zo-gn": LEAST_SQUARES_DEFAULTS}
@@ -63,14 +64,14 @@ class Settings(SettingsBase):
     """Settings of a PINN run (pinnzo solve)."""
 
     # network
-    network: str = "tt"  # mlp | tt
+    network: str = "tt"  # mlp | tt (gn, zo-gn: LEAST_SQUARES_DEFAULTS unless given, as width, depth, activation)
     width: int = 64  # hidden width
     depth: int = 2  # hidden layers (21 -> 512 -> 512 -> 1 is depth 2; at most 1000)
     rank: int = 2  # TT rank of the compressed layers
     activation: str = "sin"  # sin | tanh | relu | gelu
     shapes: str = ""  # TT factorisations "input,hidden", e.g. 1x1x3x7,8x4x4x4 (empty: automatic)
     # derivatives
-    backend: str = "sparse-grid"  # ad | fd | stein | sparse-grid
+    backend: str = "sparse-grid"  # ad | fd | stein | sparse-grid (gn, zo-gn: fd unless given)
     sigma: float = 0.1  # Gaussian smoothing of the Stein backends
     samples: int = 1024  # Monte-Carlo Stein samples
     rule: str = "gauss-hermite"  # sparse-grid family
@@ -104,8 +105,8 @@ class Settings(SettingsBase):
     resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, 20 for gn, zo-gn)
     # run
     steps: int = 1000
-    batch: int = 100  # interior points per step
-    condition_batch: int = 100  # points per condition per step
+    batch: int = 100  # interior points per step (gn, zo-gn: LEAST_SQUARES_DEFAULTS unless given)
+    condition_batch: int = 100  # points per condition per step (gn, zo-gn: LEAST_SQUARES_DEFAULTS unless given)
     eval_every: int = 100
     eval_points: int = 10_000
     seed: int = 0
