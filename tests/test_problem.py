@@ -167,12 +167,17 @@ conditions:
   flux: {at: boundary, type: neumann, value: 2 * x1 * sign(x1 - 0.5) * (1 - abs(sign(x2 - 0.5)) + 1) / 2}
 """))
     flux = problem.conditions[0]
-    X, normals = problem.sample_condition(flux, 400, torch.Generator().manual_seed(0), torch.float64)
-    values = Autodiff()(problem.exact_solution, X, problem.condition_atoms(flux), problem.spatial)
-    got = problem.condition_residual(flux, X, normals, values) + flux.value_fn(problem.values(X))
+    X, normals, residual = _exact_condition_residual(problem, flux, 400)
+    got = residual + flux.value_fn(problem.values(X))
     expected = 2 * X[:, 0] * normals[:, 0]  # du/dn = grad(x1^2) . n
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
 
+
+def _exact_condition_residual(problem, condition, n: int):
+    """n points of the condition's set, their normals, and B[exact] - value there (autodiff, float64)."""
+    X, normals = problem.sample_condition(condition, n, torch.Generator().manual_seed(0), torch.float64)
+    values = Autodiff()(problem.exact_solution, X, problem.condition_atoms(condition), problem.spatial)
+    return X, normals, problem.condition_residual(condition, X, normals, values)
 
 
 def test_rate_condition_is_the_time_derivative_at_the_initial_time(tmp_path):
@@ -188,10 +193,8 @@ conditions:
 """))
     velocity = problem.conditions[1]
     assert problem.condition_atoms(velocity) == {A.d1(1)}
-    X, normals = problem.sample_condition(velocity, 200, torch.Generator().manual_seed(0), torch.float64)
+    X, normals, got = _exact_condition_residual(problem, velocity, 200)
     assert normals is None and (X[:, 1] == 0.25).all()
-    values = Autodiff()(problem.exact_solution, X, problem.condition_atoms(velocity), problem.spatial)
-    got = problem.condition_residual(velocity, X, normals, values)
     expected = -2 * math.pi * torch.sin(math.pi * X[:, 0]) - 3 * X[:, 0]  # u_t(x, 1/4) - 3x
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
 
