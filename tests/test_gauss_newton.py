@@ -439,3 +439,22 @@ def test_an_inverse_problem_keeps_the_backends_step():
     their own, and the step stays sqrt(eps x the backend's gain)."""
     objective, batch, theta = _components(REPO / "problems" / "burgers1d-inverse.yaml", backend="fd")
     assert objective.layered and objective.coordinate_rounding_gain(theta, batch) is None
+
+
+def test_the_column_setting_chooses_the_layered_columns(tmp_path):
+    """``gn_columns``: chain (the default) or differences, each the Jacobian zo-gn then takes; anything
+    else is one "must be one of" line and exit code 2."""
+    objective, batch, theta = _components(REPO / "problems" / "layer2d.yaml", backend="fd", network="mlp")
+    matrices = []
+    for columns, linear in (("chain", True), ("differences", False)):
+        optimizer = make_optimizer("zo-gn", gn_columns=columns)
+        assert optimizer.linear is linear
+        expected = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", linear=linear)
+        matrices.append(optimizer.jacobian(objective, theta, batch, torch.Generator()).matrix)
+        assert torch.equal(matrices[-1], expected.matrix)
+    assert not torch.equal(*matrices)  # the two columns differ (by O(mu))
+    assert make_optimizer("zo-gn").linear  # the default
+    result = run_cli(["solve", str(REPO / "problems" / "layer2d.yaml"), "--optimizer", "zo-gn", "--set",
+                      "gn_columns=exact", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "must be one of chain, differences" in result.output, result.output
+    assert not (tmp_path / "run").exists()

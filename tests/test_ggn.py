@@ -128,3 +128,16 @@ def test_the_damping_never_falls_below_its_floor():
     assert GeneralisedGaussNewton("zo-gn")._accepted(0.3, 1.0) == pytest.approx(0.1, rel=1e-15)
     assert GeneralisedGaussNewton("zo-gn", floor=0.25)._accepted(0.3, 1.0) == 0.25
     assert GeneralisedGaussNewton("zo-gn", rule="marquardt", floor=0.25)._accepted(0.3, 1.0) == 0.25
+
+
+def test_the_classifier_takes_the_differences_and_can_take_the_chain_rule():
+    """MNIST's default columns are the differences (the chain rule sums a core's moved units for each
+    of the 10 outputs); gn_columns=chain reaches the generalised Gauss-Newton too."""
+    from pinnzo.optim import make_optimizer
+    from pinnzo.optim.ggn import generalised
+    from pinnzo.settings import MnistSettings
+
+    for columns, linear in ((MnistSettings().gn_columns, False), ("chain", True)):
+        settings = MnistSettings().replace({"optimizer": "zo-gn", "gn_columns": columns})
+        optimizer = generalised(make_optimizer("zo-gn", **settings.as_dict()), 10, 1e-15)
+        assert optimizer.linear is linear

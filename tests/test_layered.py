@@ -186,3 +186,70 @@ def test_layered_columns_of_a_nonlinear_residual_equal_black_box_queries(backend
     losses = objective.coordinate_losses(theta, batch, chosen, 1e-3)
     black_box = objective.losses(theta + 1e-3 * steps, batch)
     assert (losses - black_box).abs().max() <= 10 * floor * max(1.0, black_box.abs().max().item())
+
+
+def _flat_jacobian(model, params: dict, x: torch.Tensor) -> torch.Tensor:
+    """dF/dtheta (d, R) or (d, R, C) by autograd, theta flattened in named_parameters order."""
+    from torch.func import functional_call, jacrev
+
+    names, shapes = list(params), [value.shape for value in params.values()]
+
+    def outputs(theta):
+        values = torch.split(theta, [shape.numel() for shape in shapes])
+        return functional_call(model, {n: v.view(s) for n, v, s in zip(names, values, shapes)}, (x,))
+
+    return jacrev(outputs)(torch.cat([value.flatten() for value in params.values()])).movedim(-1, 0)
+
+
+@pytest.mark.parametrize("network, activation, outputs, tolerance", [
+    ("mlp", "tanh", 1, 1e-14), ("tt", "sin", 1, 1e-14), ("mlp", "sin", 3, 1e-14), ("tt", "tanh", 3, 1e-14),
+    ("mlp", "relu", 2, 1e-7),  # no series: the units' derivatives by differences of step sqrt(eps)
+])
+def test_linear_changes_are_mu_times_the_autograd_jacobian(network, activation, outputs, tolerance):
+    """``linear``: mu times sum_u dF/dz_u dz_u/dtheta_e at the moved layer, with dF/dz_u from one tiny
+    move of each unit (the series' first order: the derivative to rounding), equals mu dF/dtheta_e by
+    autograd; every tensor of a dense and a TT-MLP, one and several outputs, blocks of rows."""
+    from pinnzo.nets.mlp import build_mlp
+    from pinnzo.optim.coordinates import LayeredForward
+
+    model = build_mlp([3, 8, 8, outputs], network, activation, 2, dtype=torch.float64, seed=2, squeeze=outputs == 1)
+    generator = torch.Generator().manual_seed(3)
+    params = {name: value.detach() + 0.3 * torch.randn(value.shape, dtype=torch.float64, generator=generator)
+              for name, value in model.named_parameters()}
+    x = torch.rand(70, 3, dtype=torch.float64, generator=generator) * 4 - 2
+    exact = _flat_jacobian(model, params, x)
+    mu = 1e-3
+    changes = torch.full_like(exact, math.nan)
+    for part, change in LayeredForward(model, params, x).changes(torch.arange(len(exact)), mu, tile=8 * 8 * 16,
+                                                                 linear=True):
+        changes[part] = change
+    assert ((changes / mu - exact).abs().max() / exact.abs().max()).item() <= tolerance
+    # the differences through the later layers (the default) differ from it by O(mu): a real second order
+    differences = torch.cat([change for _, change in LayeredForward(model, params, x).changes(
+        torch.arange(len(exact)), mu)])
+    if activation != "relu":
+        assert ((differences / mu - exact).abs().max() / exact.abs().max()).item() > 1e3 * tolerance
+
+
+@pytest.mark.parametrize("backend, network", [("fd", "mlp"), ("sparse-grid", "tt"), ("stein", "mlp")])
+def test_linear_jacobian_of_a_nonlinear_residual_is_autograds(backend, network):
+    """zo-gn's default columns (``gn_columns=chain``) on gradsq, products of atoms and u^3: within O(mu) of
+    the autograd Jacobian (the residual's own curvature in the outputs), closer than the differences
+    through the later layers, which add the network's curvature."""
+    from pinnzo.optim.gauss_newton import difference_jacobian
+
+    problem = load_problem(NONLINEAR)
+    settings = resolve_settings(problem, {"dtype": "float64", "network": network, "width": 6, "depth": 2,
+                                          "activation": "tanh" if network == "mlp" else "sin",
+                                          "backend": backend, "samples": 8, "fd_step": 1e-2})
+    objective = build(problem, settings).objective
+    batch = sample_batch(problem, 5, 3, torch.Generator().manual_seed(0), torch.float64)
+    theta = objective.flatten() + 0.2 * torch.randn(objective.dim, dtype=torch.float64,
+                                                     generator=torch.Generator().manual_seed(1))
+    _, exact = objective.residual_jacobian(theta, batch)
+    error = lambda jacobian: ((jacobian.matrix - exact).norm() / exact.norm()).item()  # noqa: E731
+    mu = 1e-6
+    linear = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", mu=mu, linear=True)
+    differences = difference_jacobian(objective, theta, batch, torch.Generator(), "coordinates", mu=mu)
+    assert linear.queries == differences.queries == objective.dim + 2
+    assert error(linear) < 1e-6 and error(linear) < error(differences)

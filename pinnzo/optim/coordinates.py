@@ -87,6 +87,7 @@ class LayeredForward:
                 self.increments.append(Increments(model.activation, z.T.contiguous(), a.T.contiguous()))
         self._weights: dict[int, torch.Tensor] = {}
         self._gains: dict[int, torch.Tensor] = {}
+        self._sensitivities: dict[int, torch.Tensor] = {}
         last = len(self.layers) - 1
         self.folded = last > 0 and self.outputs[last].shape[-1] == 1  # one output: its weights fold into
         if self.folded:                                                # the last increments
@@ -112,8 +113,8 @@ class LayeredForward:
             self._gains[index] = _gain(self.weights(index))
         return self._gains[index]
 
-    def changes(self, chosen: torch.Tensor, mu: float, columns: int = 32,
-                tile: int = 2**18) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def changes(self, chosen: torch.Tensor, mu: float, columns: int = 32, tile: int = 2**18,
+                linear: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """dF for the flat coordinates ``chosen`` (E,) moved by mu, in blocks of up to ``columns``:
         (positions in ``chosen`` (e,), dF (e, R) or (e, R, C)).
 
@@ -129,8 +130,9 @@ class LayeredForward:
                 if len(inside):
                     responses = self.layers[index].unit_responses(layer_params, name, self.inputs[index])
                     for part, shared in _blocks(responses(chosen[inside] - offset)[0], columns):
-                        yield inside[part], self._block(index, responses(chosen[inside[part]] - offset),
-                                                        shared, mu, tile)
+                        response = responses(chosen[inside[part]] - offset)
+                        yield inside[part], (self._linear_block(index, response, mu, tile) if linear
+                                             else self._block(index, response, shared, mu, tile))
                 offset += count
 
     def _block(self, index: int, response, shared: bool, mu: float, tile: int) -> torch.Tensor:
@@ -150,6 +152,47 @@ class LayeredForward:
                 change[:, :, tile_rows] = self._propagate(index, units, mu * fetched[:, :, start - outer:
                                                                                    tile_rows.stop - outer], tile_rows)
         return change[:, 0] if self.model.squeeze else change.transpose(1, 2)
+
+    def sensitivities(self, index: int, tile: int = 2**18) -> torch.Tensor:
+        """dF/dz of layer ``index``'s pre-activation units at every row: (U, R) or (U, R, C), by the
+        changes of single units moved by a step so small that the activation increments' series
+        stops at its first order (nets/increments.py): the forward-mode derivative, to rounding.
+        After an activation without a series (relu, gelu: direct differences), by forward
+        differences with the step sqrt(eps) max(1, |z|): to about sqrt(eps), relative."""
+        if index not in self._sensitivities:
+            z = self.outputs[index]
+            units = torch.arange(z.shape[-1], device=z.device)[:, None]
+            ones = lambda rows: z.new_ones(len(units), 1, rows.stop - rows.start)  # noqa: E731
+            eps = torch.finfo(z.dtype).eps
+            series = all(increments.kind is not None for increments in self.increments[index:])
+            step = eps ** 2 if series else eps ** 0.5 * max(1.0, z.abs().max().item())
+            self._sensitivities[index] = self._block(index, (units, ones), False, step, tile) / step
+        return self._sensitivities[index]
+
+    def _linear_block(self, index: int, response, mu: float, tile: int) -> torch.Tensor:
+        """mu dF/dtheta_e (e, R) or (e, R, C) of one block of entries of a tensor of layer ``index``:
+        the chain rule at that layer, sum_u dF/dz_u dz_u/dtheta_e (z is linear in the tensor, so
+        dz_u/dtheta_e is the unit response)."""
+        units, values = response
+        sensitivities = self.sensitivities(index, tile)  # (U, R) or (U, R, C)
+        if sensitivities.dim() == 2:
+            sensitivities = sensitivities[..., None]
+        (E, U), (rows, C) = units.shape, sensitivities.shape[1:]
+        change = sensitivities.new_empty(E, rows, C)
+        step = max(1, GATHERED // (E * U * C))
+        shared = bool((units == units[0]).all())  # the same units for every entry (a dense weight's row)
+        for start in range(0, rows, step):
+            part = slice(start, min(start + step, rows))
+            moved = values(part)  # (e, U, r)
+            picked = sensitivities[units[0], part] if shared else sensitivities[:, part][units]  # ([e,] U, r, C)
+            if U == 1:
+                torch.mul(moved[:, 0, :, None], picked[..., 0, :, :], out=change[:, part])
+            elif shared and C > 1:  # a matrix product per row: (e, U) by (U, C)
+                change[:, part] = torch.bmm(moved.permute(2, 0, 1), picked.permute(1, 0, 2)).permute(1, 0, 2)
+            else:
+                torch.sum(moved[..., None] * picked, dim=1, out=change[:, part])
+        change.mul_(mu)
+        return change[..., 0] if self.model.squeeze else change
 
     def _propagate(self, index: int, units: torch.Tensor, dz: torch.Tensor, rows: slice) -> torch.Tensor:
         """The outputs' change (E, C, r) at ``rows`` from the change dz (E, U, r) of layer ``index``'s

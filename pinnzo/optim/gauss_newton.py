@@ -101,7 +101,7 @@ def subspace(kind: str, count: int, dim: int, generator: torch.Generator, like: 
 
 def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, generator: torch.Generator,
                         kind: str = "auto", count: int = 200, mu: float = 0.0, difference: str = "forward",
-                        gain: float = 1.0) -> Jacobian:
+                        gain: float = 1.0, linear: bool = False) -> Jacobian:
     """J_S by differences of residual-vector queries: forward (k + 1 queries) or central (2k + 1).
 
     Coordinate columns take the layered path when the objective has one (the same values, re-running
@@ -118,13 +118,13 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
         extra = 0 if layered_gain is None else 1
         r0 = objective.residuals(theta[None], batch)[0]
         chosen = torch.arange(k, device=theta.device)
-        plus = objective.coordinate_residuals(theta, batch, chosen, mu)
+        plus = objective.coordinate_residuals(theta, batch, chosen, mu, linear)
         if difference == "forward":
             # the differences from the layered path's own unperturbed residuals (a move by 0): r0 by
             # batched forwards may differ in its last bits, which the stencil amplifies and 1 / mu more
             base = objective.coordinate_residuals(theta, batch, chosen[:1], 0.0)[0]
             return Jacobian(r0, ((plus - base) / mu).T, None, k + 2 + extra)
-        minus = objective.coordinate_residuals(theta, batch, chosen, -mu)
+        minus = objective.coordinate_residuals(theta, batch, chosen, -mu, linear)
         return Jacobian(r0, ((plus - minus) / (2 * mu)).T, None, 2 * k + 1 + extra)
     mu = mu or default_mu(theta, gain, difference)
     steps = mu * (torch.eye(k, dtype=theta.dtype, device=theta.device) if S is None else S)
@@ -162,6 +162,7 @@ class GaussNewton:
     memory_mb: int = 1024
     rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
     floor: float = MIN_DAMPING  # lambda never falls below this
+    linear: bool = True  # layered columns by the chain rule from the units' derivatives (LayeredForward.sensitivities)
 
     def schedule(self, step: int) -> float:
         return 1.0  # a (damped) Newton step: no learning rate
@@ -174,7 +175,7 @@ class GaussNewton:
         if self.stage == "gn":
             return autograd_jacobian(objective, theta, batch, generator)
         return difference_jacobian(objective, theta, batch, generator, self.kind, self.count, self.mu,
-                                   self.difference, self.rounding_gain)
+                                   self.difference, self.rounding_gain, self.linear)
 
     def update(self, step: int, theta, state: GNState, objective: Objective, batch, generator):
         jacobian = self.jacobian(objective, theta, batch, generator)

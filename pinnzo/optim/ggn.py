@@ -13,9 +13,9 @@ g is the loss's gradient (the chain rule through the outputs); G drops the outpu
 and stays positive semi-definite. For the least-squares loss |rho|^2 (gauss_newton.py) the same model
 is the Gauss-Newton one, with F = rho, grad_F l = 2 rho and H_F = 2 I.
 
-J comes from forward differences of the outputs, each coordinate column by the layered path
-(optim/coordinates.py: the unperturbed forward, and only the layers after the moved parameter): no
-back-propagation. The Levenberg-Marquardt step solves (G + lambda D) a = -g by conjugate gradients,
+J comes from the layered path (optim/coordinates.py): by default each column by the chain rule at
+the moved layer, from the units' derivatives there (``linear``); else by forward differences of the
+outputs (the unperturbed forward, and only the layers after the moved parameter): no back-propagation. The Levenberg-Marquardt step solves (G + lambda D) a = -g by conjugate gradients,
 preconditioned by the diagonal, matrix-free: G v = J^T (H_F (J v)) is two products with J (O(n d)),
 never the d x d matrix (O(n d^2)). Every CG iterate from a = 0 lowers the damped model, so a step
 cut off after ``iterations`` is still a descent step. Damping, the acceptance test on a fresh query
@@ -102,10 +102,11 @@ class GeneralisedGaussNewton(GaussNewton):
             StepInfo(loss, self.stage)
 
     def _output_jacobian(self, objective: Objective, theta: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F (R, C), dF/dtheta (d, R, C)) by layered forward differences: d + 1 queries."""
+        """(F (R, C), dF/dtheta (d, R, C)) by the layered path (``linear``: the chain rule at the moved
+        layer; else forward differences): d + 1 queries."""
         self._check_output_memory(objective, theta, batch)
         mu = self.mu or default_mu(theta)
-        outputs, changes = objective.coordinate_outputs(theta, batch, mu)
+        outputs, changes = objective.coordinate_outputs(theta, batch, mu, self.linear)
         return outputs, changes / mu
 
     def _check_output_memory(self, objective: Objective, theta: torch.Tensor, batch) -> None:

@@ -226,17 +226,22 @@ class Objective:
             lambda _, part, b: self._coordinates("losses", self.loss_fn.criterion, self.loss_fn, theta, b, part, mu),
             None, chosen, batch))
 
-    def coordinate_residuals(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float) -> torch.Tensor:
-        """rho(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E, n), the layered way: E queries."""
+    def coordinate_residuals(self, theta: torch.Tensor, batch, chosen: torch.Tensor, mu: float,
+                             linear: bool = False) -> torch.Tensor:
+        """rho(theta + mu e_j) for the coordinates ``chosen`` (E,) -> (E, n), the layered way: E queries.
+        ``linear``: the network's outputs move by mu times their derivative along e_j instead
+        (LayeredForward.sensitivities), which costs one column per unit, not per parameter."""
         value = self._residual_vector()
         return self._split(
             lambda _, part, b: self._coordinates("residuals", self.loss_fn.residual_criterion, value, theta, b, part,
-                                                 mu),
+                                                 mu, linear),
             None, chosen, batch)
 
-    def coordinate_outputs(self, theta: torch.Tensor, batch, mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def coordinate_outputs(self, theta: torch.Tensor, batch, mu: float,
+                           linear: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's outputs F (R, C) at ``inputs(batch)`` and their changes dF (d, R, C) when each
-        coordinate of theta moves by mu, the layered way (optim/coordinates.py): d + 1 queries."""
+        coordinate of theta moves by mu, the layered way (optim/coordinates.py): d + 1 queries.
+        ``linear``: mu times their derivatives instead (LayeredForward.sensitivities)."""
         from pinnzo.optim.coordinates import LayeredForward
 
         if not self.layered or self.unknowns:
@@ -246,7 +251,8 @@ class Objective:
         with torch.no_grad():
             forward = LayeredForward(self.model, self.unflatten(theta), self.loss_fn.inputs(batch))
             changes = theta.new_empty((theta.numel(), *forward.output.shape))
-            for part, change in forward.changes(torch.arange(theta.numel(), device=theta.device), mu):
+            for part, change in forward.changes(torch.arange(theta.numel(), device=theta.device), mu,
+                                                linear=linear):
                 changes[part] = change
         return forward.output, changes
 
@@ -276,7 +282,7 @@ class Objective:
         return world.all_gather(mine, counts)
 
     def _coordinates(self, kind: str, criterion, value, theta: torch.Tensor, batch, chosen: torch.Tensor,
-                     mu: float) -> torch.Tensor:
+                     mu: float, linear: bool = False) -> torch.Tensor:
         """The loss (or residual vector: ``kind``) at theta + mu e_j for each of ``chosen``.
 
         The network's coordinates come from its outputs' changes (optim/coordinates.py): through
@@ -303,7 +309,8 @@ class Objective:
                 moved = getattr(around, kind) if around is not None else \
                     lambda change: criterion(forward.output + change, batch, *extra)
                 index = layered.nonzero().flatten()
-                parts = [(index[part], moved(change)) for part, change in forward.changes(chosen[layered], mu)]
+                parts = [(index[part], moved(change)) for part, change in forward.changes(chosen[layered], mu,
+                                                                                          linear=linear)]
             if not layered.all():
                 rest = (~layered).nonzero().flatten()
                 thetas = theta.repeat(len(rest), 1)

@@ -189,9 +189,10 @@ def gn(damping: float = 1e-3, damping_rule: str = "nielsen", damping_matrix: str
 def zo_gn(gn_subspace: str = "auto", gn_directions: int = 200, gn_mu: float = 0.0, difference: str = "forward",
           damping: float = 1e-3, damping_rule: str = "nielsen", damping_matrix: str = "identity",
           gn_acceleration: float = 0.0, gn_tolerance: float = 1e-10, memory_mb: int = 1024,
-          rounding_gain: float = 1.0) -> GaussNewton:
+          rounding_gain: float = 1.0, gn_columns: str = "chain") -> GaussNewton:
     """Levenberg-Marquardt with the Jacobian by forward differences of residual queries: no
-    back-propagation anywhere. ``rounding_gain``: the derivative backend's (sizes the step gn_mu)."""
+    back-propagation anywhere. ``rounding_gain``: the derivative backend's (sizes the step gn_mu);
+    ``gn_columns``: the layered columns by the chain rule at the moved layer, or by differences."""
     return GaussNewton("zo-gn", gn_subspace, gn_directions, gn_mu, difference, damping, damping_rule,
                        damping_matrix, gn_tolerance, acceleration=gn_acceleration, memory_mb=memory_mb,
-                       rounding_gain=rounding_gain)
+                       rounding_gain=rounding_gain, linear=gn_columns == "chain")
