@@ -41,16 +41,16 @@ def best_time(function: Callable[[], object], repeats: int = 5, budget_s: float 
     return min(times)
 
 
-def interleaved_times(first: Callable[[], object], second: Callable[[], object], rounds: int = 7) -> tuple[float, float]:
-    """Least wall times of two functions timed alternately, so that both see the same
-    machine speed (on a shared machine it swings by 2x between moments)."""
-    times: tuple[list[float], list[float]] = ([], [])
+def interleaved_times(*functions: Callable[[], object], rounds: int = 7) -> tuple[float, ...]:
+    """Least wall times of the functions timed in turn, so that all see the same machine
+    speed (on a shared machine it swings by 2x between moments)."""
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(rounds):
-        for function, record in ((first, times[0]), (second, times[1])):
+        for function, record in zip(functions, times):
             t0 = time.perf_counter()
             function()
             record.append(time.perf_counter() - t0)
-    return min(times[0]), min(times[1])
+    return tuple(min(record) for record in times)
 
 
 def write_report(path: Path, report: dict) -> None:
@@ -260,10 +260,12 @@ LAYERED_JACOBIAN_CASES = (
 
 
 def layered_jacobian_benchmark(cases=LAYERED_JACOBIAN_CASES, sample: int = 32, rounds: int = 3) -> dict:
-    """zo-gn's Jacobian columns (forward differences along every coordinate, zo-gn's own step mu):
-    all of them from one unperturbed forward plus the changes through the layers after each perturbed
-    parameter (optim/coordinates.py), against one residual query per column (timed on ``sample``
-    columns, batched as zo-gn's black-box path queries them), interleaved in one process."""
+    """zo-gn's Jacobian columns along every coordinate: all of them from one unperturbed forward plus
+    the changes through the layers after each perturbed parameter (optim/coordinates.py), and by the
+    units' derivatives (``gn_columns=chain``), at zo-gn's layered step, against one residual query per column
+    at the black-box step (timed on ``sample`` columns, batched as zo-gn's black-box path queries
+    them), interleaved in one process; both layered Jacobians' errors against autograd's, and the
+    layered differences' largest difference to the black-box queries at the black-box step."""
     import torch
 
     from pinnzo.optim.gauss_newton import default_mu
@@ -285,11 +287,15 @@ def layered_jacobian_benchmark(cases=LAYERED_JACOBIAN_CASES, sample: int = 32, r
         chosen = columns[torch.randperm(objective.dim, generator=torch.Generator().manual_seed(0))[:sample]]
         steps = torch.zeros(len(chosen), objective.dim, dtype=c.dtype)
         steps[torch.arange(len(chosen)), chosen] = mu
-        layered_s, looped_s = interleaved_times(lambda: objective.coordinate_residuals(theta, batch, columns, mu),
-                                                lambda: objective.residuals(theta + steps, batch), rounds=rounds)
+        own_mu = default_mu(theta, objective.coordinate_rounding_gain(theta, batch) or 1.0)  # zo-gn's layered step
+        layered_s, looped_s, linear_s = interleaved_times(
+            lambda: objective.coordinate_residuals(theta, batch, columns, own_mu),
+            lambda: objective.residuals(theta + steps, batch),
+            lambda: objective.coordinate_residuals(theta, batch, columns, own_mu, linear=True), rounds=rounds)
         difference = (objective.coordinate_residuals(theta, batch, chosen, mu)
                       - objective.residuals(theta + steps, batch)).abs().max().item()
         per_column_s = looped_s / len(chosen)
+        errors = _jacobian_errors(objective, theta, batch, own_mu)
         rows.append({"case": f"{name} {settings.network} {settings.width}x{settings.depth} {settings.activation}, "
                              f"{settings.backend}{' ' + settings.rule if settings.backend == 'sparse-grid' else ''}, "
                              f"batch {settings.batch}, {settings.dtype}",
@@ -297,9 +303,27 @@ def layered_jacobian_benchmark(cases=LAYERED_JACOBIAN_CASES, sample: int = 32, r
                      "network_rows": len(c.loss.inputs(batch)), "mu": mu,
                      "layered_all_columns_s": layered_s, "one_query_per_column_s": per_column_s * objective.dim,
                      "speedup": per_column_s * objective.dim / layered_s,
-                     "largest_difference_to_black_box": difference})
+                     "largest_difference_to_black_box": difference,
+                     "linear_all_columns_s": linear_s, "linear_speedup": per_column_s * objective.dim / linear_s,
+                     **errors})
     return {"cases": rows, "timing": f"least of {rounds} interleaved rounds; the per-column time from "
                                       f"{sample} columns queried in one batch"}
+
+
+def _jacobian_errors(objective, theta, batch, mu: float) -> dict:
+    """The layered Jacobians' largest differences to autograd's, relative to its largest entry, at
+    the step mu: by forward differences of the coordinates and by the units' derivatives (``linear``)."""
+    import torch
+
+    columns = torch.arange(objective.dim)
+    _, exact = objective.residual_jacobian(theta, batch)
+    base = objective.coordinate_residuals(theta, batch, columns[:1], 0.0)[0]
+    scale = exact.abs().max().item()
+    errors = {"layered_mu": mu}
+    for key, linear in (("differences_error_to_autograd", False), ("linear_error_to_autograd", True)):
+        columns_by_layers = (objective.coordinate_residuals(theta, batch, columns, mu, linear) - base).T / mu
+        errors[key] = (columns_by_layers - exact).abs().max().item() / scale
+    return errors
 
 
 def cge_benchmark(coordinates: int = 512) -> dict:
