@@ -10,7 +10,9 @@ when S is the identity):
 with D = mean(diag(J_S^T J_S)) I (Levenberg's, the default) or diag(J_S^T J_S) (Marquardt's scaling,
 ``damping_matrix=diagonal``). ``zo-gn`` forms J_S by forward
 differences of residual-vector queries, rho(theta + mu s_j) - rho(theta) over mu, so
-it needs nothing but forward evaluations; ``gn`` takes the Jacobian by autograd.
+it needs nothing but forward evaluations (along coordinates, by default, with the network's
+values moved by mu times their chain-rule derivative at the moved layer: ``linear``,
+optim/coordinates.py); ``gn`` takes the Jacobian by autograd.
 
 The step is accepted or rejected on a fresh query of the same points: the gain
 ratio rho_g = (L - L_new) / (L - |rho + J_S a|^2) compares the actual with the
@@ -105,7 +107,9 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
     """J_S by differences of residual-vector queries: forward (k + 1 queries) or central (2k + 1).
 
     Coordinate columns take the layered path when the objective has one (the same values, re-running
-    only the layers after each perturbed parameter; central differences move by -mu too). There the
+    only the layers after each perturbed parameter; central differences move by -mu too; ``linear``:
+    the network's values move by mu times their derivative instead, LayeredForward.sensitivities,
+    one layered change per unit, not per parameter). There the
     residuals' changes round relative to the stencil's parts, not to the solution values amplified
     by the stencil (Objective.coordinate_rounding_gain, one more query), so mu is sized by that gain
     in place of the backend's ``gain``: far smaller, and the columns' truncation with it.
