@@ -121,7 +121,8 @@ class LayeredForward:
         Entries that move the same units (a TT core's entries with the same output index, a dense
         weight's row) form blocks of their own, which share the per-unit work. Each block is computed
         a tile of rows at a time, with about ``tile`` values in each (e, width, rows) tensor, so
-        that they stay in the processor's cache."""
+        that they stay in the processor's cache. ``linear``: mu times the derivatives dF/dtheta_j
+        instead, by the chain rule at the moved layer (``sensitivities``)."""
         offset = 0
         for index, (layer_params, names) in enumerate(self.per_layer):
             for name in names:
@@ -131,7 +132,7 @@ class LayeredForward:
                     responses = self.layers[index].unit_responses(layer_params, name, self.inputs[index])
                     for part, shared in _blocks(responses(chosen[inside] - offset)[0], columns):
                         response = responses(chosen[inside[part]] - offset)
-                        yield inside[part], (self._linear_block(index, response, mu, tile) if linear
+                        yield inside[part], (self._linear_block(index, response, shared, mu, tile) if linear
                                              else self._block(index, response, shared, mu, tile))
                 offset += count
 
@@ -169,10 +170,10 @@ class LayeredForward:
             self._sensitivities[index] = self._block(index, (units, ones), False, step, tile) / step
         return self._sensitivities[index]
 
-    def _linear_block(self, index: int, response, mu: float, tile: int) -> torch.Tensor:
+    def _linear_block(self, index: int, response, shared: bool, mu: float, tile: int) -> torch.Tensor:
         """mu dF/dtheta_e (e, R) or (e, R, C) of one block of entries of a tensor of layer ``index``:
         the chain rule at that layer, sum_u dF/dz_u dz_u/dtheta_e (z is linear in the tensor, so
-        dz_u/dtheta_e is the unit response)."""
+        dz_u/dtheta_e is the unit response); ``shared``: every entry moves the same units."""
         units, values = response
         sensitivities = self.sensitivities(index, tile)  # (U, R) or (U, R, C)
         if sensitivities.dim() == 2:
@@ -180,7 +181,6 @@ class LayeredForward:
         (E, U), (rows, C) = units.shape, sensitivities.shape[1:]
         change = sensitivities.new_empty(E, rows, C)
         step = max(1, GATHERED // (E * U * C))
-        shared = bool((units == units[0]).all())  # the same units for every entry (a dense weight's row)
         for start in range(0, rows, step):
             part = slice(start, min(start + step, rows))
             moved = values(part)  # (e, U, r)
