@@ -101,7 +101,7 @@ class Settings(SettingsBase):
     damping_matrix: str = "identity"  # identity (lambda x mean diag(J^T J) x I, Levenberg) | diagonal (lambda diag(J^T J), Marquardt)
     gn_acceleration: float = 0.0  # gn, zo-gn: geodesic acceleration w kept while |w| <= this x |v| (one query a trial; 0: off)
     gn_tolerance: float = 1e-10  # gn, zo-gn: converged once the loss is below this times its first value (0: never)
-    gn_columns: str = "chain"  # zo-gn's layered Jacobian columns: chain (the chain rule at the moved layer, from its units' derivatives) | differences (through the later layers)
+    gn_columns: str = "chain"  # zo-gn's layered Jacobian columns: chain (the chain rule at the moved layer, from its units' derivatives; sin and tanh, else the differences) | differences (through the later layers)
     history: int = 50  # L-BFGS history size
     resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, 20 for gn, zo-gn)
     # run
@@ -155,7 +155,7 @@ class MnistSettings(SettingsBase):
     cge_mu: float = 0.01  # the paper: mu = 0.01, m = 0.9 in the fine-tuning stage
     cge_lr: float = 0.0
     gn_mu: float = 0.0  # zo-gn (generalised Gauss-Newton): difference step (0: sqrt(eps) x max(1, |theta|_inf))
-    gn_columns: str = "differences"  # zo-gn: the outputs' Jacobian columns: differences | chain (the chain rule at the moved layer; slower on the 10 logits)
+    gn_columns: str = "differences"  # zo-gn: the outputs' Jacobian columns: differences | chain (the chain rule at the moved layer; sin and tanh only)
     damping: float = 1e-3  # zo-gn: initial Levenberg-Marquardt damping lambda
     damping_rule: str = "nielsen"  # zo-gn: nielsen | marquardt
     damping_matrix: str = "identity"  # zo-gn: identity (Levenberg) | diagonal (Marquardt)

@@ -131,8 +131,8 @@ def test_the_damping_never_falls_below_its_floor():
 
 
 def test_the_classifier_takes_the_differences_and_can_take_the_chain_rule():
-    """MNIST's default columns are the differences (the chain rule sums a core's moved units for each
-    of the 10 outputs); gn_columns=chain reaches the generalised Gauss-Newton too."""
+    """MNIST's default columns are the differences (with one hidden layer the chain rule has nothing
+    to skip); gn_columns=chain reaches the generalised Gauss-Newton too."""
     from pinnzo.optim import make_optimizer
     from pinnzo.optim.ggn import generalised
     from pinnzo.settings import MnistSettings

@@ -122,7 +122,10 @@ class LayeredForward:
         weight's row) form blocks of their own, which share the per-unit work. Each block is computed
         a tile of rows at a time, with about ``tile`` values in each (e, width, rows) tensor, so
         that they stay in the processor's cache. ``linear``: mu times the derivatives dF/dtheta_j
-        instead, by the chain rule at the moved layer (``sensitivities``)."""
+        instead, by the chain rule at the moved layer (``sensitivities``), when every activation has a
+        series (sin, tanh; else the differences: a direct difference of relu or gelu leaves its units'
+        derivatives noisy at about sqrt(eps), which a stencil's 1 / h^2 would amplify)."""
+        linear = linear and self.exact_derivatives
         offset = 0
         for index, (layer_params, names) in enumerate(self.per_layer):
             for name in names:
@@ -154,19 +157,23 @@ class LayeredForward:
                                                                                    tile_rows.stop - outer], tile_rows)
         return change[:, 0] if self.model.squeeze else change.transpose(1, 2)
 
+    @property
+    def exact_derivatives(self) -> bool:
+        """Whether ``sensitivities`` are derivatives to rounding: every activation has a series."""
+        return all(increments.kind is not None for increments in self.increments)
+
     def sensitivities(self, index: int, tile: int = 2**18) -> torch.Tensor:
         """dF/dz of layer ``index``'s pre-activation units at every row: (U, R) or (U, R, C), by the
-        changes of single units moved by a step so small that the activation increments' series
-        stops at its first order (nets/increments.py): the forward-mode derivative, to rounding.
-        After an activation without a series (relu, gelu: direct differences), by forward
-        differences with the step sqrt(eps) max(1, |z|): to about sqrt(eps), relative."""
+        changes of single units moved by a step (eps^2) so small that the activation increments'
+        series stops at its first order (nets/increments.py): the forward-mode derivative, to
+        rounding. Needs ``exact_derivatives``."""
+        if not self.exact_derivatives:
+            raise ValueError("the units' derivatives need activations with a series (sin, tanh)")
         if index not in self._sensitivities:
             z = self.outputs[index]
             units = torch.arange(z.shape[-1], device=z.device)[:, None]
             ones = lambda rows: z.new_ones(len(units), 1, rows.stop - rows.start)  # noqa: E731
-            eps = torch.finfo(z.dtype).eps
-            series = all(increments.kind is not None for increments in self.increments[index:])
-            step = eps ** 2 if series else eps ** 0.5 * max(1.0, z.abs().max().item())
+            step = torch.finfo(z.dtype).eps ** 2
             self._sensitivities[index] = self._block(index, (units, ones), False, step, tile) / step
         return self._sensitivities[index]
 
