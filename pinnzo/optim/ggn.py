@@ -13,12 +13,13 @@ g is the loss's gradient (the chain rule through the outputs); G drops the outpu
 and stays positive semi-definite. For the least-squares loss |rho|^2 (gauss_newton.py) the same model
 is the Gauss-Newton one, with F = rho, grad_F l = 2 rho and H_F = 2 I.
 
-J comes from the layered path (optim/coordinates.py): by default each column by the chain rule at
-the moved layer, from the units' derivatives there (``linear``); else by forward differences of the
-outputs (the unperturbed forward, and only the layers after the moved parameter): no back-propagation. The Levenberg-Marquardt step solves (G + lambda D) a = -g by conjugate gradients,
-preconditioned by the diagonal, matrix-free: G v = J^T (H_F (J v)) is two products with J (O(n d)),
-never the d x d matrix (O(n d^2)). Every CG iterate from a = 0 lowers the damped model, so a step
-cut off after ``iterations`` is still a descent step. Damping, the acceptance test on a fresh query
+J comes from the layered path (optim/coordinates.py): by forward differences of the outputs (the
+unperturbed forward, and only the layers after the moved parameter), or with ``linear`` by the chain
+rule at the moved layer, from the units' derivatives there: no back-propagation. The
+Levenberg-Marquardt step solves (G + lambda D) a = -g by conjugate gradients, preconditioned by
+the diagonal, matrix-free: G v = J^T (H_F (J v)) is two products with J (O(n d)), never the
+d x d matrix (O(n d^2)). Every CG iterate from a = 0 lowers the damped model, so a step cut off
+after ``iterations`` is still a descent step. Damping, the acceptance test on a fresh query
 of the same batch and the damping rules are GaussNewton's.
 """
 
