@@ -264,8 +264,21 @@ class GaussNewton:
     def _rejected(self, damping: float, growth: float) -> float:
         return min(damping * (10 if self.rule == "marquardt" else growth), MAX_DAMPING)
 
+    def fits(self, objective: Objective, theta: torch.Tensor, batch) -> bool:
+        """Whether the Jacobian of ``batch`` fits in memory_mb (PINNTask grows its points only then)."""
+        return self._memory(objective, theta, batch)[0] <= self.memory_mb
+
     def _check_memory(self, objective: Objective, theta: torch.Tensor, batch) -> None:
         """Refuse a Jacobian (n x k values, with its float64 copy) that would not fit in memory_mb."""
+        needed, what = self._memory(objective, theta, batch)
+        if needed > self.memory_mb:
+            subspace = "" if self.stage == "gn" else ", use gn_subspace=orthonormal with fewer gn_directions"
+            raise PinnzoError(f"{self.stage}: {what} (~{needed:,.0f} MB), more than memory_mb = {self.memory_mb}: "
+                              f"lower batch or condition_batch{subspace}, or raise memory_mb")
+
+    def _memory(self, objective: Objective, theta: torch.Tensor, batch) -> tuple[float, str]:
+        """The megabytes of the Jacobian of ``batch`` (n x k values, with its float64 copy; for gn also
+        the network's Jacobian at every stencil row) and what they hold."""
         n, d = objective.residual_count(batch), theta.numel()
         if self.stage == "gn" or self.kind == "coordinates":
             k = d
@@ -279,10 +292,7 @@ class GaussNewton:
             rows = len(objective.loss_fn.inputs(batch))
             needed += 2 * 8 * rows * d / 2**20
             what += f" and the network's {rows:,} stencil rows x {d:,} parameters"
-        if needed > self.memory_mb:
-            subspace = "" if self.stage == "gn" else ", use gn_subspace=orthonormal with fewer gn_directions"
-            raise PinnzoError(f"{self.stage}: {what} (~{needed:,.0f} MB), more than memory_mb = {self.memory_mb}: "
-                              f"lower batch or condition_batch{subspace}, or raise memory_mb")
+        return needed, what
 
 
 def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Tensor):
