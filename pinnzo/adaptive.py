@@ -1,7 +1,8 @@
-"""Loss-only adaptivity: term weights from loss values, and residual-based adaptive resampling.
+"""Loss-only adaptivity: term weights from loss values, residual-based adaptive resampling, and
+point sets that grow when they are overfitted.
 
-Both use nothing but forward queries of the loss, so they work with every optimizer
-(first order, zeroth order, Gauss-Newton); both act only when the training points are
+All three use nothing but forward queries of the loss, so they work with every optimizer
+(first order, zeroth order, Gauss-Newton); all act only when the training points are
 resampled (``PINNTask.sample``), so that between resamples every optimizer sees one fixed
 problem (the points and the weights of its terms). docs/method.md, "Loss-only adaptivity".
 
@@ -17,14 +18,19 @@ Resampling (``resample: rad``; Wu et al. 2023): the interior points are B of a u
 ``rad_pool`` x B candidates, drawn with replacement with probability
 p(x) proportional to |r(x)|^k / mean |r|^k + c (``rad_probabilities``).
 
+Growth (``grow_points``, ``max_growth``; ``PointGrowth``): the sets of every later resample double
+when the loss on fresh points exceeds ``grow_points`` times the loss on the points just fitted and
+fell by less than half since the last resample.
+
 Cost, in loss queries (counted by the objective): one per weight update (the terms at the
-current parameters on the new points) and ``rad_pool`` per RAD resample (the pool's residuals,
-evaluated in chunks of B points).
+current parameters on the new points), ``rad_pool`` per RAD resample (the pool's residuals,
+evaluated in chunks of B points) and two per growth check.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -111,6 +117,44 @@ def rad_choice(residuals: torch.Tensor, count: int, k: float, c: float, generato
     return torch.multinomial(probabilities, count, replacement=True, generator=generator)
 
 
+# ---------------------------------------------------------------- growing point sets
+
+class PointGrowth:
+    """Point sets that double when the last one was overfitted (``grow_points``, ``max_growth``).
+
+    At a resample, the loss at theta on the fresh points estimates the PDE's loss without bias; the
+    loss on the points just fitted is optimistic (a least-squares fit of p parameters to n residuals
+    by about (n + p) / (n - p), under 3 for n >= 2p). The sets of every later resample are twice as
+    large, up to ``limit`` times the first (interior and condition points alike), when both
+
+    - the fresh loss exceeds ``ratio`` times the fitted one: theta fits the points, not the PDE; and
+    - the fresh loss fell by less than half since the last resample: the fit of a set no longer buys
+      progress on the PDE (early on, a large gap goes with fast progress, and more points would only
+      make the steps dearer).
+
+    Cost: two loss queries a resample until the limit; docs/method.md, "Growing point sets".
+    """
+
+    def __init__(self, ratio: float, limit: int):
+        self.ratio, self.limit, self.factor = ratio, limit, 1
+        self.last_fresh = math.inf  # the fresh loss at the last resample
+
+    def can_grow(self) -> bool:
+        return self.ratio > 0 and 2 * self.factor <= self.limit
+
+    def overfitted(self, fitted: float, fresh: float) -> bool:
+        """Whether the loss ``fresh`` on new points exceeds ``ratio`` times ``fitted`` on the last ones
+        while it fell by less than half since the last resample (which it then remembers)."""
+        stalled, self.last_fresh = fresh > self.last_fresh / 2, fresh
+        return stalled and fresh > self.ratio * fitted
+
+    def state_dict(self) -> dict:
+        return {"factor": self.factor, "limit": self.limit, "last_fresh": self.last_fresh}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.factor, self.limit = saved.get("factor", 1), saved.get("limit", self.limit)
+        self.last_fresh = saved.get("last_fresh", math.inf)
+
 # ---------------------------------------------------------------- the hook of the PINN task
 
 class Adaptivity:
@@ -185,5 +229,5 @@ class Adaptivity:
             self.balancer.load_state_dict(saved)
 
 
-__all__ = ["Adaptivity", "TermBalancer", "rad_choice", "rad_probabilities",
+__all__ = ["Adaptivity", "PointGrowth", "TermBalancer", "rad_choice", "rad_probabilities",
            "relobralo_weights", "softadapt_weights"]

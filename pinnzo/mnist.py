@@ -249,6 +249,9 @@ class MnistTask:
     def refresh(self) -> bool:
         return False  # every step already takes the next mini-batch
 
+    def take_events(self) -> list[str]:
+        return []  # sample() only takes the next mini-batch
+
     def sample(self, step: int, generators, theta=None):
         k = step % self.steps_per_epoch
         if k == 0 or self.order is None:

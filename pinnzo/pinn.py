@@ -23,11 +23,12 @@ from typing import Any, Mapping
 import torch
 
 from pinnzo import loop, runs
-from pinnzo.adaptive import Adaptivity
+from pinnzo.adaptive import Adaptivity, PointGrowth
 from pinnzo.derivatives import BACKENDS, make_backend, plan_chunks
 from pinnzo.errors import PinnzoError
 from pinnzo.nets import build_mlp, parse_shape
 from pinnzo.optim import FIXED_POINTS, LEAST_SQUARES, OPTIMIZERS, Objective, StepInfo, make_optimizer
+from pinnzo.optim.gauss_newton import GaussNewton
 from pinnzo.problem import Problem, load_problem
 from pinnzo.residual import Batch, PINNLoss, sample_batch
 from pinnzo.settings import Settings
@@ -215,6 +216,8 @@ class PINNTask:
         self.batch, self.stein_state = None, None  # the step's points (all ranks' when distributed)
         self.world = components.objective.world
         self.adaptivity = Adaptivity(self.settings, components.loss, self.objective)
+        self.growth = PointGrowth(self.settings.grow_points, self.settings.max_growth)
+        self.events: list[str] = []  # the growths of the points since the loop last took them
         # the adaptive draws get a generator of their own, so that the uniform draws stay those of a plain run
         self.generator_names = ("points", "zo", "stein") + (("adaptive",) if self.adaptivity.active else ())
         self.metric_fields = (METRIC_FIELDS + [unknown.name for unknown in self.problem.unknowns]
@@ -234,18 +237,53 @@ class PINNTask:
 
     def sample(self, step: int, generators, theta: torch.Tensor):
         """Fresh points (and Monte-Carlo Stein samples) every ``resample_every`` steps; the same ones
-        in between, so that second-order methods see one least-squares problem. With adaptivity on,
-        a fresh batch gets RAD's interior points and new term weights at ``theta`` (adaptive.py)."""
+        in between, so that second-order methods see one least-squares problem. The fresh points
+        double when theta fitted the last ones rather than the PDE (``grow_points``; adaptive.PointGrowth).
+        With adaptivity on, a fresh batch gets RAD's interior points and new term weights at ``theta``
+        (adaptive.py)."""
         if self.batch is None or step % self.resample_every == 0:
-            s, c = self.settings, self.components
-            self.batch = sample_batch(self.problem, s.batch, s.condition_batch, generators["points"], c.dtype,
-                                      c.device)
+            c, fitted = self.components, self._mine if self.batch is not None else None
+            self.batch = self._draw(generators["points"])
+            if fitted is not None and self.growth.can_grow():
+                self._grow(fitted, theta, generators["points"])
             self.stein_state = generators["stein"].get_state()
             c.loss.backend.refresh(generators["stein"])
             if self.adaptivity.active:
                 self.batch = self.adaptivity.adapt(self.batch, theta, generators["adaptive"])
-            self._mine = self.batch.shard(self.world) if self.world.sharded else self.batch
+            self._mine = self._shard(self.batch)
         return self._mine
+
+    def _draw(self, generator: torch.Generator) -> Batch:
+        """Uniform points: batch and condition_batch times the growth factor."""
+        s, c, factor = self.settings, self.components, self.growth.factor
+        return sample_batch(self.problem, s.batch * factor, s.condition_batch * factor, generator, c.dtype, c.device)
+
+    def _shard(self, batch: Batch) -> Batch:
+        return batch.shard(self.world) if self.world.sharded else batch
+
+    def _grow(self, fitted: Batch, theta: torch.Tensor, generator: torch.Generator) -> None:
+        """Double the fresh batch when its loss at theta exceeds grow_points times the loss on the
+        points just fitted, ``fitted``; not beyond what the Gauss-Newton Jacobian can hold in memory_mb."""
+        before, after = (self.objective.loss(theta, batch).item() for batch in (fitted, self._shard(self.batch)))
+        if not self.growth.overfitted(before, after):
+            return
+        grown = self.batch.join(self._draw(generator))
+        if isinstance(self.optimizer, GaussNewton) and not self.optimizer.fits(self.objective, theta,
+                                                                               self._shard(grown)):
+            self.growth.limit = self.growth.factor
+            self.events.append(f"points: kept at {len(self.batch.interior):,} interior points, although the loss "
+                               f"on fresh ones is {after / before:.1f}x that on the fitted ones: twice as many "
+                               f"would not fit in memory_mb = {self.settings.memory_mb}")
+            return
+        self.batch, self.growth.factor = grown, 2 * self.growth.factor
+        s, factor = self.settings, self.growth.factor
+        self.events.append(f"points: {s.batch * factor:,} interior and {s.condition_batch * factor:,} per condition "
+                           f"from now on (the loss on fresh points, {after:.3e}, is {after / before:.1f}x that on "
+                           f"the fitted ones, and fell by less than half since the last resample)")
+
+    def take_events(self) -> list[str]:
+        events, self.events = self.events, []
+        return events
 
     def should_evaluate(self, step: int) -> bool:
         return (step + 1) % self.settings.eval_every == 0 or step + 1 == self.steps or step == 0
@@ -277,7 +315,7 @@ class PINNTask:
         if self.batch is None:
             return {}
         saved = {"interior": self.batch.interior, "conditions": list(self.batch.conditions),
-                 "stein_state": self.stein_state}
+                 "stein_state": self.stein_state, "growth": self.growth.state_dict()}
         if self.adaptivity.active:
             saved["weights"], saved["adaptivity"] = self.batch.weights, self.adaptivity.state_dict()
         return saved
@@ -286,8 +324,9 @@ class PINNTask:
         if saved:
             self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]),
                                weights=saved.get("weights"))
-            self._mine = self.batch.shard(self.world) if self.world.sharded else self.batch
+            self._mine = self._shard(self.batch)
             self.stein_state = saved["stein_state"]
+            self.growth.load_state_dict(saved.get("growth", {}))
             self.adaptivity.load_state_dict(saved.get("adaptivity", {}))
             self.components.loss.backend.refresh(torch.Generator().set_state(self.stein_state))
 

@@ -62,6 +62,12 @@ class Batch:
         return Batch(self.interior[world.shard(len(self.interior))], conditions,
                      (len(self.interior), *(len(X) for X, _ in self.conditions)), self.weights)
 
+    def join(self, other: "Batch") -> "Batch":
+        """This batch's points of every term followed by ``other``'s (whole batches, no weights)."""
+        conditions = tuple((torch.cat([X, Y]), None if n is None else torch.cat([n, m]))
+                           for (X, n), (Y, m) in zip(self.conditions, other.conditions))
+        return Batch(torch.cat([self.interior, other.interior]), conditions)
+
 
 def sample_batch(problem: Problem, interior: int, per_condition: int, generator: torch.Generator,
                  dtype=torch.float32, device="cpu") -> Batch:

@@ -25,7 +25,7 @@ FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 # finite differences are exact to rounding in float64 (docs/method.md, "Defaults of the Gauss-Newton
 # optimizers").
 LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
-                          "batch": 1000, "condition_batch": 1000, "eval_every": 10}
+                          "batch": 1000, "condition_batch": 1000, "eval_every": 10, "grow_points": 8.0}
 OPTIMIZER_DEFAULTS = {"gn": LEAST_SQUARES_DEFAULTS, "zo-gn": LEAST_SQUARES_DEFAULTS}
 
 
@@ -125,6 +125,8 @@ class Settings(SettingsBase):
     rad_pool: int = 10  # RAD: candidates per kept interior point (pool of rad_pool x batch)
     rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
     rad_c: float = 1.0
+    grow_points: float = 0.0  # at a resample, double the points when their loss exceeds this x the loss on the points just fitted (0: never; gn, zo-gn: 8)
+    max_growth: int = 16  # grow_points: the point sets grow to at most this x batch and condition_batch
 
     def with_optimizer_defaults(self, given) -> "Settings":
         """A copy with its optimizer's defaults (OPTIMIZER_DEFAULTS) in every field not in ``given``."""
@@ -204,6 +206,7 @@ BELOW_ONE = {"momentum"}  # floats in [0, 1)
 POSITIVE |= {"relobralo_tau", "softadapt_beta"}
 UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho"}  # floats in [0, 1]
 MINIMUM["rad_pool"] = 1
+MINIMUM["max_growth"] = 1
 
 
 def _coerce(value: Any, kind: str, where: str, name: str):

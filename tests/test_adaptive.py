@@ -11,10 +11,11 @@ import torch
 from scipy.stats import chi2
 
 from helpers import run_cli
-from pinnzo.adaptive import TermBalancer, rad_choice, rad_probabilities, relobralo_weights, softadapt_weights
+from pinnzo.adaptive import PointGrowth, TermBalancer, rad_choice, rad_probabilities, relobralo_weights, softadapt_weights
 from pinnzo.loop import Interrupted
 from pinnzo.pinn import resolve_settings, solve
 from pinnzo.problem import load_problem
+from pinnzo.residual import sample_batch
 
 E = math.e
 
@@ -154,7 +155,7 @@ def test_zo_gn_keeps_its_weights_between_resamples(tmp_path):
     problem = load_problem(LINE)
     settings = resolve_settings(problem, {"optimizer": "zo-gn", "backend": "fd", "dtype": "float64",
                                           "loss_weights": "relobralo", "relobralo_alpha": 0.5, "relobralo_rho": 0.0,
-                                          "resample_every": 5, "steps": 16})
+                                          "resample_every": 5, "steps": 16, "grow_points": 0.0})
     solve(problem, settings, out=tmp_path / "run")
     weights = [float(row["weight_residual"]) for row in _rows(tmp_path / "run")]
     assert len(weights) == 16
@@ -217,3 +218,101 @@ def test_a_crashed_adaptive_run_resumes_bit_identically(tmp_path):
     resumed = solve(problem, settings, out=tmp_path / "broken", resume=True)
     assert _rows(tmp_path / "straight") == _rows(tmp_path / "broken")
     assert torch.equal(straight.theta, resumed.theta)
+
+
+# ---------------------------------------------------------------- growing point sets
+
+def test_point_growth_needs_a_gap_and_a_stall():
+    """Growth when the fresh loss exceeds ratio x the fitted one and fell by less than half since the
+    last resample; never at the first resample; never beyond the limit; the state round-trips."""
+    growth = PointGrowth(ratio=4.0, limit=4)
+    assert growth.can_grow() and not growth.overfitted(1.0, 100.0)  # the first resample: no stall known
+    assert not growth.overfitted(1.0, 40.0)  # gap 40, but the fresh loss fell from 100 to 40: progress
+    assert growth.overfitted(1.0, 30.0)  # gap 30 and 30 > 40 / 2: stalled
+    assert not growth.overfitted(10.0, 30.0)  # stalled, but a gap of 3 is what a fit of the points costs
+    growth.factor = 2
+    assert growth.can_grow()
+    growth.factor = 4
+    assert not growth.can_grow()
+    copy = PointGrowth(ratio=4.0, limit=4)
+    copy.load_state_dict(growth.state_dict())
+    assert (copy.factor, copy.limit, copy.last_fresh) == (4, 4, 30.0)
+    assert not PointGrowth(ratio=0.0, limit=16).can_grow()
+
+
+def test_joined_batches_keep_every_point_and_normal():
+    problem = load_problem(POISSON_SQUARE)
+    a = sample_batch(problem, 5, 3, torch.Generator().manual_seed(0))
+    b = sample_batch(problem, 7, 2, torch.Generator().manual_seed(1))
+    joined = a.join(b)
+    assert joined.sizes == (12, 5)
+    assert torch.equal(joined.interior, torch.cat([a.interior, b.interior]))
+    (X, n), = joined.conditions
+    assert torch.equal(X, torch.cat([a.conditions[0][0], b.conditions[0][0]]))
+    assert torch.equal(n, torch.cat([a.conditions[0][1], b.conditions[0][1]]))
+
+
+POISSON_SQUARE = {
+    "name": "square",
+    "variables": {"space": {"name": "x", "dim": 2, "domain": [0, 1]}},
+    "equation": "lap(u) = -2 * pi**2 * sin(pi * x1) * sin(pi * x2)",
+    "exact": "sin(pi * x1) * sin(pi * x2)",
+    "conditions": {"walls": {"at": "boundary", "type": "neumann", "value": "0"}},
+}
+
+
+def _task(changes):
+    from pinnzo.pinn import PINNTask, build
+
+    problem = load_problem(LINE)
+    components = build(problem, resolve_settings(problem, changes))
+    task = PINNTask(components)
+    generators = {name: torch.Generator().manual_seed(i) for i, name in enumerate(task.generator_names)}
+    return task, generators, components.objective.flatten()
+
+
+def test_a_stalled_overfitted_fit_doubles_the_points():
+    """With theta unchanged the fitted and fresh losses agree, so ratio 0.5 calls every stall a gap:
+    the first resample only records the fresh loss, the second doubles both kinds of points, for
+    good, and the limit stops the growth; each check costs two loss queries."""
+    task, generators, theta = _task({"optimizer": "zo-gn", "backend": "fd", "dtype": "float64", "batch": 16,
+                                     "condition_batch": 4, "resample_every": 2, "grow_points": 0.5,
+                                     "max_growth": 2})
+    assert task.sample(0, generators, theta).sizes == (16, 4)
+    queries = task.objective.queries
+    assert task.sample(2, generators, theta).sizes == (16, 4) and task.take_events() == []
+    assert task.objective.queries == queries + 2
+    assert task.sample(3, generators, theta).sizes == (16, 4)  # no resample: the same points
+    assert task.sample(4, generators, theta).sizes == (32, 8)
+    (event,) = task.take_events()
+    assert event.startswith("points: 32 interior and 8 per condition from now on")
+    queries = task.objective.queries
+    assert task.sample(6, generators, theta).sizes == (32, 8)  # the limit: no more checks
+    assert task.objective.queries == queries and task.take_events() == []
+
+
+def test_points_do_not_grow_beyond_the_jacobians_memory():
+    """A Gauss-Newton Jacobian that would not fit in memory_mb stops the growth with one event."""
+    task, generators, theta = _task({"optimizer": "zo-gn", "backend": "fd", "dtype": "float64", "batch": 400,
+                                     "condition_batch": 100, "resample_every": 1, "grow_points": 0.5,
+                                     "memory_mb": 1})
+    for step in range(3):
+        task.sample(step, generators, theta)
+    assert task.batch.sizes == (400, 100) and task.growth.limit == 1
+    (event,) = task.take_events()
+    assert event.startswith("points: kept at 400 interior points") and "memory_mb = 1" in event
+
+
+def test_a_growing_run_resumes_bit_identically(tmp_path):
+    """zo-gn on too few points for its 97 parameters grows them, and an interrupted run ends with the
+    numbers of an uninterrupted one (the factor and the last fresh loss are in the checkpoint)."""
+    problem = load_problem(LINE)
+    settings = resolve_settings(problem, {"optimizer": "zo-gn", "backend": "fd", "dtype": "float64",
+                                          "resample_every": 3, "grow_points": 1.5, "max_growth": 8})
+    straight = solve(problem, settings, out=tmp_path / "straight")
+    grown = [row for row in straight.summary["events"] if row["event"].startswith("points:")]
+    assert grown and grown[0]["step"] <= 15 < grown[-1]["step"], straight.summary["events"]  # before and after
+    resumed = _interrupted_and_resumed(problem, settings, tmp_path / "broken", at_step=15)
+    assert _rows(tmp_path / "straight") == _rows(tmp_path / "broken")
+    assert torch.equal(straight.theta, resumed.theta)
+    assert resumed.summary["events"] == straight.summary["events"]
