@@ -263,8 +263,10 @@ class PINNTask:
 
     def _grow(self, fitted: Batch, theta: torch.Tensor, generator: torch.Generator) -> None:
         """Double the fresh batch when its loss at theta exceeds grow_points times the loss on the
-        points just fitted, ``fitted``; not beyond what the Gauss-Newton Jacobian can hold in memory_mb."""
-        before, after = (self.objective.loss(theta, batch).item() for batch in (fitted, self._shard(self.batch)))
+        points just fitted, ``fitted`` (both with the fitted points' term weights); not beyond what the
+        Gauss-Newton Jacobian can hold in memory_mb."""
+        fresh = self._shard(dataclasses.replace(self.batch, weights=fitted.weights))
+        before, after = (self.objective.loss(theta, batch).item() for batch in (fitted, fresh))
         if not self.growth.overfitted(before, after):
             return
         grown = self.batch.join(self._draw(generator))
