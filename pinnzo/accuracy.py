@@ -70,7 +70,8 @@ METHODS.register("zo-gn", Method(
 
 # First order at its best on small problems: zo-gn's recipe with the Jacobian by autograd (not in the default grid).
 METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dense 24-24 tanh, float64, "
-                              "1,000 + 1,000 points (doubled when overfitted)", {**METHODS["zo-gn"].changes, "optimizer": "gn"}, True))
+                              "1,000 + 1,000 points (doubled when overfitted)",
+                              {**METHODS["zo-gn"].changes, "optimizer": "gn"}, True))
 
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs

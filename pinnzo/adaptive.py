@@ -155,6 +155,7 @@ class PointGrowth:
         self.factor, self.limit = saved.get("factor", 1), saved.get("limit", self.limit)
         self.last_fresh = saved.get("last_fresh", math.inf)
 
+
 # ---------------------------------------------------------------- the hook of the PINN task
 
 class Adaptivity:
