@@ -200,6 +200,30 @@ def test_finite_differences_match_autodiff_with_error_of_order_h2():
     assert worst < bound < 1e-4, (worst, bound)
 
 
+
+def test_finite_differences_share_points_between_first_and_second_differences_on_one_axis():
+    """lap + gradsq on the 20 space axes and u_t: centre, +-h2 on each space axis (shared by its first
+    and second differences), +-h1 on t: 43 points, not 83; the first derivatives keep their accuracy."""
+    backend, atoms = FiniteDifference(), frozenset({LAPLACIAN, GRADIENT_SQUARED, d1(20)})
+    h1, h2 = backend.steps(torch.float64)
+    table = backend.offsets(atoms, SPATIAL, DIM, torch.float64, torch.device("cpu"))
+    assert table.shape == (1 + 2 * 20 + 2, DIM)
+    moves = {tuple(row.tolist()) for row in table}
+    for axis in SPATIAL:
+        for step in (h2, -h2):
+            assert tuple(step if i == axis else 0.0 for i in range(DIM)) in moves
+    assert tuple(h1 if i == 20 else 0.0 for i in range(DIM)) in moves
+    net = SineNet(DIM, seed=6)
+    X = torch.rand(8, DIM, dtype=torch.float64)
+    got, expected = backend(net, X, atoms, SPATIAL), reference(net, X, atoms)
+    scale = net(X).abs().max().item() + net.a.abs().sum().item()
+    eps = torch.finfo(torch.float64).eps
+    # gradsq: 20 squared first differences at h2 (truncation h2^2/6 |f'''|, rounding eps |f| / h2)
+    first = h2**2 * net.a.abs().sum().item() * 2**3 / 6 + eps * scale / h2
+    gradient_bound = 2 * 20 * first * (expected[GRADIENT_SQUARED].abs().max().item() ** 0.5 + first)
+    assert (got[GRADIENT_SQUARED] - expected[GRADIENT_SQUARED]).abs().max().item() < gradient_bound < 1e-5
+    assert (got[d1(20)] - expected[d1(20)]).abs().max().item() < 1e-8  # u_t at h1 = 1e-5
+
 def test_monte_carlo_stein_error_shrinks_like_one_over_sqrt_n():
     net = SineNet(DIM, seed=7)
     X = torch.rand(16, DIM, dtype=torch.float64)
