@@ -99,6 +99,7 @@ class Problem:
     _ansatz_affine: tuple[Callable, Callable] | None = field(repr=False, default=None)
     domain: Shape | None = None  # the spatial domain; None: the box lows x highs
     unknowns: tuple[Unknown, ...] = ()  # unknown parameters, trained with the network (unknowns.py)
+    _forcing_fn: Callable | None = field(repr=False, default=None)  # the residual's terms of the points alone
 
     def __post_init__(self):
         if self.domain is None:
@@ -158,13 +159,36 @@ class Problem:
         return {c.data.file: c.data.content for c in self.conditions if c.data is not None}
 
     def residual_from_atoms(self, X: torch.Tensor, atom_values: Mapping[A.Atom, torch.Tensor],
-                            unknowns: Mapping[str, torch.Tensor | float] | None = None) -> torch.Tensor:
+                            unknowns: Mapping[str, torch.Tensor | float] | None = None,
+                            forcing: torch.Tensor | None = None) -> torch.Tensor:
         """The equation's residual (B,) from the atoms a backend computed at X; ``unknowns``: name ->
-        value of the unknowns (default: their initial values)."""
+        value of the unknowns (default: their initial values); ``forcing``: ``self.forcing(X)``, when
+        the caller has it already."""
         values = self.values(X) | self.unknown_values(X, unknowns)
         for atom, name in self._atom_names.items():
             values[name] = atom_values[atom]
-        return self._residual_fn(values)
+        residual = self._residual_fn(values)
+        if self._forcing_fn is None:
+            return residual
+        return residual + (self.forcing(X) if forcing is None else forcing)
+
+    def forcing(self, X: torch.Tensor) -> torch.Tensor | None:
+        """The residual's terms that depend on the points alone (B,): its source, which a loss may
+        compute once per point set; None when there are none (the rest is ``_residual_fn``)."""
+        if self._forcing_fn is None:
+            return None
+        return torch.broadcast_to(self._forcing_fn(self.values(X)), X.shape[:-1])
+
+    def condition_target(self, condition: Condition, X: torch.Tensor) -> torch.Tensor | None:
+        """The value a condition prescribes at its points X (B,), when it depends on them alone (not on
+        unknowns, not measured data), else None."""
+        if condition.kind == "measured" or condition.value.free_symbols & self._unknown_symbols:
+            return None
+        return torch.broadcast_to(condition.value_fn(self.values(X)), X.shape[:-1])
+
+    @functools.cached_property
+    def _unknown_symbols(self) -> set:
+        return {sympy.Symbol(unknown.name, real=True) for unknown in self.unknowns}
 
     def exact_solution(self, X: torch.Tensor) -> torch.Tensor:
         """The exact solution (B,) at X; ProblemError when the file declares none."""
@@ -203,15 +227,18 @@ class Problem:
 
     def condition_residual(self, condition: Condition, X: torch.Tensor, normals: torch.Tensor | None,
                            atom_values: Mapping[A.Atom, torch.Tensor],
-                           unknowns: Mapping[str, torch.Tensor | float] | None = None) -> torch.Tensor:
+                           unknowns: Mapping[str, torch.Tensor | float] | None = None,
+                           target: torch.Tensor | None = None) -> torch.Tensor:
         """B[u] - value at the condition's points (B,); for data, the measured quantity minus the
-        measurements (X: the data points, in the file's order)."""
+        measurements (X: the data points, in the file's order). ``target``: the value,
+        ``condition_target(condition, X)``, when the caller has it already."""
         values = self.values(X) | self.unknown_values(X, unknowns)
         if condition.kind == "measured":
             for atom in condition.atoms:
                 values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
             return condition.value_fn(values) - condition.data.values.to(X.dtype).to(X.device)
-        target = condition.value_fn(values)
+        if target is None:
+            target = condition.value_fn(values)
         if condition.kind == "dirichlet":
             return atom_values[A.VALUE] - target
         if condition.kind == "rate":
@@ -536,7 +563,9 @@ class _Loader:
         self.check_used(unknowns, unknown_symbols, residual, conditions)
         solve = self.settings(doc.get("solve", {}), len(columns))
         atom_names = {A.atom_symbol(atom, columns): A.atom_symbol(atom, columns).name for atom in atoms}
-        residual_fn = self.compiled(residual, {**names, **atom_names}, "equation")
+        dependent, forcing = _split_forcing(residual, set(atom_names) | set(unknown_symbols.values()))
+        residual_fn = self.compiled(dependent, {**names, **atom_names}, "equation")
+        forcing_fn = self.compiled(forcing, names, "equation") if forcing != 0 else None
         ansatz_fn = (self.compiled(ansatz, {**space.names, sympy.Symbol("N", real=True): "N"}, "ansatz")
                      if ansatz is not None else None)
         ansatz_affine = self.compiled_affine(ansatz, space.names) if ansatz is not None else None
@@ -547,7 +576,7 @@ class _Loader:
             residual=residual, atoms=frozenset(atoms), conditions=tuple(conditions), exact=exact,
             ansatz=ansatz, manufactured=manufactured, solve=solve, _residual_fn=residual_fn,
             _exact_fn=exact_fn, _ansatz_fn=ansatz_fn, _ansatz_affine=ansatz_affine, domain=space.domain,
-            unknowns=tuple(unknowns))
+            unknowns=tuple(unknowns), _forcing_fn=forcing_fn)
         self.check_finite(problem)
         return problem
 
@@ -855,6 +884,14 @@ def _affine_parts(ansatz: sympy.Expr | None, names) -> tuple[Callable, Callable]
     if network in slope.free_symbols:
         return None
     return compile_torch(ansatz.subs(network, 0), names), compile_torch(slope, names)
+
+
+def _split_forcing(residual: sympy.Expr, symbols: set) -> tuple[sympy.Expr, sympy.Expr]:
+    """residual = dependent + forcing, forcing the sum of the terms free of ``symbols`` (the atoms and
+    unknowns): a function of the points alone, which a loss computes once per point set."""
+    terms = sympy.Add.make_args(residual)
+    forcing = [term for term in terms if not term.free_symbols & symbols]
+    return sympy.Add(*[term for term in terms if term.free_symbols & symbols]), sympy.Add(*forcing)
 
 
 def _apply_atoms(residual, atoms, exact, columns, symbols, spatial) -> sympy.Expr:

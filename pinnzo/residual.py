@@ -86,6 +86,7 @@ class PINNLoss:
         self.condition_atoms = [problem.condition_atoms(c) for c in problem.conditions]
         self._inputs_of, self._inputs = None, None  # the stencil points of the last batch
         self._affine_of, self._affine = None, None  # the ansatz's (a, b) at them, when affine in N
+        self._fixed_of, self._fixed = None, None  # the terms' values of the points alone (Batch.fixed)
 
     def _residuals(self, atoms_at, batch: Batch, raw: torch.Tensor | None = None
                    ) -> list[tuple[str, torch.Tensor, float, int | None]]:
@@ -96,16 +97,33 @@ class PINNLoss:
         problem = self.problem
         unknowns = unknown_values(problem.unknowns, raw) if raw is not None else None
         counts = batch.counts or (None,) * (1 + len(problem.conditions))
+        fixed = self._fixed_values(batch)
         terms = [("residual", problem.residual_from_atoms(batch.interior, atoms_at(0, batch.interior, problem.atoms),
-                                                          unknowns), 1.0, counts[0])]
+                                                          unknowns, fixed[0]), 1.0, counts[0])]
         for k, (condition, (X, normals)) in enumerate(zip(problem.conditions, batch.conditions), 1):
             values = atoms_at(k, X, self.condition_atoms[k - 1])
-            terms.append((condition.name, problem.condition_residual(condition, X, normals, values, unknowns),
+            terms.append((condition.name, problem.condition_residual(condition, X, normals, values, unknowns,
+                                                                     fixed[k]),
                           condition.weight, counts[k]))
         if batch.weights is not None:
             terms = [(name, residual, weight * factor, count)
                      for (name, residual, weight, count), factor in zip(terms, batch.weights)]
         return terms
+
+    def _fixed_values(self, batch: Batch) -> list[torch.Tensor | None]:
+        """What the terms take from the points alone, computed once per batch: the equation's forcing
+        at the interior points, then each condition's target (None where there is none, or where the
+        points carry a graph: their values are then computed with it, each time)."""
+        if self._fixed_of is batch:
+            return self._fixed
+        points = [batch.interior] + [X for X, _ in batch.conditions]
+        if any(X.requires_grad for X in points):
+            return [None] * len(points)
+        problem = self.problem
+        self._fixed = [problem.forcing(batch.interior)] + [
+            problem.condition_target(condition, X) for condition, (X, _) in zip(problem.conditions, batch.conditions)]
+        self._fixed_of = batch
+        return self._fixed
 
     def _backend_atoms(self, network: Network):
         u = self.problem.solution(network)

@@ -17,7 +17,7 @@ from pinnzo import atoms as A
 from pinnzo.atoms import atom_symbol
 from pinnzo.derivatives import Autodiff
 from pinnzo.expr import ExpressionError, Scope, compile_torch, parse
-from pinnzo.problem import ProblemError, load_problem
+from pinnzo.problem import Problem, ProblemError, load_problem
 from pinnzo.residual import PINNLoss, sample_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +106,36 @@ exact: "{exact}"
     wrong = lambda Z: problem.exact_solution(Z) + 0.1 * Z[:, 0] ** 2
     atoms = Autodiff()(wrong, X, problem.atoms, problem.spatial)
     assert problem.residual_from_atoms(X, atoms).abs().max().item() > 1e-3
+
+
+def test_the_residuals_terms_of_the_points_alone_are_split_off_as_its_forcing():
+    X = torch.rand(7, 21, dtype=torch.float64)
+    hjb20 = load_problem(REPO / "problems" / "hjb20.yaml")  # u_t + lap(u) - 0.05 gradsq(u) = -2
+    assert torch.equal(hjb20.forcing(X), torch.full((7,), 2.0, dtype=torch.float64))
+    assert load_problem(REPO / "problems" / "hjb10-lq.yaml").forcing(X[:, :11]) is None  # = 0
+    inverse = load_problem(REPO / "problems" / "heat10-inverse.yaml")  # k lap(u): k is an unknown
+    assert inverse.forcing(X[:, :11]) is None
+    assert [inverse.condition_target(c, X[:, :11]) is None for c in inverse.conditions] == [False, False, True]
+
+
+def test_a_loss_computes_the_forcing_and_the_targets_once_per_point_set(monkeypatch):
+    problem = load_problem(REPO / "problems" / "sine-gordon6d.yaml")  # a manufactured source, Dirichlet data
+    loss, network = PINNLoss(problem, Autodiff()), lambda X: torch.sin(X).sum(-1)
+    calls = []
+    for name in ("forcing", "condition_target"):
+        original = getattr(Problem, name)
+        monkeypatch.setattr(Problem, name, lambda *args, original=original, name=name: (calls.append(name),
+                                                                                         original(*args))[1])
+    first, second = (sample_batch(problem, 50, 20, torch.Generator().manual_seed(seed), torch.float64)
+                     for seed in (0, 1))
+    values = [loss(network, first), loss(network, first), loss(network, second)]
+    assert calls == ["forcing", "condition_target"] * 2  # once for each point set
+    assert values[0] == values[1] != values[2]
+    X, (Y, _) = first.interior, first.conditions[0]
+    atoms = Autodiff()(network, X, problem.atoms, problem.spatial)
+    residual = problem.residual_from_atoms(X, atoms)  # the forcing computed inline
+    faces = network(Y) - problem.exact_solution(Y)
+    assert values[0].item() == pytest.approx((residual.square().mean() + faces.square().mean()).item(), rel=1e-14)
 
 
 # ---- the residual builder, end to end with autodiff ------------------------
