@@ -28,9 +28,11 @@ class DenseLinear(nn.Linear):
         if name == "bias":
             return lambda entries: (entries[:, None], lambda rows=slice(None): x.new_ones(len(entries), 1, len(x[rows])))
 
+        columns = x.T.contiguous()  # (in, B): an entry's values are a row of it, not a strided column of x
+
         def responses(entries):
             out_index, in_index = torch.unravel_index(entries, params["weight"].shape)
-            return out_index[:, None], lambda rows=slice(None): x[rows, in_index].T[:, None, :]
+            return out_index[:, None], lambda rows=slice(None): columns[in_index, rows][:, None, :]
         return responses
 
 
