@@ -128,6 +128,28 @@ class Problem:
         values = self.values(X)
         return tuple(torch.broadcast_to(fn(values), X.shape[:-1]) for fn in self._ansatz_affine)
 
+    @property
+    def affine_ansatz(self) -> bool:
+        """Whether the ansatz is u = a + b N with a, b functions of the points alone."""
+        return self._ansatz_affine is not None
+
+    def ansatz_offset_parts(self, X: torch.Tensor, atoms) -> dict[A.Atom, torch.Tensor]:
+        """The elementary atoms (value, d1, d2) of the affine ansatz's offset a (u = a + b N) at X:
+        {atom: (B,)}, exact (derived symbolically)."""
+        values, compiled = self.values(X), self._offset_derivatives
+        for atom in atoms:
+            if atom not in compiled:
+                symbols = [sympy.Symbol(name, real=True) for name in self.columns]
+                offset = self.ansatz.subs(sympy.Symbol("N", real=True), 0)
+                derivative = offset if atom.kind == "value" else sympy.diff(offset, *(symbols[i] for i in atom.index))
+                compiled[atom] = compile_torch(derivative, dict(zip(symbols, self.columns)))
+        return {atom: torch.broadcast_to(compiled[atom](values), X.shape[:-1]) for atom in atoms}
+
+    @functools.cached_property
+    def _offset_derivatives(self) -> dict:
+        """Atom -> the compiled derivative of the ansatz's offset a (the ansatz at N = 0), as needed."""
+        return {}
+
     def apply_ansatz(self, X: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
         """u from the network values N (..., B) at X (B, D) (N itself without an ansatz)."""
         if self._ansatz_fn is None:

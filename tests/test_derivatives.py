@@ -17,6 +17,7 @@ from pinnzo.domains import Box
 from pinnzo.errors import PinnzoError
 from pinnzo.problem import load_problem
 from pinnzo.quadrature import get_rule
+from pinnzo.residual import PINNLoss, sample_batch
 from pinnzo.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,6 +224,29 @@ def test_finite_differences_share_points_between_first_and_second_differences_on
     gradient_bound = 2 * 20 * first * (expected[GRADIENT_SQUARED].abs().max().item() ** 0.5 + first)
     assert (got[GRADIENT_SQUARED] - expected[GRADIENT_SQUARED]).abs().max().item() < gradient_bound < 1e-5
     assert (got[d1(20)] - expected[d1(20)]).abs().max().item() < 1e-8  # u_t at h1 = 1e-5
+
+def test_finite_differences_of_an_affine_ansatz_difference_b_n_and_take_the_offsets_derivatives_exactly():
+    """hjb20: u = sum(x) + (1 - t) N, |u| ~ 10. The loss differences b N = (1 - t) N (|b N| <= 1.3 here)
+    and adds the exact derivatives of sum(x), so its residual rounds relative to |b N|, not to |u|; on
+    the layered path (the network's values at the stencil points) too. Differencing u itself rounds
+    about 10x more."""
+    problem = load_problem(REPO / "problems" / "hjb20.yaml")
+    frequencies = torch.linspace(0.1, 1.0, 21, dtype=torch.float64)
+    network = lambda X: 1.0 + 0.3 * torch.sin(X @ frequencies)  # noqa: E731
+    batch = sample_batch(problem, 2000, 0, torch.Generator().manual_seed(0), torch.float64)
+    X, backend = batch.interior, FiniteDifference()
+    exact = problem.residual_from_atoms(X, Autodiff()(problem.solution(network), X, problem.atoms, SPATIAL))
+    whole = problem.residual_from_atoms(X, backend(problem.solution(network), X, problem.atoms, SPATIAL))
+    loss = PINNLoss(problem, backend)
+    assert loss.splits_ansatz
+    split = loss.residuals(network, batch)["residual"]
+    layered = loss.residual_criterion(network(loss.inputs(batch)), batch)
+    rms = lambda r: (r - exact).square().mean().sqrt().item()  # noqa: E731
+    h2, eps = backend.steps(torch.float64)[1], torch.finfo(torch.float64).eps
+    # 20 second differences, each rounding about 4 eps |f| / h2^2 (random signs: sqrt(20) of them)
+    assert rms(split) < 20**0.5 * 4 * eps * 1.3 / h2**2 < rms(whole) / 5
+    torch.testing.assert_close(layered, split * len(X) ** -0.5, rtol=0, atol=1e-12)
+    assert not PINNLoss(problem, SparseGridStein(DIM, 0.1)).splits_ansatz  # a smoothing: of sum(x) too
 
 def test_monte_carlo_stein_error_shrinks_like_one_over_sqrt_n():
     net = SineNet(DIM, seed=7)

@@ -90,10 +90,14 @@ class StencilBackend(DerivativeBackend):
         offsets = self.offsets(atoms, tuple(spatial), X.shape[1], X.dtype, X.device)
         return (X[:, None, :] + offsets[None]).reshape(-1, X.shape[1])
 
+    def values(self, f: Function, X: torch.Tensor, atoms: frozenset, spatial: tuple[int, ...]) -> torch.Tensor:
+        """f at every stencil point of every row of X: (B, S)."""
+        F = evaluate_in_chunks(f, self.points(X, atoms, spatial), self.rows_per_chunk)
+        return F.reshape(X.shape[0], -1)
+
     def __call__(self, f, X, atoms, spatial):
         atoms, spatial = frozenset(atoms), tuple(spatial)
-        F = evaluate_in_chunks(f, self.points(X, atoms, spatial), self.rows_per_chunk)
-        return self.combine(F.reshape(X.shape[0], -1), atoms, spatial)
+        return self.combine(self.values(f, X, atoms, spatial), atoms, spatial)
 
     def evaluations_per_point(self, atoms, spatial, dim):
         return len(self.offsets(frozenset(atoms), tuple(spatial), dim, torch.float64, "cpu"))
