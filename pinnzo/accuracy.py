@@ -63,13 +63,13 @@ METHODS.register("hybrid", Method("ZO hybrid (signRGE, then CGE) + sparse-grid S
 # 1,000 points per condition: with 200, a 20-D Poisson problem fitted its boundary points (5 a face) and
 # missed the boundary between them (relative L2 0.2 against 7.3e-3 with 1,000, 120 s).
 METHODS.register("zo-gn", Method(
-    "ZO Gauss-Newton + FD, dense 24-24 tanh, float64, 1,000 + 1,000 points (doubled when overfitted), Jacobian "
+    "ZO Gauss-Newton + FD, dense 32-32 tanh, float64, 1,000 + 1,000 points (doubled when overfitted), Jacobian "
     "columns by the chain rule at the moved layer (forward computations only)",
-    {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
+    {"network": "mlp", "width": 32, "depth": 2, "activation": "tanh", "backend": "fd", "dtype": "float64",
      "optimizer": "zo-gn", "batch": 1000, "condition_batch": 1000, "resample_every": 20, "eval_every": 5}, False))
 
 # First order at its best on small problems: zo-gn's recipe with the Jacobian by autograd (not in the default grid).
-METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dense 24-24 tanh, float64, "
+METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dense 32-32 tanh, float64, "
                               "1,000 + 1,000 points (doubled when overfitted)",
                               {**METHODS["zo-gn"].changes, "optimizer": "gn"}, True))
 
