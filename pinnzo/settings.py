@@ -24,7 +24,7 @@ FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 # per condition make the problem overdetermined, each condition's points too (a 20-D box has 40 faces);
 # finite differences are exact to rounding in float64 (docs/method.md, "Defaults of the Gauss-Newton
 # optimizers").
-LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 32, "depth": 2, "activation": "tanh", "backend": "fd",
+LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
                           "batch": 1000, "condition_batch": 1000, "eval_every": 10, "grow_points": 8.0}
 OPTIMIZER_DEFAULTS = {"gn": LEAST_SQUARES_DEFAULTS, "zo-gn": LEAST_SQUARES_DEFAULTS}
 
