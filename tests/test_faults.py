@@ -25,7 +25,10 @@ def _solve(problem: Path, out: Path, optimizer: str, resume: bool = False) -> su
         args += ["--backend", "ad"]
     if optimizer == "hybrid":
         args += ["--set", "switch_step=30"]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT restored in the child: a suite started in the background (nohup make test &) would pass
+    # on an ignored SIGINT, which Python then never turns into a KeyboardInterrupt
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finished(process: subprocess.Popen) -> str:
