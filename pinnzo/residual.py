@@ -87,7 +87,7 @@ class PINNLoss:
         self._inputs_of, self._inputs = None, None  # the stencil points of the last batch
         self._affine_of, self._affine = None, None  # the ansatz's (a, b) at them, when affine in N
         self._fixed_of, self._fixed = None, None  # the terms' values of the points alone (_fixed_values)
-        self._offsets: list[tuple[torch.Tensor, dict]] = []  # the ansatz offset's parts at recent points
+        self._offsets: list[tuple[torch.Tensor, frozenset, dict]] = []  # the ansatz offset's parts at recent points
 
     def _residuals(self, atoms_at, batch: Batch, raw: torch.Tensor | None = None
                    ) -> list[tuple[str, torch.Tensor, float, int | None]]:
