@@ -12,7 +12,7 @@ import torch
 from helpers import interrupted_and_straight, run_cli
 from pinnzo.errors import PinnzoError
 from pinnzo.optim import Objective, make_optimizer
-from pinnzo.optim.gauss_newton import auto_subspace, difference_jacobian
+from pinnzo.optim.gauss_newton import GaussNewton, auto_subspace, difference_jacobian
 from pinnzo.pinn import build, resolve_settings, solve
 from pinnzo.problem import load_problem
 from pinnzo.residual import sample_batch
@@ -94,6 +94,11 @@ def test_the_autograd_jacobian_by_rows_equals_reverse_mode_over_the_residual_vec
     assert (J - reverse).abs().max() <= floor < 1e-3 * reverse.abs().max()
     if objective.unknowns:
         assert J[:, -1].abs().max() > 1e-3  # the unknown's column is not left at zero
+    # within a memory budget: the network's Jacobian 7 parameters at a time, the same columns (to the
+    # rounding of the pushes, batched differently)
+    blocked = objective.residual_jacobian(theta, batch, columns=7)
+    assert torch.equal(blocked[0], rho)
+    torch.testing.assert_close(blocked[1], J, rtol=0, atol=1e-13 * J.abs().max().item())
 
 
 @pytest.mark.parametrize("network", ["mlp", "tt"])
@@ -291,12 +296,24 @@ def test_resume_after_an_interrupt_is_bit_identical(tmp_path, optimizer, changes
 def test_a_jacobian_too_large_for_memory_is_refused_with_the_setting_to_change(tmp_path):
     with pytest.raises(PinnzoError, match=r"zo-gn: the Jacobian has 1,010 residuals x .* more than memory_mb = 1"):
         solve(LINE, optimizer="zo-gn", backend="fd", batch=1000, memory_mb=1, steps=2, out=tmp_path / "r")
-    # gn with a stencil backend first holds the network's Jacobian at all 3,010 stencil rows (~4.5 MB)
-    solve(LINE, optimizer="zo-gn", backend="fd", batch=1000, memory_mb=4, steps=1, out=tmp_path / "fits")
+    # gn with a stencil backend also holds the network's Jacobian at the 3,010 stencil rows: ~4.5 MB
+    # whole, 0.05 MB a parameter; within memory_mb = 4 it takes the parameters in blocks, the same steps
+    problem = load_problem(LINE)
+    objective = build(problem, resolve_settings(problem, {"optimizer": "gn", "backend": "fd"})).objective
+    batch = sample_batch(problem, 1000, 10, torch.Generator().manual_seed(0), torch.float64)
+    theta = objective.flatten()
+    whole, blocked = GaussNewton("gn", memory_mb=1024), GaussNewton("gn", memory_mb=4)
+    assert whole._columns(objective, theta, batch) is None and whole.fits(objective, theta, batch)
+    assert 1 < blocked._columns(objective, theta, batch) < objective.dim
+    assert not blocked.fits(objective, theta, batch)  # the points do not grow into blocks
+    runs = [solve(LINE, optimizer="gn", backend="fd", batch=1000, memory_mb=memory, steps=2,
+                  out=tmp_path / f"gn{memory}") for memory in (1024, 4)]
+    assert runs[0].summary["final_loss"] == pytest.approx(runs[1].summary["final_loss"], rel=1e-10)
     with pytest.raises(PinnzoError, match=r"gn: the Jacobian has 1,010 residuals x 97 directions and the network's "
-                                          r"3,010 stencil rows x 97 parameters \(~6 MB\), more than memory_mb = 4: "
-                                          r"lower batch or condition_batch, or raise memory_mb"):
-        solve(LINE, optimizer="gn", backend="fd", batch=1000, memory_mb=4, steps=1, out=tmp_path / "gn")
+                                          r"3,010 stencil rows x 97 parameters, one parameter at a time \(~2 MB\), "
+                                          r"more than memory_mb = 1: lower batch or condition_batch, or raise "
+                                          r"memory_mb"):
+        solve(LINE, optimizer="gn", backend="fd", batch=1000, memory_mb=1, steps=1, out=tmp_path / "gn")
 
 
 def test_difference_step_follows_the_backends_rounding():

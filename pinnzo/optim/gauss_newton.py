@@ -141,12 +141,6 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
     raise ValueError(f"unknown difference {difference!r}; must be one of forward, central")
 
 
-def autograd_jacobian(objective: Objective, theta: torch.Tensor, batch, generator: torch.Generator) -> Jacobian:
-    """The full Jacobian d rho / d theta by reverse-mode autodiff (first order): one query."""
-    residual, matrix = objective.residual_jacobian(theta, batch)
-    return Jacobian(residual, matrix, None, 1)
-
-
 @dataclass(frozen=True)
 class GaussNewton:
     """Levenberg-Marquardt steps; the Jacobian by ``autograd`` or by forward ``differences`` in a
@@ -177,7 +171,8 @@ class GaussNewton:
     def jacobian(self, objective: Objective, theta: torch.Tensor, batch, generator) -> Jacobian:
         self._check_memory(objective, theta, batch)
         if self.stage == "gn":
-            return autograd_jacobian(objective, theta, batch, generator)
+            residual, matrix = objective.residual_jacobian(theta, batch, self._columns(objective, theta, batch))
+            return Jacobian(residual, matrix, None, 1)
         return difference_jacobian(objective, theta, batch, generator, self.kind, self.count, self.mu,
                                    self.difference, self.rounding_gain, self.linear)
 
@@ -265,20 +260,37 @@ class GaussNewton:
         return min(damping * (10 if self.rule == "marquardt" else growth), MAX_DAMPING)
 
     def fits(self, objective: Objective, theta: torch.Tensor, batch) -> bool:
-        """Whether the Jacobian of ``batch`` fits in memory_mb (PINNTask grows its points only then)."""
-        return self._memory(objective, theta, batch)[0] <= self.memory_mb
+        """Whether the Jacobian of ``batch`` fits in memory_mb whole (for gn: the network's Jacobian at
+        the stencil rows in one block; PINNTask grows its points only then)."""
+        jacobian, network = self._memory(objective, theta, batch)
+        return jacobian.megabytes + network.megabytes <= self.memory_mb
 
     def _check_memory(self, objective: Objective, theta: torch.Tensor, batch) -> None:
-        """Refuse a Jacobian (n x k values, with its float64 copy) that would not fit in memory_mb."""
-        needed, what = self._memory(objective, theta, batch)
+        """Refuse a Jacobian (n x k values, with its float64 copy) that would not fit in memory_mb, for
+        gn with the network's Jacobian at the stencil rows one parameter at a time (_columns)."""
+        jacobian, network = self._memory(objective, theta, batch)
+        needed = jacobian.megabytes + network.megabytes / max(1, network.columns)
         if needed > self.memory_mb:
             subspace = "" if self.stage == "gn" else ", use gn_subspace=orthonormal with fewer gn_directions"
+            what = jacobian.what + (f" and the network's {network.what}, one parameter at a time"
+                                    if network.columns else "")
             raise PinnzoError(f"{self.stage}: {what} (~{needed:,.0f} MB), more than memory_mb = {self.memory_mb}: "
                               f"lower batch or condition_batch{subspace}, or raise memory_mb")
 
-    def _memory(self, objective: Objective, theta: torch.Tensor, batch) -> tuple[float, str]:
-        """The megabytes of the Jacobian of ``batch`` (n x k values, with its float64 copy; for gn also
-        the network's Jacobian at every stencil row) and what they hold."""
+    def _columns(self, objective: Objective, theta: torch.Tensor, batch) -> int | None:
+        """For gn with a stencil backend, the network parameters whose Jacobian at the stencil rows fits
+        in what memory_mb leaves beside the residuals' Jacobian (None: all of them; fewer cost one more
+        pass of the network's gradients per block, Objective._layered_residual_jacobian)."""
+        jacobian, network = self._memory(objective, theta, batch)
+        if not network.columns or jacobian.megabytes + network.megabytes <= self.memory_mb:
+            return None
+        per_column = network.megabytes / network.columns
+        return max(1, int((self.memory_mb - jacobian.megabytes) / per_column))
+
+    def _memory(self, objective: Objective, theta: torch.Tensor, batch) -> tuple["Memory", "Memory"]:
+        """The megabytes of the Jacobian of ``batch`` (n x k values, with its float64 copy) and, for gn
+        with a stencil backend, of the network's Jacobian at every stencil row (R x d values, with a
+        copy; ``columns``: its d network parameters, 0 when there is none)."""
         n, d = objective.residual_count(batch), theta.numel()
         if self.stage == "gn" or self.kind == "coordinates":
             k = d
@@ -286,13 +298,21 @@ class GaussNewton:
             k = auto_subspace(self.count, d, n)[1]
         else:
             k = min(self.count, d)
-        needed = 2 * 8 * n * k / 2**20
-        what = f"the Jacobian has {n:,} residuals x {k:,} directions"
-        if self.stage == "gn" and objective.layered:  # the network's Jacobian at every stencil row first
-            rows = len(objective.loss_fn.inputs(batch))
-            needed += 2 * 8 * rows * d / 2**20
-            what += f" and the network's {rows:,} stencil rows x {d:,} parameters"
-        return needed, what
+        jacobian = Memory(2 * 8 * n * k / 2**20, f"the Jacobian has {n:,} residuals x {k:,} directions", 0)
+        if not (self.stage == "gn" and objective.layered):
+            return jacobian, Memory(0.0, "", 0)
+        rows, columns = len(objective.loss_fn.inputs(batch)), d - objective.unknowns
+        return jacobian, Memory(2 * 8 * rows * columns / 2**20, f"{rows:,} stencil rows x {columns:,} parameters",
+                                columns)
+
+
+class Memory(NamedTuple):
+    """The megabytes a Jacobian needs, what it holds, and its columns (parameters) when they may be
+    taken a block at a time (0: all at once)."""
+
+    megabytes: float
+    what: str
+    columns: int
 
 
 def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Tensor):

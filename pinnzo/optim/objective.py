@@ -147,11 +147,14 @@ class Objective:
         self._residual_vector()
         return self.loss_fn.residual_count(batch)
 
-    def residual_jacobian(self, theta: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rho (n,), d rho / d theta (n, d)) by reverse-mode autodiff (first order): one query."""
+    def residual_jacobian(self, theta: torch.Tensor, batch, columns: int | None = None) \
+            -> tuple[torch.Tensor, torch.Tensor]:
+        """(rho (n,), d rho / d theta (n, d)) by reverse-mode autodiff (first order): one query.
+        ``columns``: at most this many of the network's parameters at a time in its Jacobian at the
+        stencil rows (a stencil loss; None: all at once)."""
         residual_vector = self._residual_vector()
         if self.layered:
-            return self._layered_residual_jacobian(theta.detach(), batch)
+            return self._layered_residual_jacobian(theta.detach(), batch, columns)
         self.queries += 1
         with torch.enable_grad():
             value = lambda t: residual_vector(self.network(t), batch)
@@ -160,7 +163,8 @@ class Objective:
         with torch.no_grad():
             return value(theta), matrix
 
-    def _layered_residual_jacobian(self, theta: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _layered_residual_jacobian(self, theta: torch.Tensor, batch, columns: int | None = None) \
+            -> tuple[torch.Tensor, torch.Tensor]:
         """d rho / d theta (n, d) of a loss rho = criterion(N, batch) of the network values N (R,) at
         ``inputs(batch)`` (a stencil backend), by the chain rule
 
@@ -169,22 +173,31 @@ class Objective:
         dN/dtheta (R, d) row by row (each row's gradient by back-propagation, vmapped over the rows),
         then each column pushed through the criterion by a forward-mode product. This costs O(R d),
         where reverse mode over the whole residual vector costs O(n R d). The unknowns of an inverse
-        problem (the last k coordinates) enter the criterion directly. One query."""
+        problem (the last k coordinates) enter the criterion directly. One query.
+
+        ``columns`` bounds the memory: dN/dtheta is held ``columns`` parameters at a time (R x columns
+        values), each block from the rows' gradients computed again, so a block fewer than the d
+        parameters costs one more pass of the gradients."""
         self.queries += 1
         k, d = self.unknowns, theta.numel()
         raw = (theta[d - k:],) if k else ()
         network = lambda t, x: self.network(t)(x[None])[0]
         X = self.loss_fn.inputs(batch)
         rows = max(1, _JACOBIAN_VALUES // d)
+        with torch.no_grad():
+            N = self.network(theta)(X)
+        criterion = lambda values, *unknowns: self.loss_fn.residual_criterion(values, batch, *unknowns)
+        push = lambda column: torch.func.jvp(lambda values: criterion(values, *raw), (N,), (column,))[1]
+        blocks = []
         with torch.enable_grad():
-            dN = torch.cat([vmap(torch.func.jacrev(network), in_dims=(None, 0))(theta, part)
-                            for part in torch.split(X, rows)])[:, :d - k]  # (R, d - k)
-            with torch.no_grad():
-                N = self.network(theta)(X)
-            criterion = lambda values, *unknowns: self.loss_fn.residual_criterion(values, batch, *unknowns)
-            push = lambda column: torch.func.jvp(lambda values: criterion(values, *raw), (N,), (column,))[1]
-            columns = max(1, _JACOBIAN_VALUES // len(N))
-            matrix = torch.cat([vmap(push)(part) for part in torch.split(dN.T, columns)]).T  # (n, d - k)
+            for start in range(0, d - k, columns or d):
+                block = slice(start, min(d - k, start + (columns or d)))
+                dN = torch.cat([vmap(torch.func.jacrev(network), in_dims=(None, 0))(theta, part)[:, block]
+                                for part in torch.split(X, rows)])  # (R, block)
+                per_push = max(1, _JACOBIAN_VALUES // len(N))
+                blocks += [vmap(push)(part) for part in torch.split(dN.T, per_push)]  # (block, n) each
+                del dN
+            matrix = torch.cat(blocks).T  # (n, d - k)
             if k:
                 matrix = torch.cat([matrix, torch.func.jacfwd(lambda u: criterion(N, u))(raw[0])], 1)
             rho = criterion(N, *raw)
