@@ -23,6 +23,7 @@ import datetime
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -89,7 +90,7 @@ class World:
         self._collective(lambda: torch.distributed.all_gather(parts, padded.contiguous()), padded)
         return torch.cat([part[:count] for part, count in zip(parts, counts)])
 
-    def tree_sum(self, parts: list[torch.Tensor]) -> torch.Tensor:
+    def tree_sum(self, parts: Iterable[torch.Tensor]) -> torch.Tensor:
         """The sum over the ranks of this rank's ``parts``, added pairwise in a fixed tree.
 
         With ROW_BLOCKS blocks of rows dealt to a power-of-two number of ranks, each rank holds a
@@ -161,11 +162,21 @@ class World:
 ROW_BLOCKS = 16
 
 
-def _pairwise(parts: list[torch.Tensor]) -> torch.Tensor:
-    """parts[0] + parts[1] + ... added pairwise: ((p0 + p1) + (p2 + p3)) + ..."""
-    while len(parts) > 1:
-        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
-    return parts[0]
+def _pairwise(parts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """parts[0] + parts[1] + ... added pairwise: ((p0 + p1) + (p2 + p3)) + ..., level by level, a
+    leftover part carried up to the next level. Streamed: each part is added in as it comes, so at
+    most log2(count) + 1 of them are held (the large ones, Gauss-Newton's J^T J, are never all held).
+    Each part must be the caller's own new tensor: sums are taken into it in place."""
+    stack: list[tuple[int, torch.Tensor]] = []  # (level, the sum of 2^level consecutive parts)
+    for part in parts:
+        level = 0
+        while stack and stack[-1][0] == level:
+            part, level = stack.pop()[1].add_(part), level + 1
+        stack.append((level, part))
+    total = stack.pop()[1]
+    while stack:  # the carried leftovers, from the smallest subtree up
+        total = stack.pop()[1].add_(total)
+    return total
 
 
 def row_blocks(counts: tuple[int, ...], world: "World") -> list[list[slice]] | None:

@@ -47,10 +47,31 @@ def test_row_blocks_of_the_ranks_cover_every_row_once_in_block_order(size):
 def test_blocks_dealt_to_ranks_sum_bit_for_bit_like_one_process():
     generator = torch.Generator().manual_seed(0)
     parts = [torch.randn(7, 7, dtype=torch.float64, generator=generator) * 10 ** (i % 5) for i in range(ROW_BLOCKS)]
-    alone = _pairwise(parts)
+    alone = _pairwise([part.clone() for part in parts])  # (it adds into its parts)
+    assert torch.equal(alone, _levels(parts))
     for size in (2, 4, 8):
-        per_rank = [_pairwise(parts[ROW_BLOCKS * r // size:ROW_BLOCKS * (r + 1) // size]) for r in range(size)]
+        per_rank = [_pairwise([p.clone() for p in parts[ROW_BLOCKS * r // size:ROW_BLOCKS * (r + 1) // size]])
+                    for r in range(size)]
         assert torch.equal(_pairwise(per_rank), alone)
+
+
+def _levels(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The pairwise sum level by level, each level's leftover carried up (what _pairwise streams)."""
+    while len(parts) > 1:
+        parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 6, 7, 11, 13, 16, 23, 32, 37])
+def test_the_streamed_pairwise_sum_is_the_level_by_level_one_bit_for_bit(count):
+    generator = torch.Generator().manual_seed(count)
+    parts = [torch.randn(50, dtype=torch.float64, generator=generator) * 10.0 ** torch.randint(-8, 8, (50,),
+             generator=generator) for _ in range(count)]
+    reference = _levels(parts)
+    streamed = _pairwise(iter([part.clone() for part in parts]))
+    assert torch.equal(streamed, reference)
+    if count > 3:  # the order matters: a plain left-to-right sum differs in its last bits
+        assert not torch.equal(sum(parts[1:], parts[0].clone()), reference)
 
 
 def test_auto_split_takes_the_queries_only_for_mnist_coordinate_optimizers():

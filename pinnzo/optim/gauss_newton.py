@@ -320,9 +320,13 @@ def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Ten
     run whose points are split over processes (each holding its rows) gets the same numbers."""
     k = J.shape[1]
 
-    def partial(rows):
+    def partial(rows):  # written into one new vector, without a copy of the (k, k) block
         block, residual = J[rows], r[rows]
-        return torch.cat([(block.T @ block).reshape(-1), block.T @ residual, (residual @ residual)[None]])
+        sums = J.new_empty(k * k + k + 1)
+        torch.mm(block.T, block, out=sums[:k * k].view(k, k))
+        torch.mv(block.T, residual, out=sums[k * k:-1])
+        sums[-1] = residual @ residual
+        return sums
 
     total = objective.sum_rows(batch, partial)
     return total[:k * k].reshape(k, k), total[k * k:-1], total[-1].item()

@@ -109,14 +109,15 @@ class Objective:
     def sum_rows(self, batch, partial: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The sum over the step's residual rows of ``partial(rows)`` (rows: local row indices),
         taken in fixed blocks added in a fixed order, so that it is bit for bit the same on any
-        power-of-two number of processes (distributed.row_blocks)."""
+        power-of-two number of processes (distributed.row_blocks). ``partial`` returns a new tensor
+        of its own: the sums are taken into it in place."""
         world = self.world if self.world.sharded else World()
         sizes = getattr(batch, "sizes", None) or (self.loss_fn.residual_count(batch),)  # one term: a plain batch
         blocks = row_blocks(sizes, world)
         if blocks is None:
             return self.reduce(partial(torch.arange(self.loss_fn.residual_count(batch))))
-        parts = [partial(torch.cat([torch.arange(s.start, s.stop) for s in block])) for block in blocks]
-        return world.tree_sum(parts)
+        parts = (partial(torch.cat([torch.arange(s.start, s.stop) for s in block])) for block in blocks)
+        return world.tree_sum(parts)  # (streamed: one block's partial sum at a time, added into the others)
 
     def loss(self, theta: torch.Tensor, batch) -> torch.Tensor:
         """L(theta), no autograd graph: one query."""
