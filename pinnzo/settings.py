@@ -102,6 +102,7 @@ class Settings(SettingsBase):
     gn_acceleration: float = 0.0  # gn, zo-gn: geodesic acceleration w kept while |w| <= this x |v| (one query a trial; 0: off)
     gn_tolerance: float = 1e-10  # gn, zo-gn: converged once the loss is below this times its first value (0: never)
     gn_columns: str = "chain"  # zo-gn's layered Jacobian columns: chain (the chain rule at the moved layer, from its units' derivatives; sin and tanh, else the differences) | differences (through the later layers)
+    gn_reuse: int = 2  # gn, zo-gn: more steps with each accepted step's Jacobian, each kept while it lowers the loss (0: none)
     history: int = 50  # L-BFGS history size
     resample_every: int = 0  # draw new points every this many steps (0: 1 for gradient methods, 100 for lbfgs, adam-lbfgs, 20 for gn, zo-gn)
     # run

@@ -158,7 +158,7 @@ def _linear_least_squares(curvature: torch.Tensor | None = None):
 @pytest.mark.parametrize("name", ["gn", "zo-gn"])
 def test_gauss_newton_solves_linear_least_squares_in_one_undamped_step(name):
     objective, solution = _linear_least_squares()
-    optimizer = make_optimizer(name, damping=1e-15)
+    optimizer = make_optimizer(name, damping=1e-15, gn_reuse=0)  # (reused steps: the test below)
     theta = objective.flatten()
     theta, state, info = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
     torch.testing.assert_close(theta, solution, rtol=0, atol=1e-7 if name == "zo-gn" else 1e-12)
@@ -177,10 +177,40 @@ def test_a_damped_step_solves_the_levenberg_or_marquardt_system(matrix):
     J, A = columns.T, columns @ columns.T
     D = A.diagonal().mean() * torch.eye(5, dtype=torch.float64) if matrix == "identity" else torch.diag(A.diagonal())
     expected = torch.linalg.solve(A + 0.5 * D, -J.T @ r0)
-    optimizer = make_optimizer("gn", damping=0.5, damping_matrix=matrix)
+    optimizer = make_optimizer("gn", damping=0.5, damping_matrix=matrix, gn_reuse=0)
     moved, state, _ = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
     assert state.accepted == 1
     torch.testing.assert_close(moved, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reuse", [1, 3])
+def test_reused_jacobian_steps_are_iterative_refinement_of_the_damped_system(reuse):
+    """On a linear least-squares problem each reused step a' = -(A + lambda D)^-1 J^T r(theta') with
+    the first step's J and damping refines theta towards the least-squares solution by the closed
+    form theta <- theta - M^-1 J^T (J theta - b); one residual query each."""
+    objective, solution = _linear_least_squares()
+    theta = objective.flatten()
+    r0 = objective.residuals(theta[None], None)[0]
+    J = torch.stack([objective.residuals((theta + e)[None], None)[0] - r0 for e in torch.eye(5, dtype=torch.float64)]).T
+    A = J.T @ J
+    M = A + 0.5 * A.diagonal().mean() * torch.eye(5, dtype=torch.float64)
+    expected = theta.clone()
+    for _ in range(1 + reuse):
+        expected = expected - torch.linalg.solve(M, J.T @ (J @ expected + r0 - J @ theta))
+    optimizer = make_optimizer("gn", damping=0.5, gn_reuse=reuse)
+    before = objective.queries
+    moved, state, info = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
+    torch.testing.assert_close(moved, expected, rtol=1e-10, atol=1e-12)
+    assert objective.queries - before == 1 + 1 + reuse  # the Jacobian, the trial, the reused steps
+    plain = make_optimizer("gn", damping=0.5, gn_reuse=0).update(0, theta, optimizer.init(theta), objective, None,
+                                                     torch.Generator())[0]
+    assert (moved - solution).norm() < 0.9 * (plain - solution).norm()  # closer to the solution
+    # at the solution a reused step changes nothing and is not kept: one query, then it stops
+    optimizer = make_optimizer("gn", damping=1e-15, gn_reuse=3)
+    before = objective.queries
+    exact, _, _ = optimizer.update(0, theta, optimizer.init(theta), objective, None, torch.Generator())
+    assert objective.queries - before == 1 + 1 + 1
+    torch.testing.assert_close(exact, solution, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("size, accelerated", [(0.05, True), (5.0, False)])
@@ -198,8 +228,8 @@ def test_geodesic_acceleration_bends_the_step_by_the_second_directional_derivati
     v = torch.linalg.solve(M, -J.T @ r0)
     w = torch.linalg.solve(M, -J.T @ (2 * (v @ v) * c))
     assert bool(w.norm() <= 0.75 * v.norm()) is accelerated
-    plain = make_optimizer("gn", damping=0.5)  # gn_acceleration = 0: off by default
-    bent = make_optimizer("gn", damping=0.5, gn_acceleration=0.75)
+    plain = make_optimizer("gn", damping=0.5, gn_reuse=0)  # gn_acceleration = 0: off by default
+    bent = make_optimizer("gn", damping=0.5, gn_acceleration=0.75, gn_reuse=0)
     unbent, _, _ = plain.update(0, theta, plain.init(theta), objective, None, torch.Generator())
     moved, state, _ = bent.update(0, theta, bent.init(theta), objective, None, torch.Generator())
     torch.testing.assert_close(unbent, theta + v, rtol=1e-10, atol=1e-12)

@@ -161,6 +161,7 @@ class GaussNewton:
     rounding_gain: float = 1.0  # the derivative backend's amplification of rounding (sizes mu)
     floor: float = MIN_DAMPING  # lambda never falls below this
     linear: bool = True  # layered columns by the chain rule from the units' derivatives (LayeredForward.sensitivities)
+    reuse: int = 2  # more steps with an accepted step's Jacobian, each while it lowers the loss (_reused)
 
     def schedule(self, step: int) -> float:
         return 1.0  # a (damped) Newton step: no learning rate
@@ -187,16 +188,18 @@ class GaussNewton:
         first = loss if math.isnan(state.first_loss) else state.first_loss
         for _ in range(self.max_tries):
             M = A + damping * torch.diag(scale)
-            a = _solve(M, -g)
+            solve = _solver(M)
+            a = solve(-g)
             if self.acceleration:
-                a = self._accelerated(objective, batch, theta, jacobian, J, r0, M, a)
+                a = self._accelerated(objective, batch, theta, jacobian, J, r0, solve, a)
             candidate = theta + self._move(jacobian, a)
             r1 = objective.residuals(candidate[None], batch)[0].double()
-            new_loss = objective.sum_rows(batch, lambda rows: r1[rows] @ r1[rows]).item()
+            new_loss = _squared_norm(objective, batch, r1)
             predicted = -(2 * (a @ g) + a @ (A @ a)).item()
             gain = (loss - new_loss) / predicted if predicted > 0 else -1.0
             if math.isfinite(new_loss) and gain > 0:
                 damping, growth = self._accepted(damping, gain), 2.0
+                candidate, new_loss = self._reused(objective, batch, jacobian, J, solve, candidate, r1, new_loss)
                 return candidate, GNState(damping, growth, state.accepted + 1, rejected, first,
                                           state.since_stall + 1, state.stall_loss), \
                     self._accepted_info(loss, new_loss, first)
@@ -222,22 +225,41 @@ class GaussNewton:
                            f"these points: fresh points, damping {self.damping:g}")
         return GNState(self.damping, 2.0, state.accepted, rejected, first, 0, loss), info
 
+    def _reused(self, objective, batch, jacobian, J, solve, theta, residual, loss):
+        """Up to ``reuse`` more steps from an accepted one with the same Jacobian and factorisation
+        (the modified Levenberg-Marquardt step of J. Fan, Math. Comp. 81 (2012) 447-466):
+
+            a' = -(J^T J + lambda D)^-1 J^T rho(theta'),   theta' <- theta' + a',
+
+        one residual query each, no new Jacobian (a Shamanskii or chord iteration; its cost is
+        J^T rho and two triangular solves). Each is kept only if it lowers the loss again; the first
+        that does not ends them. Returns the last kept theta and its loss."""
+        for _ in range(self.reuse):
+            pull = objective.sum_rows(batch, lambda rows: J[rows].T @ residual[rows])
+            trial = theta + self._move(jacobian, solve(-pull))
+            moved = objective.residuals(trial[None], batch)[0].double()
+            trial_loss = _squared_norm(objective, batch, moved)
+            if not trial_loss < loss:  # (NaN included)
+                break
+            theta, residual, loss = trial, moved, trial_loss
+        return theta, loss
+
     def _move(self, jacobian: Jacobian, a: torch.Tensor) -> torch.Tensor:
         """The change of theta (d,) for the subspace coefficients a (k,)."""
         move = a if jacobian.directions is None else a @ jacobian.directions.double()
         return move.to(jacobian.residual.dtype)
 
-    def _accelerated(self, objective, batch, theta, jacobian, J, r0, M, velocity):
+    def _accelerated(self, objective, batch, theta, jacobian, J, r0, solve, velocity):
         """The step with geodesic acceleration (Transtrum and Sethna, 2012): the second directional
         derivative of rho along the velocity v, rho_vv ~ (2/h) ((rho(theta + h v) - rho) / h - J v)
         with h = 0.1 (one query), gives the acceleration w = -M^-1 J^T rho_vv and the step v + w / 2,
-        which follows the curved valley of the residuals instead of its tangent. Kept when
+        which follows the curved valley of the residuals instead of its tangent (``solve``: M^-1). Kept when
         |w| <= acceleration x |v| (else the plain step v)."""
         h = 0.1
         moved = objective.residuals((theta + self._move(jacobian, h * velocity))[None], batch)[0].double()
         curvature = 2 / h * ((moved - r0) / h - J @ velocity)
         pull = objective.sum_rows(batch, lambda rows: J[rows].T @ curvature[rows])
-        acceleration = _solve(M, -pull)
+        acceleration = solve(-pull)
         if not bool(torch.isfinite(acceleration).all()) or acceleration.norm() > self.acceleration * velocity.norm():
             return velocity
         return velocity + acceleration / 2
@@ -343,9 +365,15 @@ def _damping_scale(A: torch.Tensor, matrix: str) -> torch.Tensor:
     return diagonal.clamp_min(floor)
 
 
-def _solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """M a = b for a symmetric positive (semi)definite M: Cholesky, else least squares."""
+def _solver(M: torch.Tensor):
+    """b -> M^-1 b for a symmetric positive (semi)definite M (k, k), factorised once: Cholesky,
+    else least squares."""
     factor, info = torch.linalg.cholesky_ex(M)
     if info.item() == 0:
-        return torch.cholesky_solve(b[:, None], factor)[:, 0]
-    return torch.linalg.lstsq(M, b[:, None]).solution[:, 0]
+        return lambda b: torch.cholesky_solve(b[:, None], factor)[:, 0]
+    return lambda b: torch.linalg.lstsq(M, b[:, None]).solution[:, 0]
+
+
+def _squared_norm(objective: Objective, batch, residual: torch.Tensor) -> float:
+    """|rho|^2 of a residual vector (the loss), summed over its rows like J^T J."""
+    return objective.sum_rows(batch, lambda rows: residual[rows] @ residual[rows]).item()

@@ -180,19 +180,22 @@ def adam_lbfgs(lr: float = 1e-3, lr_decay: float = 1.0, decay_every: int = 1000,
 
 
 def gn(damping: float = 1e-3, damping_rule: str = "nielsen", damping_matrix: str = "identity",
-       gn_acceleration: float = 0.0, gn_tolerance: float = 1e-10, memory_mb: int = 1024) -> GaussNewton:
-    """Levenberg-Marquardt with the Jacobian of the residual vector by autograd (first order)."""
+       gn_acceleration: float = 0.0, gn_tolerance: float = 1e-10, memory_mb: int = 1024,
+       gn_reuse: int = 2) -> GaussNewton:
+    """Levenberg-Marquardt with the Jacobian of the residual vector by autograd (first order);
+    ``gn_reuse``: more steps with each Jacobian (GaussNewton._reused)."""
     return GaussNewton("gn", damping=damping, rule=damping_rule, matrix=damping_matrix, tolerance=gn_tolerance,
-                       acceleration=gn_acceleration, memory_mb=memory_mb)
+                       acceleration=gn_acceleration, memory_mb=memory_mb, reuse=gn_reuse)
 
 
 def zo_gn(gn_subspace: str = "auto", gn_directions: int = 200, gn_mu: float = 0.0, difference: str = "forward",
           damping: float = 1e-3, damping_rule: str = "nielsen", damping_matrix: str = "identity",
           gn_acceleration: float = 0.0, gn_tolerance: float = 1e-10, memory_mb: int = 1024,
-          rounding_gain: float = 1.0, gn_columns: str = "chain") -> GaussNewton:
+          rounding_gain: float = 1.0, gn_columns: str = "chain", gn_reuse: int = 2) -> GaussNewton:
     """Levenberg-Marquardt with the Jacobian by forward differences of residual queries: no
     back-propagation anywhere. ``rounding_gain``: the derivative backend's (sizes the step gn_mu);
-    ``gn_columns``: the layered columns by the chain rule at the moved layer, or by differences."""
+    ``gn_columns``: the layered columns by the chain rule at the moved layer, or by differences;
+    ``gn_reuse``: more steps with each Jacobian (GaussNewton._reused)."""
     return GaussNewton("zo-gn", gn_subspace, gn_directions, gn_mu, difference, damping, damping_rule,
                        damping_matrix, gn_tolerance, acceleration=gn_acceleration, memory_mb=memory_mb,
-                       rounding_gain=rounding_gain, linear=gn_columns == "chain")
+                       rounding_gain=rounding_gain, linear=gn_columns == "chain", reuse=gn_reuse)
