@@ -253,8 +253,8 @@ class GaussNewton:
         """The step with geodesic acceleration (Transtrum and Sethna, 2012): the second directional
         derivative of rho along the velocity v, rho_vv ~ (2/h) ((rho(theta + h v) - rho) / h - J v)
         with h = 0.1 (one query), gives the acceleration w = -M^-1 J^T rho_vv and the step v + w / 2,
-        which follows the curved valley of the residuals instead of its tangent (``solve``: M^-1). Kept when
-        |w| <= acceleration x |v| (else the plain step v)."""
+        which follows the curved valley of the residuals instead of its tangent (``solve``: b -> M^-1 b).
+        Kept when |w| <= acceleration x |v| (else the plain step v)."""
         h = 0.1
         moved = objective.residuals((theta + self._move(jacobian, h * velocity))[None], batch)[0].double()
         curvature = 2 / h * ((moved - r0) / h - J @ velocity)

@@ -189,13 +189,12 @@ class Objective:
             N = self.network(theta)(X)
         criterion = lambda values, *unknowns: self.loss_fn.residual_criterion(values, batch, *unknowns)
         push = lambda column: torch.func.jvp(lambda values: criterion(values, *raw), (N,), (column,))[1]
-        blocks = []
+        per_push, blocks = max(1, _JACOBIAN_VALUES // len(N)), []
         with torch.enable_grad():
             for start in range(0, d - k, columns or d):
                 block = slice(start, min(d - k, start + (columns or d)))
                 dN = torch.cat([vmap(torch.func.jacrev(network), in_dims=(None, 0))(theta, part)[:, block]
                                 for part in torch.split(X, rows)])  # (R, block)
-                per_push = max(1, _JACOBIAN_VALUES // len(N))
                 blocks += [vmap(push)(part) for part in torch.split(dN.T, per_push)]  # (block, n) each
                 del dN
             matrix = torch.cat(blocks).T  # (n, d - k)
