@@ -163,6 +163,7 @@ class MnistSettings(SettingsBase):
     damping_rule: str = "nielsen"  # zo-gn: nielsen | marquardt
     damping_matrix: str = "identity"  # zo-gn: identity (Levenberg) | diagonal (Marquardt)
     cg_iterations: int = 100  # zo-gn: conjugate-gradient products per step's solve
+    gn_reuse: int = 0  # zo-gn: more steps with each accepted step's Jacobian and curvature, each kept while it lowers the loss (0: none)
     damping_floor: float = 1e-15  # zo-gn: lambda never falls below this
     epochs: int = 5
     batch: int = 64
