@@ -73,6 +73,12 @@ METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dens
                               "1,000 + 1,000 points (doubled when overfitted)",
                               {**METHODS["zo-gn"].changes, "optimizer": "gn"}, True))
 
+# The same recipes with sin activations (the network's only change): better where the solution is a smooth
+# product or sum of waves and exponentials, worse on steep layers and corners (README, "Accuracy").
+METHODS.register("zo-gn-sin", Method("zo-gn with sin activations", {**METHODS["zo-gn"].changes, "activation": "sin"},
+                                     False))
+METHODS.register("gn-sin", Method("gn with sin activations", {**METHODS["gn"].changes, "activation": "sin"}, True))
+
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs
 # 10 queries, one per step on average); zo-gn's at its own resamples (every 20 steps).
