@@ -195,3 +195,12 @@ def test_a_cell_that_diverges_is_recorded_as_diverged_not_refused(tmp_path, monk
     lines.clear()
     run_accuracy([POISSON], ["sgd-huge"], BUDGET, out, lines.append)
     assert lines[0] == f"poisson2d / sgd-huge: diverged: {cells[0]['message']}", lines
+
+
+def test_the_sin_recipes_change_only_the_activation_of_their_base():
+    # the README compares zo-gn-sin with zo-gn (and gn-sin with gn) as "the network's only change"
+    for name, base in (("zo-gn-sin", "zo-gn"), ("gn-sin", "gn")):
+        changes, reference = dict(METHODS[name].changes), dict(METHODS[base].changes)
+        assert changes.pop("activation") == "sin" and reference.pop("activation") == "tanh"
+        assert changes == reference
+        assert METHODS[name].back_propagation == METHODS[base].back_propagation
