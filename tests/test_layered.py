@@ -151,17 +151,21 @@ NONLINEAR = {
 AFFINE, NONLINEAR_ANSATZ = "x1 * (1 - x1) * N + 1", "x1 * N + N**3 / 10"
 
 
-@pytest.mark.parametrize("backend, network, depth, activation, ansatz", [
-    ("fd", "mlp", 3, "tanh", None), ("fd", "tt", 2, "sin", AFFINE),
-    ("stein", "mlp", 3, "tanh", NONLINEAR_ANSATZ), ("stein", "tt", 2, "sin", None),
-    ("sparse-grid", "mlp", 3, "tanh", AFFINE), ("sparse-grid", "tt", 2, "sin", NONLINEAR_ANSATZ),
+WIDE = {"space": {"name": "x", "dim": 2, "domain": [[0, 1], [-5, 2]]}}  # the network scales x2 by 1/5
+
+
+@pytest.mark.parametrize("backend, network, depth, activation, ansatz, variables", [
+    ("fd", "mlp", 3, "tanh", None, None), ("fd", "tt", 2, "sin", AFFINE, None),
+    ("stein", "mlp", 3, "tanh", NONLINEAR_ANSATZ, None), ("stein", "tt", 2, "sin", None, None),
+    ("sparse-grid", "mlp", 3, "tanh", AFFINE, None), ("sparse-grid", "tt", 2, "sin", NONLINEAR_ANSATZ, None),
+    ("fd", "mlp", 2, "tanh", None, WIDE), ("sparse-grid", "tt", 2, "sin", None, WIDE),
 ])
 def test_layered_columns_of_a_nonlinear_residual_equal_black_box_queries(backend, network, depth, activation,
-                                                                         ansatz):
+                                                                         ansatz, variables):
     """gradsq, products of atoms, u^3, a boundary term; no ansatz, an affine one, a nonlinear one;
     three hidden layers (changes through two later hidden layers) or the TT-MLP; every backend with
-    each network and each kind of ansatz."""
-    document = {**NONLINEAR, **({"ansatz": ansatz} if ansatz else {})}
+    each network and each kind of ansatz; a domain whose inputs the network scales."""
+    document = {**NONLINEAR, **({"ansatz": ansatz} if ansatz else {}), **({"variables": variables} if variables else {})}
     problem = load_problem(document)
     settings = resolve_settings(problem, {"dtype": "float64", "network": network, "width": 6, "depth": depth,
                                           "activation": activation, "backend": backend, "samples": 8,
@@ -171,7 +175,7 @@ def test_layered_columns_of_a_nonlinear_residual_equal_black_box_queries(backend
     batch = sample_batch(problem, 5, 3, torch.Generator().manual_seed(0), torch.float64)
     theta = objective.flatten() + 0.2 * torch.randn(objective.dim, dtype=torch.float64,
                                                      generator=torch.Generator().manual_seed(1))
-    assert objective.layered
+    assert objective.layered and (components.model.input_scale is not None) == (variables is not None)
     # Stein: to 1e-12. fd: to the black-box queries' own rounding, which its second differences
     # amplify by 4 / h^2 (h = 1e-2), about 2e-16 x 4e4 per atom
     floor = 1e-12 if backend != "fd" else 100 * 2.2e-16 * 4 / 1e-2**2
@@ -201,17 +205,20 @@ def _flat_jacobian(model, params: dict, x: torch.Tensor) -> torch.Tensor:
     return jacrev(outputs)(torch.cat([value.flatten() for value in params.values()])).movedim(-1, 0)
 
 
-@pytest.mark.parametrize("network, activation, outputs", [
-    ("mlp", "tanh", 1), ("tt", "sin", 1), ("mlp", "sin", 3), ("tt", "tanh", 3),
+@pytest.mark.parametrize("network, activation, outputs, scale", [
+    ("mlp", "tanh", 1, None), ("tt", "sin", 1, None), ("mlp", "sin", 3, None), ("tt", "tanh", 3, None),
+    ("mlp", "tanh", 1, [0.5, 1.0, 0.01]), ("tt", "sin", 3, [0.1, 0.2, 1.0]),
 ])
-def test_linear_changes_are_mu_times_the_autograd_jacobian(network, activation, outputs):
+def test_linear_changes_are_mu_times_the_autograd_jacobian(network, activation, outputs, scale):
     """``linear``: mu times sum_u dF/dz_u dz_u/dtheta_e at the moved layer, with dF/dz_u from one tiny
     move of each unit (the series' first order: the derivative to rounding), equals mu dF/dtheta_e by
-    autograd; every tensor of a dense and a TT-MLP, one and several outputs, blocks of rows."""
+    autograd; every tensor of a dense and a TT-MLP, one and several outputs, blocks of rows, inputs
+    scaled by the network or not."""
     from pinnzo.nets.mlp import build_mlp
     from pinnzo.optim.coordinates import LayeredForward
 
-    model = build_mlp([3, 8, 8, outputs], network, activation, 2, dtype=torch.float64, seed=2, squeeze=outputs == 1)
+    model = build_mlp([3, 8, 8, outputs], network, activation, 2, dtype=torch.float64, seed=2, squeeze=outputs == 1,
+                      input_scale=scale)
     generator = torch.Generator().manual_seed(3)
     params = {name: value.detach() + 0.3 * torch.randn(value.shape, dtype=torch.float64, generator=generator)
               for name, value in model.named_parameters()}

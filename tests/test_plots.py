@@ -74,8 +74,10 @@ def _independent_error(run_dir: Path, X: np.ndarray) -> np.ndarray:
     settings = Settings().replace(config["settings"])
     problem = load_problem(config["problem"])
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
+    scale = [1 / max(1.0, abs(low), abs(high)) for low, high in zip(problem.lows, problem.highs)]
     net = build_mlp([problem.dim] + [settings.width] * settings.depth + [1], settings.network,
-                    settings.activation, settings.rank, dtype=dtype)
+                    settings.activation, settings.rank, dtype=dtype,
+                    input_scale=None if scale == [1.0] * problem.dim else scale)
     net.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     backend = make_backend(settings, problem.dim)
     points = torch.tensor(X, dtype=dtype)
