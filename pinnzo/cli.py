@@ -174,6 +174,9 @@ def resolve_settings(problem, preset: Optional[str], assignments: list[str], fla
     settings = resolve(problem, {**named, **explicit, **given}, "--")
     _refuse_unused(settings.optimizer, {**{key: "--set " + key for key in explicit},
                                         **{key: "--" + key for key in given}})
+    if "gn_tolerance" in explicit and settings.time_budget:
+        raise PinnzoError("--set gn_tolerance: the convergence test applies to runs without a time_budget (a "
+                          "budgeted run trains to its budget or its rounding floor); give one or the other")
     return settings
 
 

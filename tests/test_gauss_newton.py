@@ -261,6 +261,20 @@ def test_a_solved_zero_residual_problem_has_converged_relative_to_its_first_loss
         assert any("converged" in event for event in info.events) is converged
 
 
+def test_the_convergence_test_ends_only_runs_without_a_time_budget(tmp_path):
+    """gn_tolerance stops a run given steps once its loss is below the tolerance times the first; a
+    run given a time budget trains on past it (to its budget, its steps or its rounding floor), and
+    its loss ends lower."""
+    settings = dict(optimizer="zo-gn", backend="fd", steps=40, gn_tolerance=1e-6)
+    ended = solve(LINE, **settings, out=tmp_path / "steps")
+    budgeted = solve(LINE, **settings, time_budget=3600.0, out=tmp_path / "budget")
+    assert ended.summary["stopped_by"] == "converged" and ended.summary["steps"] < 40
+    assert "below 1e-06 times its first value" in ended.summary["events"][-1]["event"]
+    assert budgeted.summary["steps"] > ended.summary["steps"]
+    assert not any("times its first value" in event["event"] for event in budgeted.summary["events"])
+    assert budgeted.summary["final_loss"] < ended.summary["final_loss"]
+
+
 def test_a_singular_system_is_damped_not_an_error():
     """A residual that ignores two of the parameters: J^T J is singular; the damping handles it."""
     objective, _ = _linear_least_squares()
@@ -433,6 +447,8 @@ def test_refresh_draws_fresh_points_at_the_next_step():
     (["--optimizer", "adam", "--set", "gn_subspace=coordinates"], "--set gn_subspace: adam does not use this"),
     (["--optimizer", "zo-gn", "--set", "gn_subspace=sideways"], "must be one of auto, coordinates, gaussian"),
     (["--optimizer", "gn", "--set", "damping=0"], "--set damping: expected a positive finite number"),
+    (["--optimizer", "zo-gn", "--set", "gn_tolerance=1e-6", "--set", "time_budget=60"],
+     "--set gn_tolerance: the convergence test applies to runs without a time_budget"),
 ])
 def test_impossible_combinations_are_refused_with_one_line(tmp_path, args, needle):
     result = run_cli(["solve", str(REPO / "problems" / "poisson2d.yaml"), *args, "--out", str(tmp_path / "r")])
