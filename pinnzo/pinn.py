@@ -148,7 +148,7 @@ def build(problem: Problem, settings: Settings) -> Components:
     check_memory(problem, settings, per_point)
     model = build_mlp(sizes, settings.network, settings.activation, settings.rank,
                       shapes=tt_shapes(settings, sizes), dtype=dtype, seed=settings.seed,
-                      input_scale=input_scale(problem))
+                      input_map=input_map(problem))
     if problem.unknowns:  # an inverse problem: the unknowns are trained with the network
         model = WithUnknowns(model, problem.unknowns)
     model = model.to(device)
@@ -158,13 +158,19 @@ def build(problem: Problem, settings: Settings) -> Components:
     return Components(problem, settings, model, loss, Objective(model, loss, plan.queries_per_chunk), dtype, device)
 
 
-def input_scale(problem: Problem) -> list[float] | None:
-    """The network's factor per input, 1 / max(1, |low|, |high|) of its interval (the domain's bounding
-    box, then time), so that every input lies in [-1, 1]: a domain in physical units (a price up to
-    300, a time up to 10) would otherwise saturate the first layer's tanh or sin units. None when
-    every interval lies in [-1, 1] already (no factor: the network of a unit domain is unchanged)."""
-    scale = [1 / max(1.0, abs(low), abs(high)) for low, high in zip(problem.lows, problem.highs)]
-    return None if all(factor == 1 for factor in scale) else scale
+def input_map(problem: Problem) -> tuple[list[float], list[float]] | None:
+    """The network's shift c and factor s per input, (x - c) s, from its interval [a, b] (the domain's
+    bounding box, then time): the least change that puts the interval inside [-1, 1]. The factor is
+    1 / max(1, (b - a) / 2), then the shift the smallest |c| with a - c >= -1 / s and b - c <= 1 / s.
+    A domain in physical units (a price up to 300, a time up to 10, x in [100, 101]) would otherwise
+    saturate the first layer's tanh or sin units, or reach them as a narrow band. None when every
+    interval lies in [-1, 1] already (the network of a unit domain is unchanged)."""
+    shifts, scales = [], []
+    for low, high in zip(problem.lows, problem.highs):
+        reach = max(1.0, (high - low) / 2)
+        shifts.append(min(max(0.0, high - reach), low + reach))
+        scales.append(1 / reach)
+    return None if all(c == 0 for c in shifts) and all(s == 1 for s in scales) else (shifts, scales)
 
 
 def tt_shapes(settings: Settings, sizes: list[int]) -> list | None:

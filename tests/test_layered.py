@@ -151,7 +151,7 @@ NONLINEAR = {
 AFFINE, NONLINEAR_ANSATZ = "x1 * (1 - x1) * N + 1", "x1 * N + N**3 / 10"
 
 
-WIDE = {"space": {"name": "x", "dim": 2, "domain": [[0, 1], [-5, 2]]}}  # the network scales x2 by 1/5
+WIDE = {"space": {"name": "x", "dim": 2, "domain": [[0, 1], [-5, 2]]}}  # the network maps x2 to (x2 + 1.5) / 3.5
 
 
 @pytest.mark.parametrize("backend, network, depth, activation, ansatz, variables", [
@@ -164,7 +164,7 @@ def test_layered_columns_of_a_nonlinear_residual_equal_black_box_queries(backend
                                                                          ansatz, variables):
     """gradsq, products of atoms, u^3, a boundary term; no ansatz, an affine one, a nonlinear one;
     three hidden layers (changes through two later hidden layers) or the TT-MLP; every backend with
-    each network and each kind of ansatz; a domain whose inputs the network scales."""
+    each network and each kind of ansatz; a domain whose inputs the network maps."""
     document = {**NONLINEAR, **({"ansatz": ansatz} if ansatz else {}), **({"variables": variables} if variables else {})}
     problem = load_problem(document)
     settings = resolve_settings(problem, {"dtype": "float64", "network": network, "width": 6, "depth": depth,
@@ -205,20 +205,20 @@ def _flat_jacobian(model, params: dict, x: torch.Tensor) -> torch.Tensor:
     return jacrev(outputs)(torch.cat([value.flatten() for value in params.values()])).movedim(-1, 0)
 
 
-@pytest.mark.parametrize("network, activation, outputs, scale", [
+@pytest.mark.parametrize("network, activation, outputs, input_map", [
     ("mlp", "tanh", 1, None), ("tt", "sin", 1, None), ("mlp", "sin", 3, None), ("tt", "tanh", 3, None),
-    ("mlp", "tanh", 1, [0.5, 1.0, 0.01]), ("tt", "sin", 3, [0.1, 0.2, 1.0]),
+    ("mlp", "tanh", 1, ([1.0, 0.0, -3.0], [0.5, 1.0, 0.01])), ("tt", "sin", 3, ([0.5, 2.0, 0.0], [0.1, 0.2, 1.0])),
 ])
-def test_linear_changes_are_mu_times_the_autograd_jacobian(network, activation, outputs, scale):
+def test_linear_changes_are_mu_times_the_autograd_jacobian(network, activation, outputs, input_map):
     """``linear``: mu times sum_u dF/dz_u dz_u/dtheta_e at the moved layer, with dF/dz_u from one tiny
     move of each unit (the series' first order: the derivative to rounding), equals mu dF/dtheta_e by
     autograd; every tensor of a dense and a TT-MLP, one and several outputs, blocks of rows, inputs
-    scaled by the network or not."""
+    mapped by the network or not."""
     from pinnzo.nets.mlp import build_mlp
     from pinnzo.optim.coordinates import LayeredForward
 
     model = build_mlp([3, 8, 8, outputs], network, activation, 2, dtype=torch.float64, seed=2, squeeze=outputs == 1,
-                      input_scale=scale)
+                      input_map=input_map)
     generator = torch.Generator().manual_seed(3)
     params = {name: value.detach() + 0.3 * torch.randn(value.shape, dtype=torch.float64, generator=generator)
               for name, value in model.named_parameters()}

@@ -74,10 +74,12 @@ def _independent_error(run_dir: Path, X: np.ndarray) -> np.ndarray:
     settings = Settings().replace(config["settings"])
     problem = load_problem(config["problem"])
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
-    scale = [1 / max(1.0, abs(low), abs(high)) for low, high in zip(problem.lows, problem.highs)]
+    reach = [max(1.0, (high - low) / 2) for low, high in zip(problem.lows, problem.highs)]
+    shift = [min(max(0.0, high - r), low + r) for low, high, r in zip(problem.lows, problem.highs, reach)]
+    mapped = shift != [0.0] * problem.dim or reach != [1.0] * problem.dim
     net = build_mlp([problem.dim] + [settings.width] * settings.depth + [1], settings.network,
                     settings.activation, settings.rank, dtype=dtype,
-                    input_scale=None if scale == [1.0] * problem.dim else scale)
+                    input_map=(shift, [1 / r for r in reach]) if mapped else None)
     net.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     backend = make_backend(settings, problem.dim)
     points = torch.tensor(X, dtype=dtype)

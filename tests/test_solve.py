@@ -376,21 +376,24 @@ WIDE_LINE = {
 }
 
 
-def test_the_network_scales_each_input_into_the_unit_interval():
-    """1 / max(1, |low|, |high|) per input: [0, 50] -> [0, 1], [-5, 2] -> [-1, 0.4], time [0, 10]
-    -> [0, 1]; a domain inside [-1, 1] keeps its inputs as they are (no factor at all)."""
-    from pinnzo.pinn import input_scale
+def test_the_network_maps_each_input_into_the_unit_interval_with_the_least_change():
+    """(x - c) s per input: s = 1 / max(1, half the interval), then the least shift c that fits it in
+    [-1, 1]: [0, 50] -> [-1, 1], [100, 101] -> [0, 1], time [0, 10] -> [-1, 1]; an interval inside
+    [-1, 1] keeps its input as it is, and a domain of such intervals gets no map at all."""
+    from pinnzo.pinn import input_map
 
-    variables = {"space": {"name": "x", "dim": 2, "domain": [[0, 50], [-5, 2]]}, "time": {"name": "t", "domain": [0, 10]}}
-    wide = load_problem({"name": "wide", "variables": variables, "equation": "d(u, t) - lap(u)", "exact": "x1 + x2"})
-    assert input_scale(wide) == [1 / 50, 1 / 5, 1 / 10]
-    assert input_scale(load_problem(PROBLEMS / "poisson2d.yaml")) is None
-    assert input_scale(load_problem(PROBLEMS / "heat10-decay.yaml")) is None  # [-1, 1]^10 x [0, 1]
+    variables = {"space": {"name": "x", "dim": 3, "domain": [[0, 50], [100, 101], [-0.5, 1]]},
+                 "time": {"name": "t", "domain": [0, 10]}}
+    wide = load_problem({"name": "wide", "variables": variables, "equation": "d(u, t) - lap(u)", "exact": "x1"})
+    assert input_map(wide) == ([25.0, 100.0, 0.0, 5.0], [1 / 25, 1.0, 1.0, 1 / 5])
+    assert input_map(load_problem(PROBLEMS / "poisson2d.yaml")) is None
+    assert input_map(load_problem(PROBLEMS / "heat10-decay.yaml")) is None  # [-1, 1]^10 x [0, 1]
     model = build(wide, _settings_for(wide)).model
-    X = torch.tensor([[50.0, -5.0, 10.0], [0.0, 2.0, 0.0]], dtype=model.input_scale.dtype)
-    torch.testing.assert_close(model.scaled(X), torch.tensor([[1.0, -1.0, 1.0], [0.0, 0.4, 0.0]], dtype=X.dtype))
-    unscaled = type(model)(model.layers, "tanh")  # the same layers without the factor
-    assert torch.equal(model(X), unscaled(model.scaled(X)))
+    X = torch.tensor([[50.0, 100.0, -0.5, 10.0], [0.0, 101.0, 1.0, 0.0]], dtype=model.input_scale.dtype)
+    expected = torch.tensor([[1.0, 0.0, -0.5, 1.0], [-1.0, 1.0, 1.0, -1.0]], dtype=X.dtype)
+    torch.testing.assert_close(model.normalised(X), expected)
+    plain = type(model)(model.layers, "tanh")  # the same layers without the map
+    assert torch.equal(model(X), plain(model.normalised(X)))
 
 
 def _settings_for(problem):
@@ -400,8 +403,8 @@ def _settings_for(problem):
 
 
 def test_a_domain_in_physical_units_trains_like_a_unit_one(tmp_path):
-    """u = sin(pi x / 50) on [0, 50]: with its input scaled to [0, 1] the network starts as on a unit
-    domain, and 200 Gauss-Newton steps reach 1e-2 (without the factor, tanh units saturate at
-    x ~ 50 and the run ended at 0.98)."""
+    """u = sin(pi x / 50) on [0, 50]: with its input mapped to [-1, 1] the network starts as on a unit
+    domain, and 200 Gauss-Newton steps reach 1e-2 (without the map, tanh units saturate at x ~ 50
+    and the run ended at 0.98)."""
     run = solve(WIDE_LINE, optimizer="zo-gn", backend="fd", steps=200, out=tmp_path / "run")
     assert run.summary["final_rel_l2"] < 1e-2

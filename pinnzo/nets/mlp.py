@@ -47,30 +47,32 @@ def dense_layer(in_features: int, out_features: int, dtype, generator, gain: flo
 
 
 class MLP(nn.Module):
-    """x -> act(L_1 (s * x)) -> ... -> L_out h: (B, D) -> (B,) when ``squeeze`` else (B, out).
+    """x -> act(L_1 ((x - c) s)) -> ... -> L_out h: (B, D) -> (B,) when ``squeeze`` else (B, out).
 
     Each layer is dense (nn.Linear) or TT (TTLinear); the activation is applied
-    between layers, not after the last. ``input_scale`` s (D,) is a fixed factor per input
-    (None: none), so that inputs in physical units reach the first layer at the size of its
-    initialisation (a PINN's: ``pinn.input_scale``).
+    between layers, not after the last. ``input_map`` (c, s), each (D,), is a fixed shift and
+    factor per input (None: none), so that inputs in physical units reach the first layer at
+    the size of its initialisation (a PINN's: ``pinn.input_map``).
     """
 
     def __init__(self, layers: Sequence[nn.Module], activation: str = "sin", squeeze: bool = True,
-                 input_scale: torch.Tensor | None = None):
+                 input_map: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; must be one of {', '.join(ACTIVATIONS)}")
         self.layers = nn.ModuleList(layers)
         self.activation = ACTIVATIONS[activation]
         self.squeeze = squeeze
-        self.register_buffer("input_scale", input_scale)  # saved with the weights (None: not in the state dict)
+        shift, scale = input_map if input_map is not None else (None, None)
+        self.register_buffer("input_shift", shift)  # saved with the weights (None: not in the state dict)
+        self.register_buffer("input_scale", scale)
 
-    def scaled(self, x: torch.Tensor) -> torch.Tensor:
-        """The first layer's input s * x (B, D)."""
-        return x if self.input_scale is None else x * self.input_scale
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's input (x - c) s (B, D)."""
+        return x if self.input_scale is None else (x - self.input_shift) * self.input_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.scaled(x)
+        x = self.normalised(x)
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         x = self.layers[-1](x)
@@ -92,9 +94,9 @@ class MLP(nn.Module):
 def build_mlp(sizes: Sequence[int], network: str = "mlp", activation: str = "sin", rank=2,
               tt_output: bool = False, shapes: Sequence[Sequence[int]] | None = None,
               dtype=torch.float32, seed: int = 0, squeeze: bool = True,
-              input_scale: Sequence[float] | None = None) -> MLP:
-    """An MLP through ``sizes`` (e.g. [21, 512, 512, 1]), its inputs multiplied by ``input_scale``
-    (one factor per input; None: as they are).
+              input_map: tuple[Sequence[float], Sequence[float]] | None = None) -> MLP:
+    """An MLP through ``sizes`` (e.g. [21, 512, 512, 1]), its inputs x mapped to (x - c) s by
+    ``input_map`` = (c, s), a shift and a factor per input (None: as they are).
 
     ``network="tt"`` makes the hidden layers TT-matrix layers (paper: the two first
     layers of the HJB network, rank 2); the output layer is TT too when
@@ -114,5 +116,6 @@ def build_mlp(sizes: Sequence[int], network: str = "mlp", activation: str = "sin
                                    dtype=dtype, generator=generator))
         else:
             layers.append(dense_layer(n_in, n_out, dtype, generator, gain))
-    scale = None if input_scale is None else torch.tensor(input_scale, dtype=dtype)
-    return MLP(layers, activation, squeeze, scale)
+    if input_map is not None:
+        input_map = tuple(torch.tensor(values, dtype=dtype) for values in input_map)
+    return MLP(layers, activation, squeeze, input_map)

@@ -77,7 +77,7 @@ class LayeredForward:
         self.model, self.layers = model, list(model.layers)
         self.per_layer = _layer_params(model, params)
         self.inputs, self.outputs, self.increments = [], [], []
-        a = model.scaled(x)
+        a = model.normalised(x)
         for index, layer in enumerate(self.layers):
             z = functional_call(layer, self.per_layer[index][0], (a,))
             self.inputs.append(a)
