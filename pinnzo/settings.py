@@ -100,7 +100,8 @@ class Settings(SettingsBase):
     damping_rule: str = "nielsen"  # nielsen | marquardt
     damping_matrix: str = "identity"  # identity (lambda x mean diag(J^T J) x I, Levenberg) | diagonal (lambda diag(J^T J), Marquardt)
     gn_acceleration: float = 0.0  # gn, zo-gn: geodesic acceleration w kept while |w| <= this x |v| (one query a trial; 0: off)
-    gn_tolerance: float = 1e-10  # gn, zo-gn: converged once the loss is below this times its first value (0: never; only without a time_budget)
+    # gn, zo-gn: converged once the loss is below this times its first value (0: never; runs without a time_budget only)
+    gn_tolerance: float = 1e-10
     gn_columns: str = "chain"  # zo-gn's layered Jacobian columns: chain (the chain rule at the moved layer, from its units' derivatives; sin and tanh, else the differences) | differences (through the later layers)
     gn_reuse: int = 2  # gn, zo-gn: more steps with each accepted step's Jacobian, each kept while it lowers the loss (0: none)
     history: int = 50  # L-BFGS history size

@@ -18,6 +18,18 @@ def gaussian_moment(exponents) -> float:
     return float(math.prod(math.prod(range(int(a) - 1, 0, -2)) for a in exponents))
 
 
+# -u'' = pi^2 sin(pi x) on [0, 1] with a weighted boundary term: a small, fast PINN for Gauss-Newton
+LINE = {
+    "name": "poisson1d",
+    "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 1]}},
+    "equation": "d(u, x, x) = -pi**2 * sin(pi * x)",
+    "exact": "sin(pi * x)",
+    "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 3.0}},
+    "solve": {"network": "mlp", "width": 8, "activation": "tanh", "dtype": "float64", "batch": 200,
+              "condition_batch": 10, "eval_every": 5, "eval_points": 500},
+}
+
+
 def run_cli(args: list[str]):
     """Invoke the pinnzo CLI in-process with typer's CliRunner; returns the Result."""
     from typer.testing import CliRunner

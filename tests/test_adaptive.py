@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
+import helpers
 from helpers import run_cli
 from pinnzo.adaptive import PointGrowth, TermBalancer, rad_choice, rad_probabilities, relobralo_weights, softadapt_weights
 from pinnzo.loop import Interrupted
@@ -96,15 +97,9 @@ def test_rad_draws_have_the_rad_frequencies():
 
 # ---------------------------------------------------------------- runs
 
-LINE = {
-    "name": "line",
-    "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 1]}},
-    "equation": "d(u, x, x) = -pi**2 * sin(pi * x)",
-    "exact": "sin(pi * x)",
-    "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 2.0}},
-    "solve": {"network": "mlp", "width": 8, "activation": "tanh", "backend": "ad", "optimizer": "adam",
-              "lr": 0.01, "steps": 24, "batch": 16, "condition_batch": 4, "eval_every": 1, "eval_points": 50},
-}
+LINE = {**helpers.LINE, "name": "line", "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 2.0}},
+        "solve": {"network": "mlp", "width": 8, "activation": "tanh", "backend": "ad", "optimizer": "adam",
+                  "lr": 0.01, "steps": 24, "batch": 16, "condition_batch": 4, "eval_every": 1, "eval_points": 50}}
 
 
 def _rows(run_dir) -> list[dict]:

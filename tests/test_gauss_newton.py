@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import interrupted_and_straight, run_cli
+from helpers import LINE, interrupted_and_straight, run_cli
 from pinnzo.errors import PinnzoError
 from pinnzo.optim import Objective, make_optimizer
 from pinnzo.optim.gauss_newton import GaussNewton, auto_subspace, difference_jacobian
@@ -18,15 +18,6 @@ from pinnzo.problem import load_problem
 from pinnzo.residual import sample_batch
 
 REPO = Path(__file__).resolve().parents[1]
-LINE = {
-    "name": "poisson1d",
-    "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 1]}},
-    "equation": "d(u, x, x) = -pi**2 * sin(pi * x)",
-    "exact": "sin(pi * x)",
-    "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 3.0}},
-    "solve": {"network": "mlp", "width": 8, "activation": "tanh", "dtype": "float64", "batch": 200,
-              "condition_batch": 10, "eval_every": 5, "eval_points": 500},
-}
 
 
 def _components(path, **changes):

@@ -165,7 +165,8 @@ def test_layered_columns_of_a_nonlinear_residual_equal_black_box_queries(backend
     """gradsq, products of atoms, u^3, a boundary term; no ansatz, an affine one, a nonlinear one;
     three hidden layers (changes through two later hidden layers) or the TT-MLP; every backend with
     each network and each kind of ansatz; a domain whose inputs the network maps."""
-    document = {**NONLINEAR, **({"ansatz": ansatz} if ansatz else {}), **({"variables": variables} if variables else {})}
+    document = {**NONLINEAR, **({"ansatz": ansatz} if ansatz else {})}
+    document.update({"variables": variables} if variables else {})
     problem = load_problem(document)
     settings = resolve_settings(problem, {"dtype": "float64", "network": network, "width": 6, "depth": depth,
                                           "activation": activation, "backend": backend, "samples": 8,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import run_cli
+from helpers import LINE, run_cli
 from pinnzo.errors import PinnzoError
 from pinnzo.loop import Diverged, Interrupted
 from pinnzo.pinn import build, solve
@@ -365,15 +365,8 @@ def test_a_settings_object_with_dtype_auto_is_made_concrete_by_solve(tmp_path):
 
 
 PROBLEMS = Path(__file__).resolve().parents[1] / "problems"
-WIDE_LINE = {
-    "name": "poisson1d-wide",
-    "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 50]}},
-    "equation": "d(u, x, x) = -(pi / 50)**2 * sin(pi * x / 50)",
-    "exact": "sin(pi * x / 50)",
-    "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 3.0}},
-    "solve": {"network": "mlp", "width": 8, "activation": "tanh", "dtype": "float64", "batch": 200,
-              "condition_batch": 10, "eval_every": 5, "eval_points": 500},
-}
+WIDE_LINE = {**LINE, "name": "poisson1d-wide", "variables": {"space": {"name": "x", "dim": 1, "domain": [0, 50]}},
+             "equation": "d(u, x, x) = -(pi / 50)**2 * sin(pi * x / 50)", "exact": "sin(pi * x / 50)"}
 
 
 def test_the_network_maps_each_input_into_the_unit_interval_with_the_least_change():
