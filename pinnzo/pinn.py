@@ -253,6 +253,8 @@ class PINNTask:
         text = (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
                 f"{s.network} {s.width}x{s.depth} ({self.objective.dim:,} parameters); {s.steps} steps of "
                 f"{s.batch} points{self.adaptivity.describe()}")
+        if input_map(self.problem) is not None:
+            text += "; inputs mapped into [-1, 1]"
         residuals = residual_rows(self.problem, s)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "

@@ -395,9 +395,12 @@ def _settings_for(problem):
     return resolve_settings(problem, {"network": "mlp", "width": 4, "activation": "tanh", "dtype": "float64"})
 
 
-def test_a_domain_in_physical_units_trains_like_a_unit_one(tmp_path):
+def test_a_domain_in_physical_units_trains_like_a_unit_one(tmp_path, capsys):
     """u = sin(pi x / 50) on [0, 50]: with its input mapped to [-1, 1] the network starts as on a unit
     domain, and 200 Gauss-Newton steps reach 1e-2 (without the map, tanh units saturate at x ~ 50
-    and the run ended at 0.98)."""
-    run = solve(WIDE_LINE, optimizer="zo-gn", backend="fd", steps=200, out=tmp_path / "run")
+    and the run ended at 0.98). The run's first line says that its inputs are mapped."""
+    run = solve(WIDE_LINE, optimizer="zo-gn", backend="fd", steps=200, quiet=False, out=tmp_path / "run")
     assert run.summary["final_rel_l2"] < 1e-2
+    assert "; inputs mapped into [-1, 1]" in capsys.readouterr().err
+    solve(LINE, optimizer="zo-gn", backend="fd", steps=1, quiet=False, out=tmp_path / "unit")
+    assert "inputs mapped" not in capsys.readouterr().err
