@@ -73,8 +73,8 @@ METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dens
                               "1,000 + 1,000 points (doubled when overfitted)",
                               {**METHODS["zo-gn"].changes, "optimizer": "gn"}, True))
 
-# The same recipes with sin activations (the network's only change): zo-gn-sin did better than zo-gn on nine
-# shipped problems and worse on five, most on a steep layer (README, "Accuracy: every problem x method").
+# The same recipes with sin activations (the network's only change): zo-gn-sin did better than zo-gn on six
+# shipped problems and worse on nine, most on a steep layer (README, "Accuracy: every problem x method").
 METHODS.register("zo-gn-sin", Method("zo-gn with sin activations", {**METHODS["zo-gn"].changes, "activation": "sin"},
                                      False))
 METHODS.register("gn-sin", Method("gn with sin activations", {**METHODS["gn"].changes, "activation": "sin"}, True))
