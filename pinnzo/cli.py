@@ -174,6 +174,8 @@ def resolve_settings(problem, preset: Optional[str], assignments: list[str], fla
     settings = resolve(problem, {**named, **explicit, **given}, "--")
     _refuse_unused(settings.optimizer, {**{key: "--set " + key for key in explicit},
                                         **{key: "--" + key for key in given}})
+    if "pilot_share" in explicit and settings.activation != "auto":
+        raise PinnzoError("--set pilot_share: the pilots' share applies to activation auto only; set both or neither")
     if "gn_tolerance" in explicit and settings.time_budget:
         raise PinnzoError("--set gn_tolerance: the convergence test applies to runs without a time_budget (a "
                           "budgeted run trains to its budget or its rounding floor); give one or the other")

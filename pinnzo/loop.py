@@ -219,6 +219,7 @@ def train(task: Task, run_dir: Path, config: dict, resume: bool = False, quiet: 
 def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequence[Callback],
            seed: int) -> tuple[dict, TrainState]:
     state, generators = _start(task, run_dir, resume, seed)
+    state.stopped_by = "steps"  # until this invocation's loop stops early (a resumed pilot's ended on its budget)
     world = task.objective.world
     progress = Progress(task.steps, quiet or not world.writer, metric=task.progress_metric[0])
     progress.message(task.describe())

@@ -134,6 +134,9 @@ def load_mnist(data_dir: Path, validation: int = 5000, dtype=torch.float32) -> M
 
 def build_classifier(settings: MnistSettings, dtype=torch.float32) -> torch.nn.Module:
     """Dense 784 -> width -> 10, or the paper's TT-MLP (all layers TT, ranks [1, r, r, r, 1])."""
+    if settings.activation == "auto":
+        raise PinnzoError("activation auto (pilot runs choose it) is for pinnzo solve; pinnzo mnist takes one of "
+                          "sin, tanh, relu, gelu")
     sizes = [784, settings.width, 10]
     shapes = SHAPES if settings.network == "tt" and settings.width == 1024 else None
     return build_mlp(sizes, settings.network, settings.activation, settings.rank, tt_output=True, shapes=shapes,

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import torch
 
-from pinnzo import loop, runs
+from pinnzo import loop, pilots, runs
 from pinnzo.adaptive import Adaptivity, PointGrowth
 from pinnzo.derivatives import BACKENDS, make_backend, plan_chunks
 from pinnzo.errors import PinnzoError
@@ -227,8 +227,8 @@ class PINNTask:
     kind = "pinn"
     progress_metric = ("val rel-L2", "val_rel_l2")
 
-    def __init__(self, components: Components):
-        self.components = components
+    def __init__(self, components: Components, pilots: dict | None = None):
+        self.components, self.pilots = components, pilots  # pilots: the record of an activation auto choice
         self.settings, self.problem = components.settings, components.problem
         self.objective, self.device, self.steps = components.objective, components.device, self.settings.steps
         self.time_budget = self.settings.time_budget
@@ -251,7 +251,8 @@ class PINNTask:
     def describe(self) -> str:
         s = self.settings
         text = (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
-                f"{s.network} {s.width}x{s.depth} ({self.objective.dim:,} parameters); {s.steps} steps of "
+                f"{s.network} {s.width}x{s.depth} {s.activation}{' (chosen by pilots)' if self.pilots else ''} "
+                f"({self.objective.dim:,} parameters); {s.steps} steps of "
                 f"{s.batch} points{self.adaptivity.describe()}")
         if input_map(self.problem) is not None:
             text += "; inputs mapped into [-1, 1]"
@@ -381,6 +382,7 @@ class PINNTask:
             "final_mse_raw": final["val_mse_raw"], "final_rel_l2_raw": final["val_rel_l2_raw"],
             "best_mse": best_mse, "best_rel_l2": best_rel, "eval_points": s.eval_points,
             "dtype": s.dtype, "seed": s.seed, **self.inverse_summary(state.theta, best_theta),
+            **({"pilots": self.pilots} if self.pilots else {}),
         }
 
     def inverse_summary(self, theta: torch.Tensor, best_theta: torch.Tensor) -> dict:
@@ -486,9 +488,13 @@ def solve(problem: Problem | str | Path | Mapping, settings: Settings | None = N
         settings = settings.replace(changes).concrete()
         OPTIMIZERS[settings.optimizer], BACKENDS[settings.backend]
     run_dir = Path(out) if out is not None else default_run_dir(problem, settings)
-    components = build(problem, settings)
-    task = PINNTask(components)
-    summary, state = loop.train(task, run_dir, run_config(problem, settings), resume, quiet, callbacks,
+    config = run_config(problem, settings)
+    if settings.activation == pilots.AUTO:  # pilot runs choose it; the winner's run goes on (pilots.py)
+        config[pilots.FOLDER] = pilots.choose(problem, settings, run_dir, resume, quiet, solve)
+        resume = True
+    components = build(problem, pilots.effective(settings, config.get(pilots.FOLDER)))
+    task = PINNTask(components, config.get(pilots.FOLDER))
+    summary, state = loop.train(task, run_dir, config, resume, quiet, callbacks,
                                 files=run_files(problem), seed=settings.seed)
     return Run(run_dir, runs.read_config(run_dir), summary, state.metrics, components, state.theta)
 
@@ -510,6 +516,7 @@ def load_run(run_dir: str | Path) -> Run:
     problem = _run_problem(run_dir, config)
     try:
         settings = Settings().replace(config["settings"], f"{run_dir / runs.CONFIG}: settings.")
+        settings = pilots.effective(settings, config.get(pilots.FOLDER))
     except PinnzoError as error:
         raise PinnzoError(f"{run_dir}: run files from an older or damaged format ({error})") from None
     components = build(problem, settings.replace({"device": "cpu"}))

@@ -27,7 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping
 
-from pinnzo import runs
+from pinnzo import pilots, runs
 from pinnzo.errors import PinnzoError
 from pinnzo.fileio import atomic_write, make_folder
 from pinnzo.registry import Registry
@@ -288,7 +288,7 @@ def run_cell(settings, folder: Path, run: Callable[[bool], dict]) -> CellResult:
         if diverged is not None:
             return CellResult(folder, "diverged", diverged)
         return CellResult(folder, "skipped", runs.read_summary(folder))
-    resume = (folder / "checkpoint.pt").is_file()
+    resume = (folder / "checkpoint.pt").is_file() or (folder / pilots.FOLDER).is_dir()  # pilots: activation auto
     if not resume and folder.exists():
         leftovers = {path.name for path in folder.iterdir()}
         if leftovers - {runs.CONFIG, runs.PROBLEM_COPY, runs.LOCK}:

@@ -83,7 +83,7 @@ def open_run_dir(run_dir: Path, config: dict, resume: bool, files: dict[str, str
         make_folder(run_dir)
         for name, text in (files or {}).items():
             atomic_write(run_dir / name, text if isinstance(text, bytes) else text.encode())
-        atomic_write(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
+        write_config(run_dir, config)
         return
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / CONFIG).is_file():
         raise PinnzoError(f"--resume {run_dir}: no checkpoint.pt and config.yaml there; nothing to resume")
@@ -134,6 +134,10 @@ def writer_lock(run_dir: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    atomic_write(Path(run_dir) / CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
 
 
 def read_config(run_dir: Path) -> dict:

@@ -68,7 +68,8 @@ class Settings(SettingsBase):
     width: int = 64  # hidden width
     depth: int = 2  # hidden layers (21 -> 512 -> 512 -> 1 is depth 2; at most 1000)
     rank: int = 2  # TT rank of the compressed layers
-    activation: str = "sin"  # sin | tanh | relu | gelu
+    activation: str = "sin"  # sin | tanh | relu | gelu | auto (pilot runs choose tanh or sin: pinnzo/pilots.py)
+    pilot_share: float = 0.1  # activation auto: each pilot's share of the time budget (of the steps without one)
     shapes: str = ""  # TT factorisations "input,hidden", e.g. 1x1x3x7,8x4x4x4 (empty: automatic)
     # derivatives
     backend: str = "sparse-grid"  # ad | fd | stein | sparse-grid (gn, zo-gn: fd unless given)
@@ -179,7 +180,7 @@ class MnistSettings(SettingsBase):
 
 CHOICES = {
     "network": ("mlp", "tt"),
-    "activation": ("sin", "tanh", "relu", "gelu"),
+    "activation": ("sin", "tanh", "relu", "gelu", "auto"),
     "perturbation": ("gaussian", "rademacher"),
     "difference": ("forward", "central"),
     "dtype": ("auto", "float32", "float64"),
@@ -208,6 +209,8 @@ BELOW_ONE = {"momentum"}  # floats in [0, 1)
 # loss-only adaptivity (adaptive.py)
 POSITIVE |= {"relobralo_tau", "softadapt_beta"}
 UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho"}  # floats in [0, 1]
+POSITIVE.add("pilot_share")
+BELOW_HALF = {"pilot_share"}  # floats below 1/2 (two pilots take less than the whole run)
 MINIMUM["rad_pool"] = 1
 MINIMUM["max_growth"] = 1
 
@@ -239,6 +242,8 @@ def _coerce(value: Any, kind: str, where: str, name: str):
                               f"finite number; found {value!r}")
         if name in BELOW_ONE and not value < 1:
             raise PinnzoError(f"{where}: expected a number in [0, 1); found {value!r}")
+        if name in BELOW_HALF and not value < 0.5:
+            raise PinnzoError(f"{where}: expected a number in (0, 0.5); found {value!r}")
         if name in UNIT_INTERVAL and not value <= 1:
             raise PinnzoError(f"{where}: expected a number in [0, 1]; found {value!r}")
         return value
