@@ -78,6 +78,9 @@ METHODS.register("gn", Method("FO Gauss-Newton (Jacobian by autograd) + FD, dens
 METHODS.register("zo-gn-sin", Method("zo-gn with sin activations", {**METHODS["zo-gn"].changes, "activation": "sin"},
                                      False))
 METHODS.register("gn-sin", Method("gn with sin activations", {**METHODS["gn"].changes, "activation": "sin"}, True))
+# The activation chosen per problem by two pilot runs of 30 s (tanh, sin), the winner trained on (pilots.py).
+METHODS.register("zo-gn-auto", Method("zo-gn with the activation chosen by pilots (tanh or sin, 10% of the budget "
+                                      "each)", {**METHODS["zo-gn"].changes, "activation": "auto"}, False))
 
 # Loss-only adaptivity (adaptive.py) on top of the recipes above: RAD resampling of the interior
 # points and ReLoBRaLo term weights. Adam's RAD resamples every 10 steps (a pool of 10 x batch costs
@@ -116,14 +119,24 @@ def time_to(metrics: list[dict], threshold: float) -> float | None:
 
 
 def cell_record(problem_name: str, method_name: str, folder: Path, status: str, summary: dict) -> dict:
+    """A cell's figures. A run whose activation pilots chose (activation auto) counts the losing
+    pilots' seconds in its times, as if they had all run before the winner's."""
     record = {"problem": problem_name, "method": method_name, "status": status, "run": str(folder)}
     if status == "diverged":
         return {**record, "message": summary.get("message")}
     metrics = runs.read_metrics(folder, ("wall_s", "val_rel_l2"))
+    pilots = summary.get("pilots")
+    losers = [name for name in pilots["candidates"] if name != pilots["chosen"]] if pilots else []
+    spent = sum(pilots["seconds"][name] for name in losers)
+    later = lambda seconds: None if seconds is None else seconds + spent
+    if pilots:
+        record["activation"] = summary["activation"]
     return {**record, "final_rel_l2": summary["final_rel_l2"], "best_rel_l2": summary["best_rel_l2"],
-            **{f"seconds_to_{t:g}": time_to(metrics, t) for t in THRESHOLDS},
-            "wall_time_s": summary["wall_time_s"], "steps": summary["steps"], "queries": summary["total_queries"],
-            "stopped_by": summary.get("stopped_by"), "parameters": summary["parameters"]}
+            **{f"seconds_to_{t:g}": later(time_to(metrics, t)) for t in THRESHOLDS},
+            "wall_time_s": later(summary["wall_time_s"]), "steps": summary["steps"],
+            "queries": summary["total_queries"] + sum(max(0, pilots["queries"][name]) for name in losers),
+            "stopped_by": summary.get("stopped_by"),
+            "parameters": summary["parameters"]}
 
 
 def run_accuracy(problem_paths: list[Path], method_names: list[str], budget: float, out: Path,
@@ -211,7 +224,8 @@ def markdown(report: dict) -> str:
     """One row per problem: each method's final relative L2 (seconds to 1e-2 / 1e-3)."""
     names = list(report["methods"])
     lines = [f"Relative L2 error against the exact solution after {report['budget_s']:g} s of training per cell "
-             f"(in brackets: seconds until it first fell below 1e-2 / 1e-3; — never).", "",
+             f"(in brackets: seconds until it first fell below 1e-2 / 1e-3, — never; and the activation that "
+             f"pilot runs chose, where they did).", "",
              "| problem | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     problems = list(dict.fromkeys(cell["problem"] for cell in report["cells"]))
     for problem in problems:
@@ -224,8 +238,9 @@ def markdown(report: dict) -> str:
             elif cell["status"] == "diverged":
                 texts.append("diverged")
             else:
+                chosen = f", {cell['activation']}" if cell.get("activation") else ""
                 texts.append(f"{_figure(cell['final_rel_l2'])} ({_seconds(cell['seconds_to_0.01'])} / "
-                             f"{_seconds(cell['seconds_to_0.001'])})")
+                             f"{_seconds(cell['seconds_to_0.001'])}{chosen})")
         lines.append(f"| {problem} | " + " | ".join(texts) + " |")
     lines += [""] + [f"- `{name}`: {method['label']}" for name, method in report["methods"].items()]
     return "\n".join(lines) + "\n"

@@ -204,3 +204,39 @@ def test_the_sin_recipes_change_only_the_activation_of_their_base():
         assert changes.pop("activation") == "sin" and reference.pop("activation") == "tanh"
         assert changes == reference
         assert METHODS[name].back_propagation == METHODS[base].back_propagation
+
+
+def test_an_auto_cell_counts_its_losing_pilot_and_resumes_from_its_pilots(tmp_path, monkeypatch):
+    import pinnzo.pinn
+
+    out, solve, budget = tmp_path / "accuracy", pinnzo.pinn.solve, 2 * BUDGET
+
+    def interrupted(*args, **kwargs):
+        def interrupt(step, state):
+            if step == 0:
+                raise KeyboardInterrupt
+        return solve(*args, **kwargs, callbacks=[interrupt])
+
+    monkeypatch.setattr(pinnzo.pinn, "solve", interrupted)  # the first pilot is interrupted
+    with pytest.raises(Interrupted):
+        run_accuracy([POISSON], ["zo-gn-auto"], budget, out, print)
+    folder = out / "poisson2d" / "zo-gn-auto"
+    assert (folder / "pilots" / "tanh" / "checkpoint.pt").is_file() and not (folder / "config.yaml").exists()
+    monkeypatch.setattr(pinnzo.pinn, "solve", solve)
+    run_accuracy([POISSON], ["zo-gn-auto"], budget, out, print)
+    cell = json.loads((out / "accuracy.json").read_text())["cells"][0]
+    summary = json.loads((folder / "summary.json").read_text())
+    record = summary["pilots"]
+    loser = next(name for name in record["candidates"] if name != record["chosen"])
+    assert cell["activation"] == record["chosen"] == summary["activation"]
+    assert cell["wall_time_s"] == pytest.approx(summary["wall_time_s"] + record["seconds"][loser], abs=1e-9)
+    assert cell["queries"] == summary["total_queries"] + record["queries"][loser]
+    reached = first_time_below(metrics_rows(folder), 1e-2)
+    assert cell["seconds_to_0.01"] == (None if reached is None else pytest.approx(reached + record["seconds"][loser]))
+    assert markdown_rows(out / "accuracy.md")[-1][1].endswith(f", {record['chosen']})")
+
+
+def test_the_auto_recipe_changes_only_the_activation_of_zo_gn():
+    changes, reference = dict(METHODS["zo-gn-auto"].changes), dict(METHODS["zo-gn"].changes)
+    assert changes.pop("activation") == "auto" and reference.pop("activation") == "tanh"
+    assert changes == reference
