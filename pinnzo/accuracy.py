@@ -121,21 +121,20 @@ def time_to(metrics: list[dict], threshold: float) -> float | None:
 def cell_record(problem_name: str, method_name: str, folder: Path, status: str, summary: dict) -> dict:
     """A cell's figures. A run whose activation pilots chose (activation auto) counts the losing
     pilots' seconds in its times, as if they had all run before the winner's."""
+    from pinnzo.pilots import overhead
+
     record = {"problem": problem_name, "method": method_name, "status": status, "run": str(folder)}
     if status == "diverged":
         return {**record, "message": summary.get("message")}
     metrics = runs.read_metrics(folder, ("wall_s", "val_rel_l2"))
-    pilots = summary.get("pilots")
-    losers = [name for name in pilots["candidates"] if name != pilots["chosen"]] if pilots else []
-    spent = sum(pilots["seconds"][name] for name in losers)
+    spent, queries = overhead(summary.get("pilots"))
     later = lambda seconds: None if seconds is None else seconds + spent
-    if pilots:
+    if summary.get("pilots"):
         record["activation"] = summary["activation"]
     return {**record, "final_rel_l2": summary["final_rel_l2"], "best_rel_l2": summary["best_rel_l2"],
             **{f"seconds_to_{t:g}": later(time_to(metrics, t)) for t in THRESHOLDS},
             "wall_time_s": later(summary["wall_time_s"]), "steps": summary["steps"],
-            "queries": summary["total_queries"] + sum(max(0, pilots["queries"][name]) for name in losers),
-            "stopped_by": summary.get("stopped_by"),
+            "queries": summary["total_queries"] + queries, "stopped_by": summary.get("stopped_by"),
             "parameters": summary["parameters"]}
 
 

@@ -306,6 +306,7 @@ def solve(
 ):
     """Train a PINN on a problem file and write a run folder (with plots)."""
     from pinnzo.loop import Interrupted
+    from pinnzo.pilots import overhead
     from pinnzo.pinn import default_run_dir, solve as solve_problem
     from pinnzo.problem import load_problem
 
@@ -329,9 +330,11 @@ def solve(
                                                              f"{record['relative_error']:.2e})"
                                                              if "relative_error" in record else "")
                        for name, record in summary.get("unknowns", {}).items())
+    seconds, queries = overhead(summary.get("pilots"))
+    chosen = f"; activation {summary['activation']}, chosen by pilots" if summary.get("pilots") else ""
     _report(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
-            f"MSE {summary['final_mse']:.3e}{unknowns}, {summary['total_queries']:,} loss queries, "
-            f"{summary['wall_time_s']:.0f} s", run, run_dir, no_plots)
+            f"MSE {summary['final_mse']:.3e}{unknowns}, {summary['total_queries'] + queries:,} loss queries, "
+            f"{summary['wall_time_s'] + seconds:.0f} s{chosen}", run, run_dir, no_plots)
 
 
 @app.command("mnist")

@@ -53,6 +53,14 @@ def effective(settings: Settings, record: dict | None) -> Settings:
     return settings.replace({"activation": record["chosen"], "time_budget": record["time_budget"]})
 
 
+def overhead(record: dict | None) -> tuple[float, int]:
+    """(seconds, loss queries) of a choice's losing pilots: what the choice cost beyond the run's own
+    figures, which include the winner's pilot. (0, 0) without a choice."""
+    losers = [name for name in record["candidates"] if name != record["chosen"]] if record else []
+    return (sum(record["seconds"][name] for name in losers),
+            sum(max(0, record["queries"][name]) for name in losers))
+
+
 def pilot_settings(settings: Settings, activation: str) -> Settings:
     """One pilot's settings: the run's, with ``activation`` and a share of its budget (or steps)."""
     if settings.time_budget:
@@ -93,6 +101,7 @@ def choose(problem: Problem, settings: Settings, run_dir: Path, resume: bool, qu
     record = {"candidates": list(CANDIDATES), "share": settings.pilot_share, "held_out_loss": scores,
               "seconds": seconds, "queries": queries, "chosen": chosen,
               "time_budget": max(settings.time_budget - spent, 0.0) if settings.time_budget else 0.0}
+    record = json.loads(world.broadcast_text(json.dumps(record) if world.writer else ""))  # rank 0's clock
     if world.writer:
         _promote(run_dir, chosen, problem, settings, record)
     if not quiet and world.writer:

@@ -112,6 +112,9 @@ EQUIVALENCE = {
     "zo-signrge": ["solve", "problems/hjb20.yaml", "--batch", "10", "--width", "8", *TINY],
     "zo-gn": ["solve", "problems/hjb20.yaml", "--optimizer", "zo-gn", "--batch", "40", "--width", "8", *TINY],
     "adam": ["solve", "problems/poisson2d.yaml", "--batch", "64", "--set", "condition_batch=32", *TINY],
+    # activation auto: two pilots of one step, scored on every rank, the choice and its record rank 0's
+    "zo-gn-auto": ["solve", "problems/hjb20.yaml", "--optimizer", "zo-gn", "--batch", "40", "--width", "8",
+                   "--set", "activation=auto", "--set", "pilot_share=0.25", *TINY],
 }
 
 
@@ -128,6 +131,7 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, name):
     # sums over units in a fixed order), so a shard's columns are the whole batch's rows bit for bit
     assert abs(two["final_rel_l2"] - one["final_rel_l2"]) <= 1e-10 * one["final_rel_l2"]
     assert two["total_queries"] == one["total_queries"]
+    assert two["activation"] == one["activation"] and ("pilots" in two) == (name == "zo-gn-auto")
     assert two["bytes_per_step"] > 0 and one["bytes_per_step"] == 0
     if name == "zo-signrge":  # N + 1 = 11 loss values (and the stop flag): far below 1 KiB
         assert two["bytes_per_step"] <= 1024
