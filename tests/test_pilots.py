@@ -98,3 +98,17 @@ def test_auto_is_refused_where_it_does_not_apply(tmp_path):
     from pinnzo.settings import MnistSettings
     with pytest.raises(PinnzoError, match="activation auto .* is for pinnzo solve"):
         build_classifier(MnistSettings().replace({"activation": "auto"}))
+
+
+def test_solve_reports_the_chosen_activation_and_counts_the_losing_pilot(tmp_path):
+    line = tmp_path / "line.yaml"
+    line.write_text(yaml.safe_dump(LINE))
+    result = run_cli(["solve", str(line), "--optimizer", "zo-gn", "--steps", "20", "--set", "activation=auto",
+                      "--set", "pilot_share=0.25", "--no-plots", "--quiet", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    summary = load_run(tmp_path / "run").summary
+    record = summary["pilots"]
+    other = next(name for name in pilots.CANDIDATES if name != record["chosen"])
+    queries = summary["total_queries"] + record["queries"][other]
+    assert f"{queries:,} loss queries" in result.output
+    assert f"activation {record['chosen']}, chosen by pilots" in result.output
