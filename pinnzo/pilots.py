@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -139,6 +140,7 @@ def _pilot(problem: Problem, settings: Settings, folder: Path, quiet: bool,
     if state != "finished":
         if state == "new" and world.writer and folder.exists():
             shutil.rmtree(folder)  # a pilot killed before its first checkpoint
+        started = time.perf_counter()
         try:
             run = solve(problem, settings, out=folder, resume=state == "resume", quiet=quiet)
         except Interrupted:
@@ -147,7 +149,7 @@ def _pilot(problem: Problem, settings: Settings, folder: Path, quiet: bool,
                       f"{folder.parent.parent})", file=sys.stderr, flush=True)
             raise
         except Diverged as error:
-            seconds, queries = settings.time_budget or math.nan, -1  # -1: not counted
+            seconds, queries = time.perf_counter() - started, -1  # -1: not counted
             if world.writer:
                 record = {"message": str(error), "seconds": seconds, "queries": queries}
                 runs.atomic_write(folder / DIVERGED, json.dumps(record).encode())

@@ -112,3 +112,26 @@ def test_solve_reports_the_chosen_activation_and_counts_the_losing_pilot(tmp_pat
     queries = summary["total_queries"] + record["queries"][other]
     assert f"{queries:,} loss queries" in result.output
     assert f"activation {record['chosen']}, chosen by pilots" in result.output
+
+
+def test_a_diverged_pilot_loses_and_is_not_trained_again_on_resume(tmp_path, monkeypatch):
+    import pinnzo.pinn
+    from pinnzo.loop import Diverged
+
+    solve_for_real, calls = pinnzo.pinn.solve, []
+
+    def sin_diverges(problem, settings=None, **kwargs):
+        calls.append(settings.activation if settings is not None else kwargs.get("activation"))
+        if settings is not None and settings.activation == "sin":
+            raise Diverged("the loss became NaN at step 3")
+        return solve_for_real(problem, settings, **kwargs)
+
+    monkeypatch.setattr(pinnzo.pinn, "solve", sin_diverges)
+    run = solve_for_real(LINE, out=tmp_path / "run", **AUTO)
+    record = run.summary["pilots"]
+    assert record["chosen"] == "tanh" and record["held_out_loss"]["sin"] == float("inf")
+    assert (tmp_path / "run" / "pilots" / "sin" / "diverged.json").is_file()
+    assert pilots.overhead(record)[1] == 0  # a diverged pilot's queries are not known, not counted
+    calls.clear()
+    solve_for_real(LINE, out=tmp_path / "run", resume=True, **AUTO)  # the choice stands, no pilot trains
+    assert calls == []
