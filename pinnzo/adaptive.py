@@ -12,7 +12,10 @@ the lambda_i come from the term values w_i L_i alone:
 
 - ``relobralo`` (Bischof & Kraus 2021, relative loss balancing with random lookback),
   ``relobralo_weights``;
-- ``softadapt`` (Heydari et al. 2019, normalised slopes), ``softadapt_weights``.
+- ``softadapt`` (Heydari et al. 2019, normalised slopes), ``softadapt_weights``;
+- ``discrepancy`` (Morozov's discrepancy principle, for data conditions with a stated ``noise``):
+  a data term's lambda shrinks while its RMS misfit is below the noise, so that the network does
+  not bend towards the noise, and grows back to 1 while it is above; ``discrepancy_weights``.
 
 Resampling (``resample: rad``; Wu et al. 2023): the interior points are B of a uniform pool of
 ``rad_pool`` x B candidates, drawn with replacement with probability
@@ -34,6 +37,7 @@ import math
 
 import torch
 
+from pinnzo.errors import PinnzoError
 from pinnzo.residual import Batch
 
 TINY = 1e-300  # guards a division by a term that is exactly zero
@@ -64,6 +68,41 @@ def softadapt_weights(losses: torch.Tensor, previous: torch.Tensor, beta: float)
     n_i = s_i / sum_j |s_j|, s_i = L_i(t) - L_i(t-1), through m softmax(beta n)."""
     slopes = losses - previous
     return _balance(slopes / slopes.abs().sum().clamp_min(TINY), 1 / beta)
+
+
+def discrepancy_weights(mean_squares: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor,
+                        floor: float) -> torch.Tensor:
+    """The discrepancy principle's lambda(t) (m,) from the terms' mean squared residuals (m,), the
+    noise standard deviations s (m,; 0 where a term states none) and lambda(t-1) (m,):
+
+        lambda_i(t) = clamp(lambda_i(t-1) mean(r_i^2) / s_i^2, floor, 1)   where s_i > 0,   1 elsewhere.
+
+    At its fixed point the data's RMS misfit equals their noise, as the discrepancy principle asks
+    of a regularised fit to noisy data; a term fitted more closely than its noise is weighted down."""
+    stated = noise > 0
+    ratio = mean_squares / noise.clamp_min(TINY).square()
+    return torch.where(stated, (weights * ratio).clamp(floor, 1.0), torch.ones_like(weights))
+
+
+@dataclasses.dataclass
+class Discrepancy:
+    """The discrepancy principle's lambda (m,) over the terms (``loss_weights: discrepancy``);
+    lambda = 1 to start with. ``noise`` (m,): each term's noise standard deviation, 0 where none."""
+
+    noise: torch.Tensor
+    floor: float = 0.01
+    weights: torch.Tensor | None = None
+
+    def update(self, mean_squares: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        previous = self.weights if self.weights is not None else torch.ones_like(self.noise)
+        self.weights = discrepancy_weights(mean_squares.detach().double().cpu(), self.noise, previous, self.floor)
+        return self.weights
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.weights = saved["weights"]
 
 
 @dataclasses.dataclass
@@ -166,9 +205,21 @@ class Adaptivity:
     def __init__(self, settings, loss, objective):
         self.settings, self.loss, self.objective = settings, loss, objective
         self.balancer = None
-        if settings.loss_weights != "fixed":
+        if settings.loss_weights == "discrepancy":
+            self.balancer = Discrepancy(self._noise(loss.problem), settings.discrepancy_floor)
+        elif settings.loss_weights != "fixed":
             self.balancer = TermBalancer(settings.loss_weights, settings.relobralo_alpha, settings.relobralo_tau,
                                          settings.relobralo_rho, settings.softadapt_beta)
+
+    @staticmethod
+    def _noise(problem) -> torch.Tensor:
+        """Each term's noise standard deviation (m,) float64: a data condition's ``noise``, else 0."""
+        noise = [0.0] + [condition.data.noise or 0.0 if condition.data is not None else 0.0
+                         for condition in problem.conditions]
+        if not any(noise):
+            raise PinnzoError("loss_weights discrepancy: no data condition states its noise (noise: the standard "
+                              "deviation of its measurements); give one, or choose fixed, relobralo or softadapt")
+        return torch.tensor(noise, dtype=torch.float64)
 
     @property
     def active(self) -> bool:
@@ -205,7 +256,10 @@ class Adaptivity:
         if self.balancer is not None:
             self.objective.queries += 1
             with torch.no_grad():
-                terms = self.loss.terms(network, batch)
+                if isinstance(self.balancer, Discrepancy):  # the unweighted mean squares
+                    terms = {name: r.double().square().mean() for name, r in self.loss.residuals(network, batch).items()}
+                else:
+                    terms = self.loss.terms(network, batch)
             weights = self.balancer.update(torch.stack(list(terms.values())), generator)
             batch = dataclasses.replace(batch, weights=tuple(weights.tolist()))
         return batch
@@ -230,5 +284,5 @@ class Adaptivity:
             self.balancer.load_state_dict(saved)
 
 
-__all__ = ["Adaptivity", "PointGrowth", "TermBalancer", "rad_choice", "rad_probabilities",
-           "relobralo_weights", "softadapt_weights"]
+__all__ = ["Adaptivity", "Discrepancy", "PointGrowth", "TermBalancer", "discrepancy_weights", "rad_choice",
+           "rad_probabilities", "relobralo_weights", "softadapt_weights"]

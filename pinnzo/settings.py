@@ -119,11 +119,14 @@ class Settings(SettingsBase):
     memory_mb: int = 1024  # budget for one chunk of batched evaluations
     time_budget: float = 0.0  # stop after the step that passes this many seconds of training (0: no limit)
     # loss-only adaptivity, applied at each resample of the points (pinnzo/adaptive.py)
-    loss_weights: str = "fixed"  # fixed | relobralo | softadapt: factors of the terms' weights from their loss values
+    # fixed | relobralo | softadapt | discrepancy: factors of the terms' weights from their loss values
+    # (discrepancy: a data term's weight lowered while its misfit is below its noise)
+    loss_weights: str = "fixed"
     relobralo_alpha: float = 0.999  # ReLoBRaLo's exponential smoothing alpha, in [0, 1]
     relobralo_tau: float = 0.1  # ReLoBRaLo's softmax temperature tau (> 0)
     relobralo_rho: float = 0.99  # ReLoBRaLo's expected lookback E[rho] (Bernoulli), in [0, 1]
     softadapt_beta: float = 0.1  # SoftAdapt's softmax scale beta (> 0)
+    discrepancy_floor: float = 0.01  # discrepancy: the least factor of a data term's weight, in (0, 1]
     resample: str = "uniform"  # uniform | rad: interior points uniform, or by residual (RAD)
     rad_pool: int = 10  # RAD: candidates per kept interior point (pool of rad_pool x batch)
     rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
@@ -189,7 +192,7 @@ CHOICES = {
     "damping_rule": ("nielsen", "marquardt"),
     "damping_matrix": ("identity", "diagonal"),
     "device": ("cpu", "cuda"),
-    "loss_weights": ("fixed", "relobralo", "softadapt"),
+    "loss_weights": ("fixed", "relobralo", "softadapt", "discrepancy"),
     "resample": ("uniform", "rad"),
 }
 
@@ -207,8 +210,8 @@ MAXIMUM = {"depth": 1000}
 POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
 BELOW_ONE = {"momentum"}  # floats in [0, 1)
 # loss-only adaptivity (adaptive.py)
-POSITIVE |= {"relobralo_tau", "softadapt_beta"}
-UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho"}  # floats in [0, 1]
+POSITIVE |= {"relobralo_tau", "softadapt_beta", "discrepancy_floor"}
+UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho", "discrepancy_floor"}  # floats in [0, 1]
 POSITIVE.add("pilot_share")
 BELOW_HALF = {"pilot_share"}  # floats below 1/2 (two pilots take less than the whole run)
 MINIMUM["rad_pool"] = 1

@@ -12,7 +12,7 @@ from scipy.stats import chi2
 
 import helpers
 from helpers import run_cli
-from pinnzo.adaptive import PointGrowth, TermBalancer, rad_choice, rad_probabilities, relobralo_weights, softadapt_weights
+from pinnzo.adaptive import Discrepancy, PointGrowth, TermBalancer, discrepancy_weights, rad_choice, rad_probabilities, relobralo_weights, softadapt_weights
 from pinnzo.loop import Interrupted
 from pinnzo.pinn import resolve_settings, solve
 from pinnzo.problem import load_problem
@@ -26,6 +26,16 @@ def _tensor(*values):
 
 
 # ---------------------------------------------------------------- term weights
+
+def test_the_discrepancy_weights_match_their_closed_form():
+    # terms: the residual (no noise), a data term fitted below its noise, one above it, one near the floor
+    mean_squares, noise = _tensor(5.0, 0.25, 9.0, 1e-6), _tensor(0, 1, 1, 1)
+    got = discrepancy_weights(mean_squares, noise, _tensor(1, 0.8, 0.5, 0.5), floor=0.01)
+    assert torch.equal(got, _tensor(1, 0.8 * 0.25, 1.0, 0.01))  # 1 without noise; capped at 1; floored
+    weights = Discrepancy(noise)
+    assert torch.equal(weights.update(_tensor(3, 0.5, 0.5, 0.5)), _tensor(1, 0.5, 0.5, 0.5))  # from lambda = 1
+    assert torch.equal(weights.update(_tensor(3, 0.5, 4.0, 1.0)), _tensor(1, 0.25, 1.0, 0.5))
+
 
 @pytest.mark.parametrize("lookback", [True, False])
 def test_relobralo_matches_its_closed_form(lookback):

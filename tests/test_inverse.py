@@ -16,6 +16,7 @@ import torch
 from helpers import interrupted_and_straight, run_cli
 from pinnzo.data import make_measurements, measurements_csv
 from pinnzo.derivatives import Autodiff
+from pinnzo.errors import PinnzoError
 from pinnzo.loop import Interrupted
 from pinnzo.pinn import build, load_run, resolve_settings, solve
 from pinnzo.problem import ProblemError, load_problem
@@ -325,3 +326,41 @@ def test_heat10_inverse_data_see_a_one_percent_change_of_k():
     torch.testing.assert_close(solution(1.0)(points), problem.exact_solution(points), rtol=0, atol=1e-14)
     chi2 = ((solution(1.01)(points) - solution(1.0)(points)) / measured.data.noise).square().sum().item()
     assert chi2 > 100  # 174: a 1% error of k is a 13-sigma misfit of the data
+
+
+# ---- the discrepancy principle (loss_weights: discrepancy) ----------------
+
+def _noisy_line(tmp_path, stated: float):
+    """LINE with 40 measurements of u carrying noise of standard deviation 0.02, stated as ``stated``."""
+    X, values, _ = make_measurements(load_problem(FORWARD), 40, 0.0, 0)
+    values = values + 0.02 * torch.randn(values.shape, generator=torch.Generator().manual_seed(3),
+                                         dtype=values.dtype)
+    (tmp_path / "line.csv").write_bytes(measurements_csv(["x"], X, values, ["noisy values"]))
+    spec = {**LINE, "conditions": {**LINE["conditions"], "measured": {"at": "data", "file": "line.csv",
+                                                                      "noise": stated}}}
+    return load_problem(spec, tmp_path)
+
+
+def test_the_discrepancy_weights_leave_a_fit_above_its_noise_alone_and_weight_down_one_below(tmp_path):
+    settings = dict(optimizer="zo-gn", backend="fd", steps=40, resample_every=10, width=16, batch=200)
+    fixed = solve(_noisy_line(tmp_path, 1e-4), out=tmp_path / "fixed", **settings)
+    # the misfit (about 0.017) stays far above a stated noise of 1e-4: every factor is 1, the fit is the plain one
+    above = solve(_noisy_line(tmp_path, 1e-4), out=tmp_path / "above", loss_weights="discrepancy", **settings)
+    assert all(row["weight_measured"] == 1.0 for row in above.metrics)
+    assert torch.equal(above.theta, fixed.theta)
+    # stated as 0.02, the draw's own standard deviation, the fit is below it (0.86 of it): the weight falls
+    below = solve(_noisy_line(tmp_path, 0.02), out=tmp_path / "below", loss_weights="discrepancy", **settings)
+    assert below.summary["data_misfit"]["measured"]["rms_over_noise"] < 1
+    weights = [row["weight_measured"] for row in below.metrics]
+    assert weights[0] == 1.0 and weights == sorted(weights, reverse=True) and weights[-1] < 0.5
+    assert all(row["weight_residual"] == 1.0 and row["weight_ends"] == 1.0 for row in below.metrics)
+
+
+def test_the_discrepancy_weight_stops_at_its_floor_and_needs_a_stated_noise(tmp_path):
+    problem = _noisy_line(tmp_path, 1.0)  # stated 50x too large: the fit is always below it
+    run = solve(problem, optimizer="zo-gn", backend="fd", steps=40, resample_every=10, loss_weights="discrepancy",
+                discrepancy_floor=0.05, out=tmp_path / "run")
+    assert run.metrics[-1]["weight_measured"] == pytest.approx(0.05, rel=1e-12)
+    with pytest.raises(PinnzoError, match="no data condition states its noise"):
+        solve(load_problem(LINE, tmp_path), optimizer="zo-gn", steps=2, loss_weights="discrepancy",
+              out=tmp_path / "none")
