@@ -257,7 +257,8 @@ class Adaptivity:
             self.objective.queries += 1
             with torch.no_grad():
                 if isinstance(self.balancer, Discrepancy):  # the unweighted mean squares
-                    terms = {name: r.double().square().mean() for name, r in self.loss.residuals(network, batch).items()}
+                    residuals = self.loss.residuals(network, batch)
+                    terms = {name: r.double().square().mean() for name, r in residuals.items()}
                 else:
                     terms = self.loss.terms(network, batch)
             weights = self.balancer.update(torch.stack(list(terms.values())), generator)

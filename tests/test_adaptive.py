@@ -12,7 +12,8 @@ from scipy.stats import chi2
 
 import helpers
 from helpers import run_cli
-from pinnzo.adaptive import Discrepancy, PointGrowth, TermBalancer, discrepancy_weights, rad_choice, rad_probabilities, relobralo_weights, softadapt_weights
+from pinnzo.adaptive import (Discrepancy, PointGrowth, TermBalancer, discrepancy_weights, rad_choice,
+                             rad_probabilities, relobralo_weights, softadapt_weights)
 from pinnzo.loop import Interrupted
 from pinnzo.pinn import resolve_settings, solve
 from pinnzo.problem import load_problem
