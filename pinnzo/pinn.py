@@ -227,8 +227,8 @@ class PINNTask:
     kind = "pinn"
     progress_metric = ("val rel-L2", "val_rel_l2")
 
-    def __init__(self, components: Components, pilots: dict | None = None):
-        self.components, self.pilots = components, pilots  # pilots: the record of an activation auto choice
+    def __init__(self, components: Components, choice: dict | None = None):
+        self.components, self.choice = components, choice  # choice: the pilots' record (activation auto)
         self.settings, self.problem = components.settings, components.problem
         self.objective, self.device, self.steps = components.objective, components.device, self.settings.steps
         self.time_budget = self.settings.time_budget
@@ -251,7 +251,7 @@ class PINNTask:
     def describe(self) -> str:
         s = self.settings
         text = (f"pinnzo solve {self.problem.name}: {self.components.loss.backend.describe()}; {s.optimizer}; "
-                f"{s.network} {s.width}x{s.depth} {s.activation}{' (chosen by pilots)' if self.pilots else ''} "
+                f"{s.network} {s.width}x{s.depth} {s.activation}{' (chosen by pilots)' if self.choice else ''} "
                 f"({self.objective.dim:,} parameters); {s.steps} steps of "
                 f"{s.batch} points{self.adaptivity.describe()}")
         if input_map(self.problem) is not None:
@@ -382,7 +382,7 @@ class PINNTask:
             "final_mse_raw": final["val_mse_raw"], "final_rel_l2_raw": final["val_rel_l2_raw"],
             "best_mse": best_mse, "best_rel_l2": best_rel, "eval_points": s.eval_points,
             "dtype": s.dtype, "seed": s.seed, **self.inverse_summary(state.theta, best_theta),
-            **({"pilots": self.pilots} if self.pilots else {}),
+            **({pilots.FOLDER: self.choice} if self.choice else {}),
         }
 
     def inverse_summary(self, theta: torch.Tensor, best_theta: torch.Tensor) -> dict:
