@@ -103,6 +103,7 @@ def choose(problem: Problem, settings: Settings, run_dir: Path, resume: bool, qu
               "seconds": seconds, "queries": queries, "chosen": chosen,
               "time_budget": max(settings.time_budget - spent, 0.0) if settings.time_budget else 0.0}
     record = json.loads(world.broadcast_text(json.dumps(record) if world.writer else ""))  # rank 0's clock
+    chosen, scores = record["chosen"], record["held_out_loss"]  # rank 0's, on every rank
     if world.writer:
         _promote(run_dir, chosen, problem, settings, record)
     if not quiet and world.writer:
