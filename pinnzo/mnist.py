@@ -34,6 +34,7 @@ IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # 0x00000803 / 0x00000801: unsigned bytes
 ENV_VAR = "PINNZO_MNIST_DIR"
 SHAPES = [(7, 4, 4, 7), (8, 4, 4, 8), (1, 5, 2, 1)]  # 784, 1024, 10 (paper)
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels in [0, 1]
+DIAGONAL_CHUNK = 2**22  # Jacobian values a chunk of curvature_diagonal (its temporaries: 16 MB in float32)
 METRIC_FIELDS = ["epoch", "step", "queries", "train_loss", "val_loss", "val_accuracy", "lr", "stage", "wall_s"]
 
 
@@ -188,8 +189,10 @@ class CrossEntropy:
         """diag(J^T H J) (d,) for the outputs' Jacobian (d, B, C): sum_b (sum_c p_bc J_bc^2 -
         (sum_c p_bc J_bc)^2) / N."""
         whole = batch[2] if len(batch) > 2 else len(batch[1])
-        p = torch.softmax(logits, -1)
-        return ((jacobian ** 2 * p).sum((1, 2)) - ((jacobian * p).sum(2) ** 2).sum(1)) / whole
+        p = torch.softmax(logits, -1).to(jacobian.dtype)
+        rows = max(1, DIAGONAL_CHUNK // max(1, p.numel()))  # Jacobian rows a chunk: its temporaries stay small
+        return torch.cat([((block.square() * p).sum((1, 2)) - (block * p).sum(2).square().sum(1)).double()
+                          for block in jacobian.split(rows)]) / whole
 
 
 cross_entropy = CrossEntropy()

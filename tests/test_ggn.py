@@ -169,3 +169,30 @@ def test_the_classifier_takes_the_differences_and_can_take_the_chain_rule():
         settings = MnistSettings().replace({"optimizer": "zo-gn", "gn_columns": columns})
         optimizer = generalised(make_optimizer("zo-gn", **settings.as_dict()), 10, 1e-15)
         assert optimizer.linear is linear
+
+
+def test_the_curvature_diagonal_is_the_same_in_chunks_and_in_a_float32_jacobians_dtype(monkeypatch):
+    import pinnzo.mnist as mnist
+
+    logits, batch = _logits_batch(rows=9)
+    J = torch.randn(6, *logits.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    whole = cross_entropy.curvature_diagonal(J, logits, batch)
+    monkeypatch.setattr(mnist, "DIAGONAL_CHUNK", 2 * logits.numel())  # two Jacobian rows a chunk
+    torch.testing.assert_close(cross_entropy.curvature_diagonal(J, logits, batch), whole, rtol=1e-15, atol=0)
+    single = cross_entropy.curvature_diagonal(J.float(), logits, batch)
+    assert single.dtype == torch.float64
+    torch.testing.assert_close(single, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_a_float32_networks_ggn_step_solves_in_float32_products_to_their_accuracy():
+    """On a float32 network J stays float32 (no float64 copy); the step equals the float64 network's
+    step to float32 accuracy."""
+    objective, batch = _tt_objective()
+    theta = objective.flatten()
+    optimizer = GeneralisedGaussNewton("zo-gn", damping=10.0, iterations=10_000, reuse=0, mu=1e-3)
+    exact, _, _ = optimizer.update(0, theta, optimizer.init(theta), objective, batch, None)
+    single = Objective(objective.model.float(), cross_entropy)
+    batch32 = (batch[0].float(), batch[1])
+    moved, state, _ = optimizer.update(0, theta.float(), optimizer.init(theta.float()), single, batch32, None)
+    assert moved.dtype == torch.float32 and state.accepted == 1
+    assert ((moved.double() - exact).norm() / (exact - theta).norm()).item() < 1e-3
