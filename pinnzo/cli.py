@@ -386,8 +386,12 @@ def mnist(
             raise typer.Exit(130)
     if not world.writer:
         return
+    last = summary.get("last_step_test_accuracy")
     _report(f"mnist {settings.network} ({summary['parameters']:,} parameters), {settings.optimizer}: "
-            f"test accuracy {100 * summary['test_accuracy']:.2f}%, {summary['total_queries']:,} loss queries, "
+            f"test accuracy {100 * summary['test_accuracy']:.2f}%"
+            + ("" if last is None else f" (the parameters' moving average; the last step's: {100 * last:.2f}%)")
+            + f", at the epoch of the best validation accuracy (step {summary['best_step']}) "
+            f"{100 * summary['best_test_accuracy']:.2f}%, {summary['total_queries']:,} loss queries, "
             f"{summary['wall_time_s']:.0f} s", run_dir, run_dir, no_plots)
 
 

@@ -84,12 +84,18 @@ class TrainState:
     window: list = field(default_factory=list)  # training losses since the last evaluation
     best_theta: torch.Tensor | None = None
     best_score: float = math.inf
+    average: torch.Tensor | None = None  # the parameters' moving average, for a task with ``average`` > 0
     smoothed_loss: float = math.nan
     elapsed: float = 0.0
     events: list = field(default_factory=list)
     generators: dict = field(default_factory=dict)
     task: dict = field(default_factory=dict)
     stopped_by: str = "steps"  # "steps", or "time budget" / "converged" when the run stopped early
+
+    @property
+    def result(self) -> torch.Tensor:
+        """The parameters the run reports: the moving average when the task keeps one, else the last step's."""
+        return self.theta if self.average is None else self.average
 
 
 # ---------------------------------------------------------------- the loop's pieces
@@ -106,8 +112,13 @@ def check_finite(info: StepInfo, theta: torch.Tensor, step: int, checkpoint: "Ch
 
 def commit(state: TrainState, step: int, theta, optimizer_state, info: StepInfo, task: Task,
            generators: dict[str, torch.Generator]) -> None:
-    """Make the finished step the state a checkpoint would hold."""
+    """Make the finished step the state a checkpoint would hold; a task with ``average`` = beta > 0 also
+    keeps the parameters' exponential moving average, a <- beta a + (1 - beta) theta (Polyak averaging),
+    which it then evaluates and reports (TrainState.result)."""
     state.theta, state.optimizer, state.step = theta, optimizer_state, step + 1
+    decay = getattr(task, "average", 0.0)
+    if decay:
+        state.average = theta.clone() if state.average is None else torch.lerp(theta, state.average, decay)
     state.queries = task.objective.queries
     state.smoothed_loss = smoothed(state.smoothed_loss, info.loss)
     state.window.append(info.loss)
@@ -278,7 +289,7 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
 def _evaluate(task: Task, state: TrainState, step: int, info: StepInfo, started: float,
               checkpoint: Checkpointer) -> float:
     """The committed step's metrics row, recorded and checkpointed; returns the progress figure."""
-    row = task.evaluate(state.theta, step, info, state)
+    row = task.evaluate(state.result, step, info, state)
     row["wall_s"] = time.perf_counter() - started
     _record(task, state, row)
     checkpoint(state)
@@ -307,7 +318,7 @@ def _record(task: Task, state: TrainState, row: dict) -> None:
     state.window = []
     score = task.score(row)
     if score is not None and score < state.best_score:
-        state.best_score, state.best_theta = score, state.theta.clone()
+        state.best_score, state.best_theta = score, state.result.clone()
 
 
 def _run_fields(task: Task, state: TrainState, started: float, sent: tuple[int, int]) -> dict:

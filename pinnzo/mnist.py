@@ -3,8 +3,9 @@
 Reuses the TT layers (pinnzo.nets), the flat-parameter Objective, every
 optimizer of the registry (pinnzo.optim), the training loop (loop.py) and the
 run folders (runs.py): results/mnist/<time>-<network>-<optimizer>/ with
-config.yaml, metrics.csv (one row per epoch), summary.json (test accuracy),
-model.pt, checkpoint.pt (resumable) and plots/.
+config.yaml, metrics.csv (one row per epoch), summary.json (the test accuracy of the final model,
+model.pt, and of the epoch with the best validation accuracy, best.pt), checkpoint.pt (resumable)
+and plots/.
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ class MnistTask:
                               f"{self.steps_per_epoch * settings.batch} images; the training split has "
                               f"{len(data.train_y)} (at most {len(data.train_y) // settings.batch} steps per epoch)")
         self.steps = settings.epochs * self.steps_per_epoch
+        self.average = settings.average  # the loop's moving average of the parameters (loop.commit)
         self.optimizer = make_optimizer(settings.optimizer, **{
             **settings.as_dict(), "decay_every": max(1, settings.decay_epochs * self.steps_per_epoch)})
         if settings.optimizer == "zo-gn":  # on a cross-entropy: the generalised Gauss-Newton
@@ -280,8 +282,11 @@ class MnistTask:
                 "train_loss": float(np.mean(state.window)), "val_loss": val_loss, "val_accuracy": accuracy,
                 "lr": self.optimizer.schedule(step), "stage": info.stage}
 
-    def score(self, row: dict) -> None:
-        return None  # the final model is the result
+    def score(self, row: dict) -> float:
+        """The validation accuracy, negated (lower is better): the loop keeps the parameters of the best
+        epoch, whose test accuracy the summary reports beside the final model's (model selection on the
+        validation split, which no step trains on; the test split chooses nothing)."""
+        return -row["val_accuracy"]
 
     def state_dict(self) -> dict:
         return {"order": self.order}
@@ -291,17 +296,22 @@ class MnistTask:
 
     def finish(self, state, run_dir: Path) -> dict:
         s = self.settings
-        test_loss, test_accuracy = evaluate(self.objective.network(state.theta),
-                                            self.data.test_x.to(self.device, self.dtype),
-                                            self.data.test_y.to(self.device))
-        runs.write_model(run_dir, runs.MODEL, self.objective.state_dict(state.theta))
+        test = lambda theta: evaluate(self.objective.network(theta), self.data.test_x.to(self.device, self.dtype),
+                                      self.data.test_y.to(self.device))
+        best_theta = state.best_theta if state.best_theta is not None else state.result
+        test_loss, test_accuracy = test(state.result)
+        best = max(state.metrics, key=lambda row: row["val_accuracy"])  # the first best, as the loop keeps it
+        runs.write_model(run_dir, runs.MODEL, self.objective.state_dict(state.result))
+        runs.write_model(run_dir, runs.BEST, self.objective.state_dict(best_theta))
         return {
             "task": "mnist", "network": s.network, "rank": s.rank, "optimizer": s.optimizer,
             "parameters": self.objective.dim,
             "parameters_per_layer": [list(r) for r in self.objective.model.parameter_table()],
             "epochs": state.step // self.steps_per_epoch, "test_accuracy": test_accuracy, "test_loss": test_loss,
             "final_val_accuracy": state.metrics[-1]["val_accuracy"],
-            "best_val_accuracy": max(row["val_accuracy"] for row in state.metrics),
+            "best_val_accuracy": best["val_accuracy"], "best_step": best["step"],
+            "best_test_accuracy": test(best_theta)[1],
+            **({"last_step_test_accuracy": test(state.theta)[1]} if state.average is not None else {}),
             "dtype": s.dtype, "seed": s.seed,
         }
 

@@ -170,6 +170,7 @@ class MnistSettings(SettingsBase):
     cg_iterations: int = 100  # zo-gn: conjugate-gradient products per step's solve
     gn_reuse: int = 0  # zo-gn: more steps with each accepted step's Jacobian and curvature, each kept while it lowers the loss (0: none)
     damping_floor: float = 1e-15  # zo-gn: lambda never falls below this
+    average: float = 0.0  # the reported model: the parameters' moving average of this decay (0: the last step's)
     epochs: int = 5
     batch: int = 64
     steps_per_epoch: int = 0  # 0: the whole training split
@@ -208,7 +209,7 @@ MAXIMUM_INTEGER = 2**62  # seeds and sizes beyond it overflow torch's generators
 # deeper than this does not train, and building one takes minutes and gigabytes of layer objects.
 MAXIMUM = {"depth": 1000}
 POSITIVE = {"sigma", "lr", "mu", "cge_mu", "lr_decay", "damping"}  # floats that must be > 0
-BELOW_ONE = {"momentum"}  # floats in [0, 1)
+BELOW_ONE = {"momentum", "average"}  # floats in [0, 1)
 # loss-only adaptivity (adaptive.py)
 POSITIVE |= {"relobralo_tau", "softadapt_beta", "discrepancy_floor"}
 UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho", "discrepancy_floor"}  # floats in [0, 1]

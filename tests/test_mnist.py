@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from helpers import IMAGE_MAGIC, LABEL_MAGIC, run_cli, tiny_mnist, write_idx
 from pinnzo.errors import PinnzoError
-from pinnzo.mnist import (MnistData, MnistDataError, build_classifier, load_mnist,
+from pinnzo.mnist import (MnistData, MnistDataError, build_classifier, evaluate, load_mnist,
                           read_idx, train_mnist)
 from pinnzo.settings import MnistSettings
 
@@ -115,6 +116,63 @@ def test_short_training_on_separable_data_reaches_the_stated_accuracy(tmp_path, 
     with torch.no_grad():
         correct = (model(data.test_x).argmax(1) == data.test_y).double().mean().item()
     assert correct == pytest.approx(summary["test_accuracy"], abs=1e-12)
+
+
+def test_best_pt_is_the_epoch_of_the_best_validation_accuracy_and_has_the_reported_test_accuracy(tmp_path):
+    """Adam at lr 0.02 peaks at epoch 5 (validation 100%) and ends at 99.5%: best.pt is that epoch's model
+    (the first best), not the final one, and the summary's best figures are its own."""
+    settings = MnistSettings(optimizer="adam", lr=0.02, rank=2, epochs=10, steps_per_epoch=2, batch=32, seed=0)
+    summary = train_mnist(_separable(), settings, tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
+    best = max(rows, key=lambda row: float(row["val_accuracy"]))
+    assert (summary["best_step"], summary["best_val_accuracy"]) == (int(best["step"]), float(best["val_accuracy"]))
+    assert summary["best_step"] < summary["steps"] and summary["best_val_accuracy"] > summary["final_val_accuracy"]
+    data, model = _separable(), build_classifier(settings)
+    model.load_state_dict(torch.load(tmp_path / "run" / "best.pt", weights_only=True))
+    with torch.no_grad():
+        assert evaluate(model, data.val_x, data.val_y)[1] == summary["best_val_accuracy"]
+        correct = (model(data.test_x).argmax(1) == data.test_y).double().mean().item()
+    assert correct == pytest.approx(summary["best_test_accuracy"], abs=1e-12)
+    assert summary["best_test_accuracy"] != summary["test_accuracy"]
+
+
+def test_average_reports_the_parameters_moving_average_and_resumes_to_the_same_numbers(tmp_path):
+    """With average = beta the reported model is a <- beta a + (1 - beta) theta over every step's parameters
+    (recomputed here from the steps), its validation and test accuracy are its own, the last step's test
+    accuracy is reported beside it, and an interrupted run resumes to the same averaged model."""
+    from pinnzo.loop import Interrupted
+    from pinnzo.optim import Objective
+
+    settings = MnistSettings(optimizer="adam", lr=0.02, rank=2, epochs=4, steps_per_epoch=3, batch=32, seed=0,
+                             average=0.8)
+    thetas = []
+    summary = train_mnist(_separable(), settings, tmp_path / "a", quiet=True,
+                          callbacks=[lambda step, state: thetas.append(state.theta.clone())])
+    expected = thetas[0]
+    for theta in thetas[1:]:
+        expected = 0.8 * expected + 0.2 * theta
+    data, model = _separable(), build_classifier(settings)
+    objective = Objective(model, None)
+    model.load_state_dict(torch.load(tmp_path / "a" / "model.pt", weights_only=True))
+    torch.testing.assert_close(objective.flatten(), expected, rtol=1e-5, atol=1e-6)
+    assert (objective.flatten() - thetas[-1]).norm() > 1e-2 * thetas[-1].norm()  # not the last step's
+    with torch.no_grad():
+        assert evaluate(model, data.val_x, data.val_y)[1] == summary["final_val_accuracy"]
+        assert evaluate(model, data.test_x, data.test_y)[1] == summary["test_accuracy"]
+        objective.load(thetas[-1])
+    assert summary["last_step_test_accuracy"] == evaluate(model, data.test_x, data.test_y)[1]
+
+    def stop(step, state):
+        if step == 7:
+            raise KeyboardInterrupt
+    with pytest.raises(Interrupted):
+        train_mnist(_separable(), settings, tmp_path / "b", quiet=True, callbacks=[stop])
+    train_mnist(_separable(), settings, tmp_path / "b", resume=True, quiet=True)
+    for name in ("model.pt", "best.pt"):
+        saved = [torch.load(tmp_path / run / name, weights_only=True) for run in ("a", "b")]
+        assert all(torch.equal(saved[0][key], saved[1][key]) for key in saved[0]), name
+    with pytest.raises(PinnzoError, match="average"):
+        MnistSettings().replace({"average": 1.0})
 
 
 def test_mnist_run_folder_resume_and_plot(tmp_path):
