@@ -96,6 +96,12 @@ METHODS.register("zo-gn-relobralo", Method("zo-gn, term weights by ReLoBRaLo (al
                                            "each resample", {**_ZO_GN, "loss_weights": "relobralo",
                                                              "relobralo_alpha": 0.9}, False))
 
+# The equation's residual in the L1 norm (reweighted least squares at each resample; adaptive.lp_weights).
+METHODS.register("zo-gn-l1", Method("zo-gn, the equation's residual in the L1 norm (reweighted least squares)",
+                                    {**_ZO_GN, "residual_power": 1.0}, False))
+METHODS.register("gn-l1", Method("gn, the equation's residual in the L1 norm (reweighted least squares)",
+                                 {**METHODS["gn"].changes, "residual_power": 1.0}, True))
+
 
 def shipped_problems(folder: Path) -> list[Path]:
     """The problem files with an exact solution (the others have nothing to measure against)."""

@@ -1,7 +1,7 @@
-"""Loss-only adaptivity: term weights from loss values, residual-based adaptive resampling, and
-point sets that grow when they are overfitted.
+"""Loss-only adaptivity: term weights from loss values, residual-based adaptive resampling, the
+residual's L_p norm, and point sets that grow when they are overfitted.
 
-All three use nothing but forward queries of the loss, so they work with every optimizer
+All four use nothing but forward queries of the loss, so they work with every optimizer
 (first order, zeroth order, Gauss-Newton); all act only when the training points are
 resampled (``PINNTask.sample``), so that between resamples every optimizer sees one fixed
 problem (the points and the weights of its terms). docs/method.md, "Loss-only adaptivity".
@@ -21,13 +21,17 @@ Resampling (``resample: rad``; Wu et al. 2023): the interior points are B of a u
 ``rad_pool`` x B candidates, drawn with replacement with probability
 p(x) proportional to |r(x)|^k / mean |r|^k + c (``rad_probabilities``).
 
+The residual's norm (``residual_power`` p in [1, 2]; ``lp_weights``): the interior points get the
+weights |r|^(p - 2) (mean 1) of iteratively reweighted least squares, so that the interior term
+follows the L_p norm of the equation's residual rather than its mean square.
+
 Growth (``grow_points``, ``max_growth``; ``PointGrowth``): the sets of every later resample double
 when the loss on fresh points exceeds ``grow_points`` times the loss on the points just fitted and
 fell by less than half since the last resample.
 
 Cost, in loss queries (counted by the objective): one per weight update (the terms at the
 current parameters on the new points), ``rad_pool`` per RAD resample (the pool's residuals,
-evaluated in chunks of B points) and two per growth check.
+evaluated in chunks of B points), one per L_p reweighting and two per growth check.
 """
 
 from __future__ import annotations
@@ -156,6 +160,30 @@ def rad_choice(residuals: torch.Tensor, count: int, k: float, c: float, generato
     return torch.multinomial(probabilities, count, replacement=True, generator=generator)
 
 
+# ---------------------------------------------------------------- the residual's norm
+
+LP_FLOOR = 1e-3  # residuals below this x their RMS weigh as if they were this large
+
+
+def lp_weights(residuals: torch.Tensor, power: float, floor: float = LP_FLOOR) -> torch.Tensor:
+    """The interior points' weights w (B,) float64 of iteratively reweighted least squares for the
+    L_p norm of the residuals r (B,) at which they are taken, scaled to mean 1:
+
+        w_i = max(|r_i|, floor rms(r))^(p - 2) / mean_j max(|r_j|, floor rms(r))^(p - 2).
+
+    Near r, the weighted term mean(w r^2) has the gradient and the Gauss-Newton model of
+    c mean |r|^p (c = 2 / (p mean_j |r_j|^(p - 2)), up to the floor): large residuals, where the
+    network cannot follow a singularity or a thin layer, weigh less than in the mean square, and
+    the fit of the rest of the domain more. All 1 for p = 2, or where every residual is 0.
+    """
+    size = residuals.detach().double().abs()
+    rms = size.square().mean().sqrt()
+    if power == 2 or rms == 0:
+        return torch.ones_like(size)
+    weights = size.clamp_min(floor * rms).pow(power - 2)
+    return weights / weights.mean()
+
+
 # ---------------------------------------------------------------- growing point sets
 
 class PointGrowth:
@@ -198,9 +226,10 @@ class PointGrowth:
 # ---------------------------------------------------------------- the hook of the PINN task
 
 class Adaptivity:
-    """What ``PINNTask.sample`` applies to a freshly drawn batch: RAD's interior points, then the
-    term weights. ``generator`` (the run's seeded "adaptive" generator) draws the pool, the
-    selection and the lookback."""
+    """What ``PINNTask.sample`` applies to a freshly drawn batch: RAD's interior points, the
+    interior points' weights of the L_p norm (``residual_power``), then the term weights.
+    ``generator`` (the run's seeded "adaptive" generator) draws the pool, the selection and the
+    lookback."""
 
     def __init__(self, settings, loss, objective):
         self.settings, self.loss, self.objective = settings, loss, objective
@@ -223,7 +252,7 @@ class Adaptivity:
 
     @property
     def active(self) -> bool:
-        return self.balancer is not None or self.settings.resample == "rad"
+        return self.balancer is not None or self.settings.resample == "rad" or self.settings.residual_power != 2
 
     def describe(self) -> str:
         """Empty, or the adaptivity in use, e.g. "; relobralo term weights; RAD points (pool 10 x batch)"."""
@@ -232,6 +261,8 @@ class Adaptivity:
             text += f"; {s.loss_weights} term weights"
         if s.resample == "rad":
             text += f"; RAD points (pool {s.rad_pool} x batch, k = {s.rad_k:g}, c = {s.rad_c:g})"
+        if s.residual_power != 2:
+            text += f"; the residual's L{s.residual_power:g} norm (reweighted least squares)"
         return text
 
     def term_names(self) -> list[str]:
@@ -249,10 +280,16 @@ class Adaptivity:
         return {f"weight_{name}": w * lam for name, w, lam in zip(self.term_names(), configured, weights)}
 
     def adapt(self, batch: Batch, theta: torch.Tensor, generator: torch.Generator) -> Batch:
-        """The batch with RAD's interior points and the updated term weights."""
+        """The batch with RAD's interior points, their L_p weights and the updated term weights."""
         network = self.objective.network(theta)
         if self.settings.resample == "rad":
             batch = dataclasses.replace(batch, interior=self._rad_points(network, batch.interior, generator))
+        if self.settings.residual_power != 2:
+            self.objective.queries += 1
+            with torch.no_grad():
+                residual = self.loss.interior_residual(network, batch.interior)
+            weights = lp_weights(residual, self.settings.residual_power).to(batch.interior.dtype)
+            batch = dataclasses.replace(batch, point_weights=weights)
         if self.balancer is not None:
             self.objective.queries += 1
             with torch.no_grad():
@@ -285,5 +322,5 @@ class Adaptivity:
             self.balancer.load_state_dict(saved)
 
 
-__all__ = ["Adaptivity", "Discrepancy", "PointGrowth", "TermBalancer", "discrepancy_weights", "rad_choice",
-           "rad_probabilities", "relobralo_weights", "softadapt_weights"]
+__all__ = ["Adaptivity", "Discrepancy", "PointGrowth", "TermBalancer", "discrepancy_weights", "lp_weights",
+           "rad_choice", "rad_probabilities", "relobralo_weights", "softadapt_weights"]

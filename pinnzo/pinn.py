@@ -291,8 +291,9 @@ class PINNTask:
 
     def _grow(self, fitted: Batch, theta: torch.Tensor, generator: torch.Generator) -> None:
         """Double the fresh batch when its loss at theta exceeds grow_points times the loss on the
-        points just fitted, ``fitted`` (both with the fitted points' term weights); not beyond what the
-        Gauss-Newton Jacobian can hold in memory_mb."""
+        points just fitted, ``fitted`` (both with the fitted points' term weights, and without the
+        points' L_p weights); not beyond what the Gauss-Newton Jacobian can hold in memory_mb."""
+        fitted = dataclasses.replace(fitted, point_weights=None)
         fresh = self._shard(dataclasses.replace(self.batch, weights=fitted.weights))
         before, after = (self.objective.loss(theta, batch).item() for batch in (fitted, fresh))
         if not self.growth.overfitted(before, after):
@@ -348,12 +349,13 @@ class PINNTask:
                  "stein_state": self.stein_state, "growth": self.growth.state_dict()}
         if self.adaptivity.active:
             saved["weights"], saved["adaptivity"] = self.batch.weights, self.adaptivity.state_dict()
+            saved["point_weights"] = self.batch.point_weights
         return saved
 
     def load_state_dict(self, saved: dict) -> None:
         if saved:
             self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]),
-                               weights=saved.get("weights"))
+                               weights=saved.get("weights"), point_weights=saved.get("point_weights"))
             self._mine = self._shard(self.batch)
             self.stein_state = saved["stein_state"]
             self.growth.load_state_dict(saved.get("growth", {}))

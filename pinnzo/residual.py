@@ -42,12 +42,16 @@ class Batch:
     conditions: per condition of the problem, (X (Bc, D), outward normals (Bc, d) or None).
     weights: adaptive factors lambda of the terms (interior first, then each condition), which
         multiply their configured weights; None: all 1 (adaptive.py, ``loss_weights``).
+    point_weights: (B,) weights of the interior points' squared residuals, which average the
+        interior term over its points (iteratively reweighted least squares for the norm
+        ``residual_power``; adaptive.py); None: all 1.
     """
 
     interior: torch.Tensor
     conditions: tuple[tuple[torch.Tensor, torch.Tensor | None], ...]
     counts: tuple[int, ...] | None = None  # points per term in the whole step, when this is a rank's shard
     weights: tuple[float, ...] | None = None  # adaptive factors of the terms' weights (adaptive.py)
+    point_weights: torch.Tensor | None = None  # the interior points' weights (adaptive.py, residual_power)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -59,11 +63,13 @@ class Batch:
         the whole step's count of each term's points."""
         conditions = tuple((X[world.shard(len(X))], None if n is None else n[world.shard(len(X))])
                            for X, n in self.conditions)
-        return Batch(self.interior[world.shard(len(self.interior))], conditions,
-                     (len(self.interior), *(len(X) for X, _ in self.conditions)), self.weights)
+        mine = world.shard(len(self.interior))
+        return Batch(self.interior[mine], conditions, (len(self.interior), *(len(X) for X, _ in self.conditions)),
+                     self.weights, None if self.point_weights is None else self.point_weights[mine])
 
     def join(self, other: "Batch") -> "Batch":
-        """This batch's points of every term followed by ``other``'s (whole batches, no weights)."""
+        """This batch's points of every term followed by ``other``'s (whole batches, no weights of
+        terms or points)."""
         conditions = tuple((torch.cat([X, Y]), None if n is None else torch.cat([n, m]))
                            for (X, n), (Y, m) in zip(self.conditions, other.conditions))
         return Batch(torch.cat([self.interior, other.interior]), conditions)
@@ -91,7 +97,8 @@ class PINNLoss:
 
     def _residuals(self, atoms_at, batch: Batch, raw: torch.Tensor | None = None
                    ) -> list[tuple[str, torch.Tensor, float, int | None]]:
-        """(name, residual (..., B_k), weight, count) of every term; ``atoms_at(k, X, atoms)`` gives the
+        """(name, residual (..., B_k), weight (a number, or (B_k,) per point), count) of every term;
+        ``atoms_at(k, X, atoms)`` gives the
         atoms at the points of term k (0: interior, c + 1: condition c); ``raw``: the unknowns' raw
         coordinates (k,) (None: their initial values); count: the term's points in the whole step
         when ``batch`` is a shard (its mean is then the ranks' summed sum / count), else None."""
@@ -99,8 +106,9 @@ class PINNLoss:
         unknowns = unknown_values(problem.unknowns, raw) if raw is not None else None
         counts = batch.counts or (None,) * (1 + len(problem.conditions))
         fixed = self._fixed_values(batch)
+        interior_weight = 1.0 if batch.point_weights is None else batch.point_weights
         terms = [("residual", problem.residual_from_atoms(batch.interior, atoms_at(0, batch.interior, problem.atoms),
-                                                          unknowns, fixed[0]), 1.0, counts[0])]
+                                                          unknowns, fixed[0]), interior_weight, counts[0])]
         for k, (condition, (X, normals)) in enumerate(zip(problem.conditions, batch.conditions), 1):
             values = atoms_at(k, X, self.condition_atoms[k - 1])
             terms.append((condition.name, problem.condition_residual(condition, X, normals, values, unknowns,
@@ -338,9 +346,11 @@ class Perturbations:
         return _stack(self._terms(changes))
 
 
-def _term(residual: torch.Tensor, weight: float, count: int | None = None) -> torch.Tensor:
-    """weight * mean r^2 over the last axis (a shard's part of it, sum r^2 / count, given the
-    whole step's ``count``)."""
+def _term(residual: torch.Tensor, weight: float | torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """mean weight r^2 over the last axis (a shard's part of it, sum weight r^2 / count, given the
+    whole step's ``count``); ``weight`` a number or one per point (B_k,)."""
+    if isinstance(weight, torch.Tensor):
+        residual, weight = residual * weight.sqrt(), 1.0
     if count is None:
         return weight * residual.square().mean(-1)
     return weight * (residual.square().sum(-1) / count)

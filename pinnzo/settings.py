@@ -128,6 +128,9 @@ class Settings(SettingsBase):
     softadapt_beta: float = 0.1  # SoftAdapt's softmax scale beta (> 0)
     discrepancy_floor: float = 0.01  # discrepancy: the least factor of a data term's weight, in (0, 1]
     resample: str = "uniform"  # uniform | rad: interior points uniform, or by residual (RAD)
+    # p in [1, 2]: the equation's term takes the L_p norm of its residual, by least squares with the points'
+    # weights |r|^(p - 2) (mean 1) taken at each resample (2: the plain mean square)
+    residual_power: float = 2.0
     rad_pool: int = 10  # RAD: candidates per kept interior point (pool of rad_pool x batch)
     rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
     rad_c: float = 1.0
@@ -215,6 +218,7 @@ POSITIVE |= {"relobralo_tau", "softadapt_beta", "discrepancy_floor"}
 UNIT_INTERVAL = {"relobralo_alpha", "relobralo_rho", "discrepancy_floor"}  # floats in [0, 1]
 POSITIVE.add("pilot_share")
 BELOW_HALF = {"pilot_share"}  # floats below 1/2 (two pilots take less than the whole run)
+ONE_TO_TWO = {"residual_power"}  # floats in [1, 2]
 MINIMUM["rad_pool"] = 1
 MINIMUM["max_growth"] = 1
 
@@ -250,6 +254,8 @@ def _coerce(value: Any, kind: str, where: str, name: str):
             raise PinnzoError(f"{where}: expected a number in (0, 0.5); found {value!r}")
         if name in UNIT_INTERVAL and not value <= 1:
             raise PinnzoError(f"{where}: expected a number in [0, 1]; found {value!r}")
+        if name in ONE_TO_TWO and not 1 <= value <= 2:
+            raise PinnzoError(f"{where}: expected a number in [1, 2]; found {value!r}")
         return value
     if not isinstance(value, str):
         raise PinnzoError(f"{where}: expected a string; found {value!r}")

@@ -12,8 +12,8 @@ from scipy.stats import chi2
 
 import helpers
 from helpers import run_cli
-from pinnzo.adaptive import (Discrepancy, PointGrowth, TermBalancer, discrepancy_weights, rad_choice,
-                             rad_probabilities, relobralo_weights, softadapt_weights)
+from pinnzo.adaptive import (LP_FLOOR, Discrepancy, PointGrowth, TermBalancer, discrepancy_weights, lp_weights,
+                             rad_choice, rad_probabilities, relobralo_weights, softadapt_weights)
 from pinnzo.loop import Interrupted
 from pinnzo.pinn import resolve_settings, solve
 from pinnzo.problem import load_problem
@@ -131,6 +131,9 @@ def _interrupted_and_resumed(problem, settings, folder, at_step):
     ({"loss_weights": "relobralo", "relobralo_alpha": 0.5, "relobralo_rho": 0.5}, 2),  # the step + the terms
     ({"loss_weights": "softadapt", "softadapt_beta": 5.0}, 2),
     ({"resample": "rad", "rad_pool": 4}, 5),  # the step + the pool of 4 x 16 points in 4 chunks
+    ({"residual_power": 1.0}, 2),  # the step + the interior residuals for the points' weights
+    ({"residual_power": 1.0, "optimizer": "zo-gn", "backend": "fd", "dtype": "float64", "resample_every": 4,
+      "grow_points": 0.0}, None),  # the weights of the points in use are in the checkpoint
     ({"resample": "rad", "loss_weights": "relobralo", "relobralo_alpha": 0.5, "optimizer": "zo-signrge",
       "directions": 4, "resample_every": 3}, None),
 ])
@@ -196,6 +199,8 @@ def test_rad_takes_interior_points_where_the_residual_is_large(tmp_path):
     (["--set", "relobralo_alpha=1.5"], "--set relobralo_alpha: expected a number in [0, 1]; found 1.5"),
     (["--set", "relobralo_tau=0"], "--set relobralo_tau: expected a positive finite number; found 0.0"),
     (["--set", "rad_pool=0"], "--set rad_pool: expected an integer >= 1; found 0"),
+    (["--set", "residual_power=3"], "--set residual_power: expected a number in [1, 2]; found 3.0"),
+    (["--set", "residual_power=0.5"], "--set residual_power: expected a number in [1, 2]; found 0.5"),
 ])
 def test_bad_adaptivity_settings_give_one_line(tmp_path, args, needle):
     import yaml
@@ -224,6 +229,71 @@ def test_a_crashed_adaptive_run_resumes_bit_identically(tmp_path):
     resumed = solve(problem, settings, out=tmp_path / "broken", resume=True)
     assert _rows(tmp_path / "straight") == _rows(tmp_path / "broken")
     assert torch.equal(straight.theta, resumed.theta)
+
+
+# ---------------------------------------------------------------- the residual's L_p norm
+
+def test_lp_weights_match_their_closed_form():
+    r = _tensor(1.0, -2.0, 4.0, 0.0)
+    rms = math.sqrt(21 / 4)
+    sizes = _tensor(1.0, 2.0, 4.0, LP_FLOOR * rms)  # the zero residual weighs as the floor
+    expected = 1 / sizes
+    assert torch.allclose(lp_weights(r, 1.0), expected / expected.mean(), rtol=1e-15)
+    expected = sizes ** -0.5
+    assert torch.allclose(lp_weights(r, 1.5), expected / expected.mean(), rtol=1e-15)
+    assert torch.equal(lp_weights(r, 2.0), torch.ones(4, dtype=torch.float64))
+    assert torch.equal(lp_weights(torch.zeros(3), 1.0), torch.ones(3, dtype=torch.float64))
+
+
+def test_the_weighted_mean_square_has_the_gradient_of_the_lp_term():
+    """d mean(w r^2) = 2 / (p mean |r|^(p-2)) d mean |r|^p at the residuals the weights were taken at."""
+    A = torch.randn(30, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    b = torch.randn(30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    theta = torch.randn(4, generator=torch.Generator().manual_seed(2), dtype=torch.float64, requires_grad=True)
+    for p in (1.0, 1.5):
+        r = A @ theta - b
+        weights = lp_weights(r, p)
+        (weighted,) = torch.autograd.grad((weights * r.square()).mean(), theta, retain_graph=True)
+        (lp,) = torch.autograd.grad(r.abs().pow(p).mean(), theta)
+        scale = 2 / (p * r.detach().abs().pow(p - 2).mean())
+        assert torch.allclose(weighted, scale * lp, rtol=1e-12)
+
+
+def test_reweighted_least_squares_with_lp_weights_finds_the_median():
+    """The L1 fit of a constant to data is their median (the least-squares fit, their mean, is pulled
+    by the outlier): weighted least squares with the weights taken at each fit converges to it."""
+    data = _tensor(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 100.0)
+    c = data.mean()
+    for _ in range(200):
+        weights = lp_weights(c - data, 1.0)
+        c = (weights * data).sum() / weights.sum()  # the undamped Gauss-Newton step of mean(w (c - x)^2)
+    assert abs(c - 3.0) < 1e-3 * LP_FLOOR * 100
+
+
+def test_a_batch_with_point_weights_weighs_its_interior_residuals():
+    """The PINN task's fresh batch carries the lp_weights of its interior residuals at theta; the loss
+    is mean(w r^2) over the interior plus the conditions' terms, and so is the residual vector's
+    squared norm, whole and summed over shards."""
+    task, generators, theta = _task({"residual_power": 1.0, "batch": 24, "dtype": "float64"})
+    batch = task.sample(0, generators, theta)
+    loss, network = task.components.loss, task.objective.network(theta)
+    residuals = loss.residuals(network, batch)
+    assert torch.equal(batch.point_weights, lp_weights(residuals["residual"], 1.0))
+    interior = (batch.point_weights * residuals["residual"].square()).mean()
+    expected = interior + 2.0 * residuals["ends"].square().mean()
+    assert torch.allclose(loss(network, batch), expected, rtol=1e-13)
+    assert torch.allclose(loss.residual_vector(network, batch).square().sum(), expected, rtol=1e-13)
+
+    class Half:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def shard(self, count):
+            return slice(0, count // 2) if self.rank == 0 else slice(count // 2, count)
+    shards = [batch.shard(Half(rank)) for rank in (0, 1)]
+    assert sum(len(shard.point_weights) for shard in shards) == 24
+    summed = sum(loss.residual_vector(network, shard).square().sum() for shard in shards)
+    assert torch.allclose(summed, expected, rtol=1e-13)
 
 
 # ---------------------------------------------------------------- growing point sets
