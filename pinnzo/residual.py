@@ -96,12 +96,12 @@ class PINNLoss:
         self._offsets: list[tuple[torch.Tensor, frozenset, dict]] = []  # the ansatz offset's parts at recent points
 
     def _residuals(self, atoms_at, batch: Batch, raw: torch.Tensor | None = None
-                   ) -> list[tuple[str, torch.Tensor, float, int | None]]:
+                   ) -> list[tuple[str, torch.Tensor, float | torch.Tensor, int | None]]:
         """(name, residual (..., B_k), weight (a number, or (B_k,) per point), count) of every term;
-        ``atoms_at(k, X, atoms)`` gives the
-        atoms at the points of term k (0: interior, c + 1: condition c); ``raw``: the unknowns' raw
-        coordinates (k,) (None: their initial values); count: the term's points in the whole step
-        when ``batch`` is a shard (its mean is then the ranks' summed sum / count), else None."""
+        ``atoms_at(k, X, atoms)`` gives the atoms at the points of term k (0: interior, c + 1:
+        condition c); ``raw``: the unknowns' raw coordinates (k,) (None: their initial values);
+        count: the term's points in the whole step when ``batch`` is a shard (its mean is then the
+        ranks' summed sum / count), else None."""
         problem = self.problem
         unknowns = unknown_values(problem.unknowns, raw) if raw is not None else None
         counts = batch.counts or (None,) * (1 + len(problem.conditions))
