@@ -23,7 +23,8 @@ p(x) proportional to |r(x)|^k / mean |r|^k + c (``rad_probabilities``).
 
 The residual's norm (``residual_power`` p in [1, 2]; ``lp_weights``): the interior points get the
 weights |r|^(p - 2) (mean 1) of iteratively reweighted least squares, so that the interior term
-follows the L_p norm of the equation's residual rather than its mean square.
+follows the L_p norm of the equation's residual rather than its mean square. The reweighting starts
+from a least-squares fit: the first ``residual_power_warmup`` point sets keep weight 1.
 
 Growth (``grow_points``, ``max_growth``; ``PointGrowth``): the sets of every later resample double
 when the loss on fresh points exceeds ``grow_points`` times the loss on the points just fitted and
@@ -229,10 +230,11 @@ class Adaptivity:
     """What ``PINNTask.sample`` applies to a freshly drawn batch: RAD's interior points, the
     interior points' weights of the L_p norm (``residual_power``), then the term weights.
     ``generator`` (the run's seeded "adaptive" generator) draws the pool, the selection and the
-    lookback."""
+    lookback. ``resample_every``: the steps of a point set (the run's, with its automatic default)."""
 
-    def __init__(self, settings, loss, objective):
+    def __init__(self, settings, loss, objective, resample_every: int):
         self.settings, self.loss, self.objective = settings, loss, objective
+        self.warmup_steps = settings.residual_power_warmup * resample_every  # the L_p weights start here
         self.balancer = None
         if settings.loss_weights == "discrepancy":
             self.balancer = Discrepancy(self._noise(loss.problem), settings.discrepancy_floor)
@@ -254,6 +256,13 @@ class Adaptivity:
     def active(self) -> bool:
         return self.balancer is not None or self.settings.resample == "rad" or self.settings.residual_power != 2
 
+    def reweights(self, step: int) -> bool:
+        """Whether the points drawn at ``step`` get L_p weights: p < 2 and the first
+        ``residual_power_warmup`` point sets (of ``resample_every`` steps each) are behind. The weights
+        |r|^(p - 2) of an untrained network would favour the points it happens to fit, and hide the
+        features it has yet to find (a front, a layer) as if they were outliers."""
+        return self.settings.residual_power != 2 and step >= self.warmup_steps
+
     def describe(self) -> str:
         """Empty, or the adaptivity in use, e.g. "; relobralo term weights; RAD points (pool 10 x batch)"."""
         s, text = self.settings, ""
@@ -262,7 +271,8 @@ class Adaptivity:
         if s.resample == "rad":
             text += f"; RAD points (pool {s.rad_pool} x batch, k = {s.rad_k:g}, c = {s.rad_c:g})"
         if s.residual_power != 2:
-            text += f"; the residual's L{s.residual_power:g} norm (reweighted least squares)"
+            text += (f"; the residual's L{s.residual_power:g} norm (least squares reweighted from step "
+                     f"{self.warmup_steps})")
         return text
 
     def term_names(self) -> list[str]:
@@ -279,12 +289,13 @@ class Adaptivity:
         weights = batch.weights or (1.0,) * len(configured)
         return {f"weight_{name}": w * lam for name, w, lam in zip(self.term_names(), configured, weights)}
 
-    def adapt(self, batch: Batch, theta: torch.Tensor, generator: torch.Generator) -> Batch:
-        """The batch with RAD's interior points, their L_p weights and the updated term weights."""
+    def adapt(self, batch: Batch, theta: torch.Tensor, generator: torch.Generator, step: int) -> Batch:
+        """The batch drawn at ``step`` with RAD's interior points, their L_p weights (from the end of the
+        warm-up on) and the updated term weights."""
         network = self.objective.network(theta)
         if self.settings.resample == "rad":
             batch = dataclasses.replace(batch, interior=self._rad_points(network, batch.interior, generator))
-        if self.settings.residual_power != 2:
+        if self.reweights(step):
             self.objective.queries += 1
             with torch.no_grad():
                 residual = self.loss.interior_residual(network, batch.interior)

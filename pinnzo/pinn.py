@@ -240,7 +240,7 @@ class PINNTask:
         self.validation = Validation.create(self.problem, self.settings, components.dtype, components.device)
         self.batch, self.stein_state = None, None  # the step's points (all ranks' when distributed)
         self.world = components.objective.world
-        self.adaptivity = Adaptivity(self.settings, components.loss, self.objective)
+        self.adaptivity = Adaptivity(self.settings, components.loss, self.objective, self.resample_every)
         self.growth = PointGrowth(self.settings.grow_points, self.settings.max_growth)
         self.events: list[str] = []  # the growths of the points since the loop last took them
         # the adaptive draws get a generator of their own, so that the uniform draws stay those of a plain run
@@ -277,7 +277,7 @@ class PINNTask:
             self.stein_state = generators["stein"].get_state()
             c.loss.backend.refresh(generators["stein"])
             if self.adaptivity.active:
-                self.batch = self.adaptivity.adapt(self.batch, theta, generators["adaptive"])
+                self.batch = self.adaptivity.adapt(self.batch, theta, generators["adaptive"], step)
             self._mine = self._shard(self.batch)
         return self._mine
 

@@ -131,6 +131,9 @@ class Settings(SettingsBase):
     # p in [1, 2]: the equation's term takes the L_p norm of its residual, by least squares with the points'
     # weights |r|^(p - 2) (mean 1) taken at each resample (2: the plain mean square)
     residual_power: float = 2.0
+    # residual_power: the first this many point sets are fitted in the plain mean square, so that the reweighting
+    # starts from a least-squares fit rather than from the untrained network's residuals
+    residual_power_warmup: int = 4
     rad_pool: int = 10  # RAD: candidates per kept interior point (pool of rad_pool x batch)
     rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
     rad_c: float = 1.0

@@ -131,9 +131,9 @@ def _interrupted_and_resumed(problem, settings, folder, at_step):
     ({"loss_weights": "relobralo", "relobralo_alpha": 0.5, "relobralo_rho": 0.5}, 2),  # the step + the terms
     ({"loss_weights": "softadapt", "softadapt_beta": 5.0}, 2),
     ({"resample": "rad", "rad_pool": 4}, 5),  # the step + the pool of 4 x 16 points in 4 chunks
-    ({"residual_power": 1.0}, 2),  # the step + the interior residuals for the points' weights
+    ({"residual_power": 1.0, "residual_power_warmup": 0}, 2),  # the step + the interior residuals for the weights
     ({"residual_power": 1.0, "optimizer": "zo-gn", "backend": "fd", "dtype": "float64", "resample_every": 4,
-      "grow_points": 0.0}, None),  # the weights of the points in use are in the checkpoint
+      "residual_power_warmup": 1, "grow_points": 0.0}, None),  # the weights in use (from step 4) are in the checkpoint
     ({"resample": "rad", "loss_weights": "relobralo", "relobralo_alpha": 0.5, "optimizer": "zo-signrge",
       "directions": 4, "resample_every": 3}, None),
 ])
@@ -274,7 +274,8 @@ def test_a_batch_with_point_weights_weighs_its_interior_residuals():
     """The PINN task's fresh batch carries the lp_weights of its interior residuals at theta; the loss
     is mean(w r^2) over the interior plus the conditions' terms, and so is the residual vector's
     squared norm, whole and summed over shards."""
-    task, generators, theta = _task({"residual_power": 1.0, "batch": 24, "dtype": "float64"})
+    task, generators, theta = _task({"residual_power": 1.0, "residual_power_warmup": 0, "batch": 24,
+                                     "dtype": "float64"})
     batch = task.sample(0, generators, theta)
     loss, network = task.components.loss, task.objective.network(theta)
     residuals = loss.residuals(network, batch)
@@ -294,6 +295,22 @@ def test_a_batch_with_point_weights_weighs_its_interior_residuals():
     assert sum(len(shard.point_weights) for shard in shards) == 24
     summed = sum(loss.residual_vector(network, shard).square().sum() for shard in shards)
     assert torch.allclose(summed, expected, rtol=1e-13)
+
+
+def test_the_lp_weights_start_after_the_warmup_point_sets():
+    """With residual_power_warmup 2 and resample_every 3, the point sets of steps 0 and 3 are fitted in
+    the plain mean square (no weights, no query for them); the set of step 6 is the first reweighted."""
+    task, generators, theta = _task({"residual_power": 1.0, "residual_power_warmup": 2, "resample_every": 3,
+                                     "batch": 24, "dtype": "float64"})
+    assert "least squares reweighted from step 6" in task.describe()
+    for step in (0, 3):
+        queries = task.objective.queries
+        assert task.sample(step, generators, theta).point_weights is None
+        assert task.objective.queries == queries
+    batch = task.sample(6, generators, theta)
+    assert task.objective.queries == queries + 1
+    residual = task.components.loss.interior_residual(task.objective.network(theta), batch.interior)
+    assert torch.equal(batch.point_weights, lp_weights(residual, 1.0))
 
 
 # ---------------------------------------------------------------- growing point sets
