@@ -330,12 +330,44 @@ class Perturbations:
 
     def _terms(self, changes: torch.Tensor) -> list[tuple[str, torch.Tensor, float, int | None]]:
         du = self._change_of_u(changes)
+        return self._terms_of_parts([du[..., rows].reshape(*du.shape[:-1], count, stencil) @ weights
+                                     for rows, count, stencil, _, _, _, weights in self.segments])
+
+    def _terms_of_parts(self, moved: list[torch.Tensor]) -> list[tuple[str, torch.Tensor, float, int | None]]:
+        """The terms with each segment's parts moved by moved[k] (..., B_k, a_k)."""
         atoms_of = []
-        for rows, count, stencil, atoms, base, keys, weights in self.segments:
-            moved = du[..., rows].reshape(*du.shape[:-1], count, stencil) @ weights  # (..., B, a)
-            parts = {key: base[key] + moved[..., i] for i, key in enumerate(keys)}
+        for (_, _, _, atoms, base, keys, _), change in zip(self.segments, moved):
+            parts = {key: base[key] + change[..., i] for i, key in enumerate(keys)}
             atoms_of.append(assemble(atoms, parts, self.loss.problem.spatial))
         return self.loss._residuals(lambda k, X, atoms: atoms_of[k], self.batch)
+
+    def sensitivities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """d rho / d N at N, exactly, as (row (R,), value (R,)): network value r enters only the
+        residual row[r] (of the point whose stencil it belongs to), with derivative value[r]. So
+
+            d rho / d theta = index_add(row, value * d N / d theta),
+
+        one pass over the (R, d) Jacobian of the network values, where pushing each of its d
+        columns through the residuals costs d evaluations of them. By forward mode: one product
+        for du/dN, one per part of each segment for the residuals' derivatives g (B, a) by their
+        parts, then value = (g @ W^T) du/dN by the chain rule through the stencil's weights W (S, a)."""
+        outputs = self.outputs
+        du_dN = torch.func.jvp(self._change_of_u, (torch.zeros_like(outputs),), (torch.ones_like(outputs),))[1]
+        zeros = tuple(outputs.new_zeros(count, len(keys)) for _, count, _, _, _, keys, _ in self.segments)
+        stacked = lambda *moved: _stack(self._terms_of_parts(list(moved)))  # noqa: E731
+
+        def along(k: int, i: int) -> torch.Tensor:  # d rho / d (part i of segment k), at every point
+            tangents = [torch.zeros_like(z) for z in zeros]
+            tangents[k][:, i] = 1
+            return torch.func.jvp(stacked, zeros, tuple(tangents))[1]
+
+        row, value, offset = torch.empty_like(outputs, dtype=torch.long), torch.empty_like(outputs), 0
+        for k, (rows, count, stencil, _, _, keys, weights) in enumerate(self.segments):
+            g = torch.stack([along(k, i)[offset:offset + count] for i in range(len(keys))], 1)  # (B, a)
+            value[rows] = (g @ weights.T).reshape(-1) * du_dN[rows]
+            row[rows] = torch.arange(offset, offset + count, device=outputs.device).repeat_interleave(stencil)
+            offset += count
+        return row, value
 
     def losses(self, changes: torch.Tensor) -> torch.Tensor:
         """The loss (...,) at N + changes (..., R)."""

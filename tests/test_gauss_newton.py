@@ -92,6 +92,44 @@ def test_the_autograd_jacobian_by_rows_equals_reverse_mode_over_the_residual_vec
     torch.testing.assert_close(blocked[1], J, rtol=0, atol=1e-13 * J.abs().max().item())
 
 
+NONLINEAR = """
+variables:
+  space: {name: x, dim: 2, domain: [0, 1]}
+equation: lap(u) + u * d(u, x1) - gradsq(u) = 1
+ansatz: x1 + (1 + x2) * tanh(N)
+conditions:
+  left: {at: boundary, type: neumann, value: "1", weight: 3}
+"""
+
+
+@pytest.mark.parametrize("backend", ["fd", "sparse-grid"])
+@pytest.mark.parametrize("case", ["split ansatz", "nonlinear ansatz with weights"])
+def test_the_pinn_jacobian_by_sensitivities_equals_reverse_mode(tmp_path, backend, case):
+    """gn's Jacobian of a PINN loss without unknowns goes through residual.Perturbations.sensitivities
+    (each network value enters one residual row): against jacrev of the whole residual vector, on
+    hjb20 (an affine ansatz, split from the differences under fd) and on a loss with products of
+    atoms, gradsq, a Neumann condition's stencil, a non-affine ansatz and IRLS point weights."""
+    import dataclasses
+
+    if case == "split ansatz":
+        path = REPO / "problems" / "hjb20.yaml"
+    else:
+        path = tmp_path / "nonlinear.yaml"
+        path.write_text(NONLINEAR)
+    objective, batch, theta = _components(path, backend=backend)
+    if case != "split ansatz":
+        weights = torch.linspace(0.5, 2.0, len(batch.interior), dtype=torch.float64)
+        batch = dataclasses.replace(batch, point_weights=weights)
+    assert objective.layered and not objective.unknowns
+    with torch.enable_grad():
+        reverse = torch.func.jacrev(lambda t: objective._residual_vector()(objective.network(t), batch))(theta)
+    rho, J = objective.residual_jacobian(theta, batch)
+    scale = objective.network(theta)(objective.loss_fn.inputs(batch)).abs().max()
+    floor = 1e-12 if backend != "fd" else 10 * 2.2e-16 * 4 / 1e-8 * 4 * max(1.0, scale)
+    assert (J - reverse).abs().max() <= floor < 1e-3 * reverse.abs().max()
+    assert (rho - objective.residuals(theta[None], batch)[0]).abs().max() <= floor
+
+
 @pytest.mark.parametrize("network", ["mlp", "tt"])
 def test_central_differences_take_the_layered_path_with_the_black_box_values(network):
     """Central columns (rho(theta + mu e_j) - rho(theta - mu e_j)) / 2 mu: 2k + 2 queries (one for the

@@ -188,20 +188,33 @@ class Objective:
         with torch.no_grad():
             N = self.network(theta)(X)
         criterion = lambda values, *unknowns: self.loss_fn.residual_criterion(values, batch, *unknowns)
-        push = lambda column: torch.func.jvp(lambda values: criterion(values, *raw), (N,), (column,))[1]
-        per_push, blocks = max(1, _JACOBIAN_VALUES // len(N)), []
+        around = getattr(self.loss_fn, "around", None) if not k else None
+        blocks = []
         with torch.enable_grad():
+            rho = criterion(N, *raw)
+            push = self._pusher(around(N, batch) if around is not None else None, criterion, N, raw, len(rho))
             for start in range(0, d - k, columns or d):
                 block = slice(start, min(d - k, start + (columns or d)))
                 dN = torch.cat([vmap(torch.func.jacrev(network), in_dims=(None, 0))(theta, part)[:, block]
                                 for part in torch.split(X, rows)])  # (R, block)
-                blocks += [vmap(push)(part) for part in torch.split(dN.T, per_push)]  # (block, n) each
+                blocks.append(push(dN))  # (n, block)
                 del dN
-            matrix = torch.cat(blocks).T  # (n, d - k)
             if k:
-                matrix = torch.cat([matrix, torch.func.jacfwd(lambda u: criterion(N, u))(raw[0])], 1)
-            rho = criterion(N, *raw)
+                blocks.append(torch.func.jacfwd(lambda u: criterion(N, u))(raw[0]))
+            matrix = torch.cat(blocks, 1)  # (n, d)
         return rho.detach(), matrix.detach()
+
+    @staticmethod
+    def _pusher(around, criterion, N: torch.Tensor, raw: tuple, n: int):
+        """dN (R, c) -> (d rho / d N) dN (n, c). A PINN loss (``around``, no unknowns) has one
+        residual row per network value (residual.Perturbations.sensitivities): one index_add. Any
+        other criterion: a forward-mode product per column, vmapped in chunks."""
+        if around is not None:
+            row, value = around.sensitivities()
+            return lambda dN: dN.new_zeros(n, dN.shape[1]).index_add_(0, row, dN.mul_(value[:, None]))
+        one = lambda column: torch.func.jvp(lambda values: criterion(values, *raw), (N,), (column,))[1]
+        per_push = max(1, _JACOBIAN_VALUES // len(N))
+        return lambda dN: torch.cat([vmap(one)(part) for part in torch.split(dN.T, per_push)]).T
 
     def _residual_vector(self):
         residual_vector = getattr(self.loss_fn, "residual_vector", None)
