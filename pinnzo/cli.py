@@ -281,7 +281,9 @@ DIST_HELP = {
 def solve(
     problem: Annotated[Path, typer.Argument(help="Problem file (YAML), e.g. problems/hjb20.yaml.")],
     backend: Annotated[Optional[str], typer.Option(help="Derivatives: ad | fd | stein | sparse-grid.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help=f"{OPTIMIZER_HELP}. {LEAST_SQUARES_HELP}.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help=f"{OPTIMIZER_HELP}. Default: the file's solve: block, else zo-gn (the paper's method: hybrid). "
+             f"{LEAST_SQUARES_HELP}.")] = None,
     network: Annotated[Optional[str], typer.Option(help="mlp | tt.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Hidden width.")] = None,
     depth: Annotated[Optional[int], typer.Option(help="Hidden layers.")] = None,

@@ -79,7 +79,9 @@ class Settings(SettingsBase):
     level: int = 3  # sparse-grid level
     fd_step: float = 0.0  # finite-difference step (0: automatic for the dtype)
     # optimizer
-    optimizer: str = "hybrid"  # adam | sgd | lbfgs | adam-lbfgs | gn | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam | zo-gn
+    # adam | sgd | lbfgs | adam-lbfgs | gn | zo-rge | zo-signrge | zo-cge | hybrid | zo-adam | zo-gn; where neither
+    # the file nor the flags name one, the back-propagation-free Gauss-Newton (the paper's method: hybrid)
+    optimizer: str = "zo-gn"
     lr: float = 1e-3
     lr_decay: float = 1.0  # multiply lr by this every decay_every steps
     decay_every: int = 1000

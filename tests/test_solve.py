@@ -323,6 +323,22 @@ def test_gauss_newton_gets_an_overdetermined_dense_recipe_where_nothing_else_is_
     assert residuals > build(problem, settings).objective.dim  # overdetermined: 1,000 residuals, 721 parameters
 
 
+def test_a_file_that_names_no_optimizer_is_solved_by_zo_gn_with_its_recipe():
+    """A user's PDE with no solve: block and no flags gets the back-propagation-free Gauss-Newton (its
+    recipe, float64), not the paper's hybrid; a solve: block that names the hybrid keeps it."""
+    from pinnzo.pinn import resolve_settings
+
+    given = yaml.safe_load(SMALL)
+    del given["solve"]
+    settings = resolve_settings(load_problem(given))
+    assert settings.optimizer == "zo-gn" and settings.dtype == "float64"
+    assert {key: getattr(settings, key) for key in LEAST_SQUARES_RECIPE} == LEAST_SQUARES_RECIPE
+    given["solve"] = {"optimizer": "hybrid"}
+    settings = resolve_settings(load_problem(given))
+    assert (settings.optimizer, settings.network, settings.backend, settings.dtype) == \
+        ("hybrid", "tt", "sparse-grid", "float32")
+
+
 def test_the_file_and_the_flags_win_over_the_optimizers_defaults(tmp_path):
     from pinnzo.pinn import resolve_settings
 
