@@ -271,10 +271,10 @@ class PINNLoss:
         return _stack(self._residuals(self._atoms_from_outputs(outputs, batch), batch, unknowns))
 
 
-    def around(self, outputs: torch.Tensor, batch: Batch) -> "Perturbations":
-        """The loss and residual vector at network values outputs + changes, for many changes (a
-        problem with unknowns takes the criterion path instead: optim/objective.py)."""
-        return Perturbations(self, outputs, batch)
+    def around(self, outputs: torch.Tensor, batch: Batch, unknowns: torch.Tensor | None = None) -> "Perturbations":
+        """The loss and residual vector at network values outputs + changes, for many changes, with the
+        unknowns' raw coordinates (k,) held fixed (None: their initial values)."""
+        return Perturbations(self, outputs, batch, unknowns)
 
 
 def _raw(network: Network) -> torch.Tensor | None:
@@ -296,8 +296,8 @@ class Perturbations:
     is relative to du, not to u).
     """
 
-    def __init__(self, loss: PINNLoss, outputs: torch.Tensor, batch: Batch):
-        self.loss, self.outputs, self.batch = loss, outputs, batch
+    def __init__(self, loss: PINNLoss, outputs: torch.Tensor, batch: Batch, unknowns: torch.Tensor | None = None):
+        self.loss, self.outputs, self.batch, self.unknowns = loss, outputs, batch, unknowns
         self.u = loss._solution_values(outputs, batch)
         values, spatial = loss._stencil_values(outputs, batch), loss.problem.spatial
         self.segments = []
@@ -339,7 +339,7 @@ class Perturbations:
         for (_, _, _, atoms, base, keys, _), change in zip(self.segments, moved):
             parts = {key: base[key] + change[..., i] for i, key in enumerate(keys)}
             atoms_of.append(assemble(atoms, parts, self.loss.problem.spatial))
-        return self.loss._residuals(lambda k, X, atoms: atoms_of[k], self.batch)
+        return self.loss._residuals(lambda k, X, atoms: atoms_of[k], self.batch, self.unknowns)
 
     def sensitivities(self) -> tuple[torch.Tensor, torch.Tensor]:
         """d rho / d N at N, exactly, as (row (R,), value (R,)): network value r enters only the

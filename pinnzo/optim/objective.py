@@ -166,15 +166,16 @@ class Objective:
 
     def _layered_residual_jacobian(self, theta: torch.Tensor, batch, columns: int | None = None) \
             -> tuple[torch.Tensor, torch.Tensor]:
-        """d rho / d theta (n, d) of a loss rho = criterion(N, batch) of the network values N (R,) at
-        ``inputs(batch)`` (a stencil backend), by the chain rule
+        """d rho / d theta (n, d) of a PINN loss rho = criterion(N, batch) of the network values N (R,)
+        at ``inputs(batch)`` (a stencil backend), by the chain rule
 
             d rho / d theta = (d rho / d N) (d N / d theta):
 
         dN/dtheta (R, d) row by row (each row's gradient by back-propagation, vmapped over the rows),
-        then each column pushed through the criterion by a forward-mode product. This costs O(R d),
-        where reverse mode over the whole residual vector costs O(n R d). The unknowns of an inverse
-        problem (the last k coordinates) enter the criterion directly. One query.
+        then each row added to the one residual its value enters, times that residual's derivative by
+        it (residual.Perturbations.sensitivities). This costs O(R d), where reverse mode over the whole
+        residual vector costs O(n R d). The unknowns of an inverse problem (the last k coordinates)
+        enter the criterion directly: their k columns by forward mode. One query.
 
         ``columns`` bounds the memory: dN/dtheta is held ``columns`` parameters at a time (R x columns
         values), each block from the rows' gradients computed again, so a block fewer than the d
@@ -188,33 +189,20 @@ class Objective:
         with torch.no_grad():
             N = self.network(theta)(X)
         criterion = lambda values, *unknowns: self.loss_fn.residual_criterion(values, batch, *unknowns)
-        around = getattr(self.loss_fn, "around", None) if not k else None
         blocks = []
         with torch.enable_grad():
             rho = criterion(N, *raw)
-            push = self._pusher(around(N, batch) if around is not None else None, criterion, N, raw, len(rho))
+            row, value = self.loss_fn.around(N, batch, *raw).sensitivities()  # (R,) each
             for start in range(0, d - k, columns or d):
                 block = slice(start, min(d - k, start + (columns or d)))
                 dN = torch.cat([vmap(torch.func.jacrev(network), in_dims=(None, 0))(theta, part)[:, block]
                                 for part in torch.split(X, rows)])  # (R, block)
-                blocks.append(push(dN))  # (n, block)
+                blocks.append(dN.new_zeros(len(rho), dN.shape[1]).index_add_(0, row, dN.mul_(value[:, None])))
                 del dN
             if k:
                 blocks.append(torch.func.jacfwd(lambda u: criterion(N, u))(raw[0]))
             matrix = torch.cat(blocks, 1)  # (n, d)
         return rho.detach(), matrix.detach()
-
-    @staticmethod
-    def _pusher(around, criterion, N: torch.Tensor, raw: tuple, n: int):
-        """dN (R, c) -> (d rho / d N) dN (n, c). A PINN loss (``around``, no unknowns) has one
-        residual row per network value (residual.Perturbations.sensitivities): one index_add. Any
-        other criterion: a forward-mode product per column, vmapped in chunks."""
-        if around is not None:
-            row, value = around.sensitivities()
-            return lambda dN: dN.new_zeros(n, dN.shape[1]).index_add_(0, row, dN.mul_(value[:, None]))
-        one = lambda column: torch.func.jvp(lambda values: criterion(values, *raw), (N,), (column,))[1]
-        per_push = max(1, _JACOBIAN_VALUES // len(N))
-        return lambda dN: torch.cat([vmap(one)(part) for part in torch.split(dN.T, per_push)]).T
 
     def _residual_vector(self):
         residual_vector = getattr(self.loss_fn, "residual_vector", None)
