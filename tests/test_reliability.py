@@ -252,7 +252,7 @@ def test_shipped_exact_solutions_satisfy_their_equations_and_conditions():
     from pinnzo.problem import load_problem
 
     examples = sorted((Path(__file__).resolve().parents[1] / "docs" / "examples").glob("*.yaml"))
-    assert len(examples) == 8
+    assert len(examples) == 14
     for path in [*SHIPPED, *examples]:
         problem = load_problem(path)
         if not problem.has_exact:
