@@ -246,7 +246,7 @@ def zo_benchmark(widths=(32, 512)) -> dict:
         batching.append({"case": label, "batched_s": batched_s, "looped_s": looped_s,
                          "batched_speedup": looped_s / batched_s})
     return {"suite": "zo", "steps": rows, "batched_vs_looped": batching, "cge_coordinates": cge_benchmark(),
-            "layered_jacobian": layered_jacobian_benchmark(),
+            "layered_jacobian": layered_jacobian_benchmark(), "gn_jacobian": gn_jacobian_benchmark(),
             "targets": {"fraction_of_gemm": 0.5, "batched_speedup": 2.0, "layered_jacobian_speedup": 5.0}}
 
 
@@ -308,6 +308,59 @@ def layered_jacobian_benchmark(cases=LAYERED_JACOBIAN_CASES, sample: int = 32, r
                      **errors})
     return {"cases": rows, "timing": f"least of {rounds} interleaved rounds; the per-column time from "
                                       f"{sample} columns queried in one batch"}
+
+
+GN_JACOBIAN_RECIPE = {"optimizer": "gn", "network": "mlp", "width": 32, "depth": 2, "activation": "tanh",
+                      "backend": "fd", "dtype": "float64", "batch": 1000, "condition_batch": 1000}
+
+
+def gn_jacobian_benchmark(problem_name: str = "reaction3d-manufactured", rounds: int = 3) -> dict:
+    """gn's Jacobian of a PINN loss (the accuracy grid's gn recipe): the network's gradient rows each
+    added to the one residual its value enters (residual.Perturbations.sensitivities), against the
+    same rows with each of the d columns pushed through the residuals by its own forward-mode product
+    (how gn took it before), interleaved in one process; and their largest difference, relative to
+    the Jacobian's largest entry."""
+    import torch
+
+    from pinnzo.pinn import build, resolve_settings
+    from pinnzo.problem import load_problem
+    from pinnzo.residual import sample_batch
+
+    problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / f"{problem_name}.yaml")
+    settings = resolve_settings(problem, GN_JACOBIAN_RECIPE)
+    c = build(problem, settings)
+    batch = sample_batch(problem, settings.batch, settings.condition_batch, torch.Generator().manual_seed(0),
+                         c.dtype)
+    objective, theta = c.objective, c.objective.flatten()
+    by_rows_s, pushed_s = interleaved_times(lambda: objective.residual_jacobian(theta, batch),
+                                            lambda: _jacobian_by_pushed_columns(objective, theta, batch),
+                                            rounds=rounds)
+    exact = objective.residual_jacobian(theta, batch)[1]
+    difference = (exact - _jacobian_by_pushed_columns(objective, theta, batch)).abs().max().item()
+    return {"case": f"{problem_name} mlp 32x2 tanh, fd, {settings.batch} + {settings.condition_batch} points, "
+                    f"float64", "columns": objective.dim, "residuals": len(exact),
+            "network_rows": len(c.loss.inputs(batch)), "by_residual_rows_s": by_rows_s,
+            "pushed_columns_s": pushed_s, "speedup": pushed_s / by_rows_s,
+            "largest_difference": difference / exact.abs().max().item(),
+            "timing": f"least of {rounds} interleaved rounds"}
+
+
+def _jacobian_by_pushed_columns(objective, theta, batch):
+    """The reference for gn_jacobian_benchmark (a PINN loss without unknowns): dN/dtheta by rows, then
+    each column pushed through the residual criterion by forward mode, vmapped in chunks."""
+    import torch
+    from torch.func import jacrev, jvp, vmap
+
+    loss, chunk = objective.loss_fn, 2**22
+    X = loss.inputs(batch)
+    network = lambda t, x: objective.network(t)(x[None])[0]  # noqa: E731
+    with torch.no_grad():
+        N = objective.network(theta)(X)
+    push = lambda column: jvp(lambda values: loss.residual_criterion(values, batch), (N,), (column,))[1]  # noqa: E731
+    with torch.enable_grad():
+        dN = torch.cat([vmap(jacrev(network), in_dims=(None, 0))(theta, part)
+                        for part in torch.split(X, max(1, chunk // theta.numel()))])
+        return torch.cat([vmap(push)(part) for part in torch.split(dN.T, max(1, chunk // len(N)))]).T.detach()
 
 
 def _jacobian_errors(objective, theta, batch, mu: float) -> dict:

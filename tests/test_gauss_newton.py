@@ -130,6 +130,18 @@ def test_the_pinn_jacobian_by_sensitivities_equals_reverse_mode(tmp_path, backen
     assert (rho - objective.residuals(theta[None], batch)[0]).abs().max() <= floor
 
 
+def test_the_benchmarks_reference_jacobian_is_gns():
+    """``pinnzo bench zo``'s gn_jacobian times gn's Jacobian against pushing each column through the
+    residuals: the reference computes the same matrix (to fd's rounding floor)."""
+    from pinnzo.bench import _jacobian_by_pushed_columns
+
+    objective, batch, theta = _components(REPO / "problems" / "reaction3d-manufactured.yaml", backend="fd")
+    _, J = objective.residual_jacobian(theta, batch)
+    pushed = _jacobian_by_pushed_columns(objective, theta, batch)
+    assert pushed.shape == J.shape == (objective.residual_count(batch), objective.dim)
+    assert (pushed - J).abs().max() <= 1e-7 * J.abs().max() and J.abs().max() > 0
+
+
 @pytest.mark.parametrize("network", ["mlp", "tt"])
 def test_central_differences_take_the_layered_path_with_the_black_box_values(network):
     """Central columns (rho(theta + mu e_j) - rho(theta - mu e_j)) / 2 mu: 2k + 2 queries (one for the
