@@ -334,8 +334,11 @@ def solve(
                        for name, record in summary.get("unknowns", {}).items())
     seconds, queries = overhead(summary.get("pilots"))
     chosen = f"; activation {summary['activation']}, chosen by pilots" if summary.get("pilots") else ""
-    _report(f"{summary['problem']}: relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
-            f"MSE {summary['final_mse']:.3e}{unknowns}, {summary['total_queries'] + queries:,} loss queries, "
+    measured = (f"relative L2 {summary['final_rel_l2']:.3e} (best {summary['best_rel_l2']:.3e}), "
+                f"MSE {summary['final_mse']:.3e}" if run.problem.has_exact else
+                f"loss {summary['final_loss']:.3e} (best {summary['best_loss']:.3e}; no exact solution to measure "
+                f"the error against)")
+    _report(f"{summary['problem']}: {measured}{unknowns}, {summary['total_queries'] + queries:,} loss queries, "
             f"{summary['wall_time_s'] + seconds:.0f} s{chosen}", run, run_dir, no_plots)
 
 

@@ -164,38 +164,45 @@ def line_points(run: Run, points: int = 201) -> list[tuple[str, float | None, to
 
 
 def error_lines(run: Run, out: Path, fmt: str) -> Path:
-    """Predicted and exact solution, and |error|, along lines through the domain."""
+    """Predicted and exact solution, and |error|, along lines through the domain (the predicted
+    solution alone for a problem with no exact one)."""
     lines = line_points(run)
     names = list(dict.fromkeys(name for name, *_ in lines))
-    figure, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.4), squeeze=False,
+    has_exact = run.problem.has_exact
+    panels = 2 if has_exact else 1
+    figure, axes = plt.subplots(panels, len(names), figsize=(4.2 * len(names), 0.4 + 3.0 * panels), squeeze=False,
                                 constrained_layout=True)
     rows = []
     time_name = run.problem.columns[run.problem.time_index] if run.problem.time_index is not None else "t"
     for column, name in enumerate(names):
-        top, bottom = axes[0, column], axes[1, column]
+        top = axes[0, column]
         for k, (line, t, X, s) in enumerate([entry for entry in lines if entry[0] == name]):
             inside = _inside(run, X)
-            predicted, exact = _masked(_prediction(run, X), inside), _masked(_exact(run, X), inside)
-            error = np.abs(predicted - exact)
+            predicted = _masked(_prediction(run, X), inside)
             color = TIME_COLORS[k % len(TIME_COLORS)]
             label = f"{time_name} = {t:g}" if t is not None else None
-            top.plot(s, exact, color=color, linewidth=2.5, alpha=0.35,
-                     label="exact" if t is None else None)
-            top.plot(s, predicted, color=color, linestyle="--", label="predicted" if t is None else label)
-            bottom.semilogy(s, np.maximum(error, 1e-16), color=color, label=label)
+            top.plot(s, predicted, color=color, linestyle="--" if has_exact else "-",
+                     label="predicted" if t is None else label)
+            values = {"predicted": predicted}
+            if has_exact:
+                exact = _masked(_exact(run, X), inside)
+                values.update(exact=exact, abs_error=np.abs(predicted - exact))
+                top.plot(s, exact, color=color, linewidth=2.5, alpha=0.35, label="exact" if t is None else None)
+                axes[1, column].semilogy(s, np.maximum(values["abs_error"], 1e-16), color=color, label=label)
             for j in np.flatnonzero(inside):
                 rows.append({"line": name, "time": "" if t is None else t, "s": s[j],
                              **{c: X[j, i].item() for i, c in enumerate(run.problem.columns)},
-                             "predicted": predicted[j], "exact": exact[j], "abs_error": error[j]})
-        top.set_title(f"along the {name} (solid: exact, dashed: predicted)", fontsize=9)
-        top.set_xlabel("position s along the line (0: low end, 1: high end)")
+                             **{key: value[j] for key, value in values.items()}})
+        top.set_title(f"along the {name}" + (" (solid: exact, dashed: predicted)" if has_exact else ""), fontsize=9)
         top.set_ylabel("u")
-        bottom.set_xlabel("position s along the line (0: low end, 1: high end)")
-        bottom.set_ylabel("|u_pred - u_exact|")
-        for axis in (top, bottom):
+        for axis in axes[:, column]:
+            axis.set_xlabel("position s along the line (0: low end, 1: high end)")
             axis.grid(True, alpha=0.3)
-        (bottom if run.problem.time_index is not None else top).legend(fontsize=8)
-    figure.suptitle(_title(run, "solution and error along lines through the centre"), fontsize=10)
+        if has_exact:
+            axes[1, column].set_ylabel("|u_pred - u_exact|")
+        (axes[-1, column] if run.problem.time_index is not None else top).legend(fontsize=8)
+    what = "solution and error" if has_exact else "predicted solution (no exact solution given)"
+    figure.suptitle(_title(run, f"{what} along lines through the centre"), fontsize=10)
     return _save(figure, out / "lines", fmt, rows)
 
 
@@ -261,24 +268,29 @@ def slice_points(run: Run, spec: SliceSpec, resolution: int = 81) -> tuple[torch
 
 def error_slice(run: Run, out: Path, fmt: str, spec: SliceSpec) -> Path:
     """Heatmaps of predicted, exact and |error| over two coordinates, the others fixed
-    (blank outside the domain)."""
+    (blank outside the domain); the predicted solution alone for a problem with no exact one."""
     X, a, b = slice_points(run, spec)
     inside = _inside(run, X)
-    predicted, exact = _masked(_prediction(run, X), inside), _masked(_exact(run, X), inside)
-    error = np.abs(predicted - exact)
+    values = {"predicted": _masked(_prediction(run, X), inside)}
+    if run.problem.has_exact:
+        values["exact"] = _masked(_exact(run, X), inside)
+        values["abs_error"] = np.abs(values["predicted"] - values["exact"])
     shape = (len(b), len(a))
     columns = run.problem.columns
     i, j = spec.axes
-    figure, axes = plt.subplots(1, 3, figsize=(13.5, 4.3), constrained_layout=True)
-    low, high = min(np.nanmin(predicted), np.nanmin(exact)), max(np.nanmax(predicted), np.nanmax(exact))
+    figure, axes = plt.subplots(1, len(values), figsize=(0.3 + 4.4 * len(values), 4.3), squeeze=False,
+                                constrained_layout=True)
+    solution = [values[key] for key in ("predicted", "exact") if key in values]
+    low, high = min(np.nanmin(u) for u in solution), max(np.nanmax(u) for u in solution)
     extent = (a[0], a[-1], b[0], b[-1])
     # a shaped domain keeps its shape (a disk stays round); a box fills the panel
     spatial = i in run.problem.spatial and j in run.problem.spatial
     aspect = "equal" if spatial and not isinstance(run.problem.domain, Box) else "auto"
-    for axis, values, name, cmap, limits in ((axes[0], predicted, "predicted u", "viridis", (low, high)),
-                                             (axes[1], exact, "exact u", "viridis", (low, high)),
-                                             (axes[2], error, "|u_pred - u_exact|", "magma", (0, np.nanmax(error)))):
-        image = axis.imshow(values.reshape(shape), origin="lower", extent=extent, aspect=aspect, cmap=cmap,
+    panels = {"predicted": ("predicted u", "viridis", (low, high)), "exact": ("exact u", "viridis", (low, high)),
+              "abs_error": ("|u_pred - u_exact|", "magma", (0, np.nanmax(values.get("abs_error", 0))))}
+    for axis, (key, shown) in zip(axes[0], values.items()):
+        name, cmap, limits = panels[key]
+        image = axis.imshow(shown.reshape(shape), origin="lower", extent=extent, aspect=aspect, cmap=cmap,
                             vmin=limits[0], vmax=limits[1] if limits[1] > limits[0] else limits[0] + 1e-12)
         figure.colorbar(image, ax=axis, shrink=0.9)
         axis.set_title(name, fontsize=10)
@@ -289,8 +301,8 @@ def error_slice(run: Run, out: Path, fmt: str, spec: SliceSpec) -> Path:
     if len(others) > 4:
         fixed_text += f", ... ({len(others)} fixed; centre unless --at)"
     figure.suptitle(_title(run, f"slice over ({columns[i]}, {columns[j]}) at {fixed_text}"), fontsize=10)
-    rows = [{columns[i]: X[k, i].item(), columns[j]: X[k, j].item(), "predicted": predicted[k],
-             "exact": exact[k], "abs_error": error[k]} for k in np.flatnonzero(inside)]
+    rows = [{columns[i]: X[k, i].item(), columns[j]: X[k, j].item(), **{key: value[k] for key, value in values.items()}}
+            for k in np.flatnonzero(inside)]
     return _save(figure, out / "slice", fmt, rows)
 
 
@@ -370,10 +382,10 @@ def plot_run(run: Run | Path | str, fmt: str = "png", axes: str | None = None, a
     written = [training_curves(run, out, fmt)]
     if run.problem.unknowns:
         written.append(unknown_curves(run, out, fmt))
+    written.append(error_lines(run, out, fmt))
+    if run.problem.dim >= 2:
+        written.append(error_slice(run, out, fmt, slice_spec(run, axes, at)))
     if run.problem.has_exact:
-        written.append(error_lines(run, out, fmt))
-        if run.problem.dim >= 2:
-            written.append(error_slice(run, out, fmt, slice_spec(run, axes, at)))
         written.append(error_histogram(run, out, fmt))
     return written
 

@@ -204,3 +204,36 @@ def test_figures_of_an_l_shape_leave_the_removed_quadrant_out(tmp_path):
     slice_rows = _csv(tmp_path / "run" / "plots" / "slice.csv")
     # the 81 x 81 grid over [-1, 1]^2 strictly inside the L: 79^2 inside the square, less 40^2 with x1 >= 0, x2 <= 0
     assert len(slice_rows) == 79 * 79 - 40 * 40
+
+
+NO_EXACT = """
+name: no-exact
+variables:
+  space: {name: x, dim: 2, domain: [0, 1]}
+  time: {name: t, domain: [0, 1]}
+equation: d(u, t) = 0.1 * lap(u)
+conditions:
+  start: {at: initial, value: "x1 * x2"}
+solve: {network: mlp, width: 6, backend: ad, optimizer: adam, lr: 0.01, steps: 4, batch: 16, condition_batch: 8,
+        eval_every: 2, eval_points: 50}
+"""
+
+
+def test_a_problem_without_an_exact_solution_gets_its_loss_and_figures_of_its_prediction(tmp_path):
+    """No exact solution: the final line reports the loss (not a NaN error), and the figures show the
+    predicted solution along lines and over a slice, whose values are the network's (no error columns)."""
+    path = tmp_path / "no-exact.yaml"
+    path.write_text(NO_EXACT)
+    result = run_cli(["solve", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "no-exact: loss " in result.output and "no exact solution" in result.output and "nan" not in result.output
+    plots = tmp_path / "run" / "plots"
+    assert sorted(p.name for p in plots.glob("*.png")) == ["lines.png", "slice.png", "training.png"]
+    from pinnzo.pinn import load_run
+
+    run = load_run(tmp_path / "run")
+    lines, slice_rows = _csv(plots / "lines.csv"), _csv(plots / "slice.csv")
+    for rows in (lines, slice_rows):
+        assert rows and "predicted" in rows[0] and "exact" not in rows[0] and "abs_error" not in rows[0]
+    X = torch.tensor([[row[c] for c in run.problem.columns] for row in lines[:5]], dtype=torch.float64)
+    np.testing.assert_allclose([row["predicted"] for row in lines[:5]], run.predict(X).numpy(), rtol=1e-6)
