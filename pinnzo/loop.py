@@ -281,7 +281,7 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
         progress.close()
     summary = _run_fields(task, state, started, (world.payload_bytes - sent, state.step - first_step))
     if world.writer:
-        summary = {**task.finish(state, run_dir), **summary}
+        summary = runs.json_safe({**task.finish(state, run_dir), **summary})
         runs.write_summary(run_dir, summary)
     return summary, state
 

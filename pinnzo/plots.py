@@ -409,7 +409,8 @@ def compare_rows(runs: list[Run]) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     def cell(value):
-        return f"{value:.3e}" if isinstance(value, float) and not float(value).is_integer() else str(value)
+        return "—" if value is None else \
+            f"{value:.3e}" if isinstance(value, float) and not float(value).is_integer() else str(value)
     lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
     lines += ["| " + " | ".join(cell(row[c]) for c in COMPARE_COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
@@ -417,14 +418,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 def terminal_table(rows: list[dict]) -> str:
     def cell(value):
-        return f"{value:.3e}" if isinstance(value, float) and not float(value).is_integer() else str(value)
+        return "—" if value is None else \
+            f"{value:.3e}" if isinstance(value, float) and not float(value).is_integer() else str(value)
     table = [COMPARE_COLUMNS] + [[cell(row[c]) for c in COMPARE_COLUMNS] for row in rows]
     widths = [max(len(r[k]) for r in table) for k in range(len(COMPARE_COLUMNS))]
     return "\n".join("  ".join(text.ljust(width) for text, width in zip(r, widths)) for r in table)
 
 
 def compare_runs(run_dirs: list[Path], out: Path, fmt: str = "png") -> tuple[list[dict], list[Path]]:
-    """Table (Markdown + CSV) and overlaid error curves of several runs of one problem."""
+    """Table (Markdown + CSV) and overlaid error curves of several runs of one problem (their training
+    losses where the problem gives no exact solution)."""
     if fmt not in FORMATS:
         raise PinnzoError(f"--format: unknown value {fmt!r}; must be one of {', '.join(FORMATS)}")
     runs = [load_run(path) for path in run_dirs]
@@ -437,24 +440,26 @@ def compare_runs(run_dirs: list[Path], out: Path, fmt: str = "png") -> tuple[lis
     writer.writerows(rows)
     (out / "compare.csv").write_text(buffer.getvalue())
     figure, axes = plt.subplots(1, 2, figsize=FIGURE_SIZE, constrained_layout=True)
+    curve, what = ("val_rel_l2", "validation relative L2 error") if runs[0].problem.has_exact else \
+        ("loss", "training loss")
     curve_rows = []
     styles = ["-", "--", "-.", ":"]
     for k, run in enumerate(runs):
         label = f"{run.summary['backend']} / {run.summary['optimizer']} ({run.path.name})"
         color = BACKEND_COLORS.get(run.summary["backend"], "black")
         for axis, key in ((axes[0], "step"), (axes[1], "queries")):
-            axis.plot([r[key] for r in run.metrics], [r["val_rel_l2"] for r in run.metrics], color=color,
+            axis.plot([r[key] for r in run.metrics], [r[curve] for r in run.metrics], color=color,
                       linestyle=styles[k % len(styles)], label=label)
         curve_rows += [{"run": run.path.name, "step": r["step"], "queries": r["queries"],
-                        "val_rel_l2": r["val_rel_l2"], "val_mse": r["val_mse"]} for r in run.metrics]
+                        "loss": r["loss"], "val_rel_l2": r["val_rel_l2"], "val_mse": r["val_mse"]} for r in run.metrics]
     for axis, label in ((axes[0], "training step"), (axes[1], "loss queries")):
         axis.set_yscale("log")
         axis.set_xscale("log" if label == "loss queries" else "linear")
         axis.set_xlabel(label)
-        axis.set_ylabel("validation relative L2 error")
+        axis.set_ylabel(what)
         axis.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7)
-    figure.suptitle(f"{rows[0]['problem']}: validation error of {len(runs)} runs", fontsize=10)
+    figure.suptitle(f"{rows[0]['problem']}: {what} of {len(runs)} runs", fontsize=10)
     path = _save(figure, out / "compare-curves", fmt, curve_rows)
     return rows, [out / "compare.md", out / "compare.csv", path]
 

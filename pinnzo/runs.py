@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,21 @@ def read_metrics(run_dir: Path, required: tuple[str, ...] = ()) -> list[dict]:
     return rows
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float (nested in dicts and lists) replaced by None, so
+    that it is strict JSON (null): a problem with no exact solution has no error to report."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_summary(run_dir: Path, summary: dict) -> None:
-    atomic_write(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2).encode())
+    """summary.json, strict JSON (``json_safe``)."""
+    atomic_write(Path(run_dir) / SUMMARY, json.dumps(json_safe(summary), indent=2, allow_nan=False).encode())
 
 
 def read_summary(run_dir: Path, required: tuple[str, ...] = ()) -> dict:

@@ -220,8 +220,9 @@ solve: {network: mlp, width: 6, backend: ad, optimizer: adam, lr: 0.01, steps: 4
 
 
 def test_a_problem_without_an_exact_solution_gets_its_loss_and_figures_of_its_prediction(tmp_path):
-    """No exact solution: the final line reports the loss (not a NaN error), and the figures show the
-    predicted solution along lines and over a slice, whose values are the network's (no error columns)."""
+    """No exact solution: the final line reports the loss (not a NaN error), the figures show the
+    predicted solution along lines and over a slice, whose values are the network's (no error columns),
+    summary.json says null for the errors, and compare shows them as a dash."""
     path = tmp_path / "no-exact.yaml"
     path.write_text(NO_EXACT)
     result = run_cli(["solve", str(path), "--out", str(tmp_path / "run")])
@@ -237,3 +238,17 @@ def test_a_problem_without_an_exact_solution_gets_its_loss_and_figures_of_its_pr
         assert rows and "predicted" in rows[0] and "exact" not in rows[0] and "abs_error" not in rows[0]
     X = torch.tensor([[row[c] for c in run.problem.columns] for row in lines[:5]], dtype=torch.float64)
     np.testing.assert_allclose([row["predicted"] for row in lines[:5]], run.predict(X).numpy(), rtol=1e-6)
+    # summary.json is strict JSON: no error to report is null, not NaN (which strict parsers refuse)
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{constant} in summary.json")
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["final_rel_l2"] is None and summary["best_mse"] is None and summary["final_loss"] > 0
+    assert run.summary["final_rel_l2"] is None
+    result = run_cli(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "compare")])
+    assert result.exit_code == 0 and "—" in result.output, result.output
+    with open(tmp_path / "compare" / "compare-curves.csv") as file:  # the training loss, where there is no error
+        curves = list(csv.DictReader(file))
+    assert [float(row["loss"]) for row in curves] == [float(row["loss"]) for row in run.metrics]
