@@ -28,6 +28,7 @@ from pinnzo.derivatives import BACKENDS, make_backend, plan_chunks
 from pinnzo.errors import PinnzoError
 from pinnzo.nets import build_mlp, parse_shape
 from pinnzo.optim import FIXED_POINTS, LEAST_SQUARES, OPTIMIZERS, Objective, StepInfo, make_optimizer
+from pinnzo.optim.coordinates import row_bytes
 from pinnzo.optim.gauss_newton import GaussNewton
 from pinnzo.problem import Problem, load_problem
 from pinnzo.residual import Batch, PINNLoss, sample_batch
@@ -155,7 +156,9 @@ def build(problem: Problem, settings: Settings) -> Components:
     plan = plan_chunks(per_point * residual_rows(problem, settings), sizes, dtype, settings.memory_mb)
     backend.rows_per_chunk = plan.rows_per_chunk
     loss = PINNLoss(problem, backend)
-    return Components(problem, settings, model, loss, Objective(model, loss, plan.queries_per_chunk), dtype, device)
+    layered_rows = settings.memory_mb * 2**20 // row_bytes(sizes, dtype)  # the layered queries' rows at once
+    objective = Objective(model, loss, plan.queries_per_chunk, layered_rows=layered_rows)
+    return Components(problem, settings, model, loss, objective, dtype, device)
 
 
 def input_map(problem: Problem) -> tuple[list[float], list[float]] | None:

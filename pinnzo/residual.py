@@ -61,11 +61,17 @@ class Batch:
     def shard(self, world) -> "Batch":
         """This rank's share of every term's points (``world.shard``; distributed.py), remembering
         the whole step's count of each term's points."""
-        conditions = tuple((X[world.shard(len(X))], None if n is None else n[world.shard(len(X))])
-                           for X, n in self.conditions)
-        mine = world.shard(len(self.interior))
-        return Batch(self.interior[mine], conditions, (len(self.interior), *(len(X) for X, _ in self.conditions)),
-                     self.weights, None if self.point_weights is None else self.point_weights[mine])
+        return self.part(world.rank, world.size)
+
+    def part(self, index: int, parts: int) -> "Batch":
+        """Contiguous part ``index`` of ``parts`` of every term's points (sizes differing by at most
+        one, as ``World.shard`` takes them), remembering the whole step's count of each term's points
+        (its residuals are then those rows of the whole step's residual vector)."""
+        take = lambda count: slice(count * index // parts, count * (index + 1) // parts)  # noqa: E731
+        conditions = tuple((X[take(len(X))], None if n is None else n[take(len(X))]) for X, n in self.conditions)
+        mine = take(len(self.interior))
+        return Batch(self.interior[mine], conditions, self.sizes, self.weights,
+                     None if self.point_weights is None else self.point_weights[mine])
 
     def join(self, other: "Batch") -> "Batch":
         """This batch's points of every term followed by ``other``'s (whole batches, no weights of
@@ -223,6 +229,27 @@ class PINNLoss:
             self._inputs = torch.cat([self.backend.points(X, atoms, spatial) for X, atoms in self._segments(batch)])
             self._inputs_of = batch
         return self._inputs
+
+    def split(self, batch: Batch, rows: int) -> list[Batch]:
+        """``batch`` in parts (``Batch.part``) whose stencils have at most about ``rows`` rows of
+        ``inputs`` each, for work that holds many values per row (the layered coordinate queries,
+        Objective._layered); whole when it fits, or when a condition's measured data (kept in their
+        file's order) would be cut."""
+        spatial, dim = self.problem.spatial, self.problem.dim
+        total = sum(len(X) * self.backend.evaluations_per_point(atoms, spatial, dim)
+                    for X, atoms in self._segments(batch))
+        fewest = min(len(X) for X, _ in self._segments(batch))
+        parts = min(-(-total // max(1, rows)), max(1, fewest))
+        if parts == 1 or any(condition.kind == "measured" for condition in self.problem.conditions):
+            return [batch]
+        return [batch.part(index, parts) for index in range(parts)]
+
+    def join_rows(self, values: list[torch.Tensor], parts: list[Batch]) -> torch.Tensor:
+        """The residual vectors (..., n) of a batch from those of its ``split`` parts (..., n_i):
+        every term's rows, part after part."""
+        pieces = [torch.split(value, [len(part.interior), *(len(X) for X, _ in part.conditions)], dim=-1)
+                  for value, part in zip(values, parts)]
+        return torch.cat([piece for term in zip(*pieces) for piece in term], dim=-1)
 
     def _ansatz(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The affine ansatz's (a, b) (R,) at ``inputs(batch)`` (u = a + b N), or None."""

@@ -32,6 +32,17 @@ from torch.func import functional_call
 from pinnzo.nets.increments import Increments
 
 GATHERED = 2**22  # values of a block's unit responses fetched in one piece (a strided gather per tile is slow)
+COLUMNS = 32  # entries of a parameter tensor whose changes are computed together (LayeredForward.changes)
+
+
+def row_bytes(sizes: list[int], dtype: torch.dtype, columns: int = COLUMNS) -> int:
+    """Memory of one row of a ``LayeredForward`` over a network of layer ``sizes`` (inputs first) with
+    a block of its changes: every layer's input and output, the activations' cached pre-activations
+    and values, the units' derivatives (``sensitivities``), and a block of ``columns`` changes of the
+    outputs with about four more values each for the loss's work on them (``PINNLoss.around``)."""
+    hidden, outputs = sum(sizes[1:-1]), sizes[-1]
+    values = sum(sizes[:-1]) + sum(sizes[1:]) + 2 * hidden + (hidden + outputs) + 5 * columns * outputs
+    return values * torch.finfo(dtype).bits // 8
 
 
 def supports(model, loss_fn) -> bool:
@@ -113,7 +124,7 @@ class LayeredForward:
             self._gains[index] = _gain(self.weights(index))
         return self._gains[index]
 
-    def changes(self, chosen: torch.Tensor, mu: float, columns: int = 32, tile: int = 2**18,
+    def changes(self, chosen: torch.Tensor, mu: float, columns: int = COLUMNS, tile: int = 2**18,
                 linear: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """dF for the flat coordinates ``chosen`` (E,) moved by mu, in blocks of up to ``columns``:
         (positions in ``chosen`` (e,), dF (e, R) or (e, R, C)).

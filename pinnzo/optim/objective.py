@@ -57,10 +57,14 @@ class Objective:
         model: the network (its parameters define the layout of theta).
         loss_fn: (network callable (B, D) -> (B,), batch) -> scalar loss.
         queries_per_chunk: parameter vectors evaluated together in one vmap.
+        layered_rows: network rows the layered coordinate queries hold at once (their points are
+            taken a part at a time beyond it, ``loss_fn.split``); None: all of them.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, queries_per_chunk: int = 16, world: World | None = None):
+    def __init__(self, model: nn.Module, loss_fn: LossFn, queries_per_chunk: int = 16, world: World | None = None,
+                 layered_rows: int | None = None):
         self.model, self.loss_fn = model, loss_fn
+        self.layered_rows = layered_rows
         self.world = world or current()
         self.names = [name for name, _ in model.named_parameters()]
         self.shapes = [p.shape for _, p in model.named_parameters()]
@@ -187,7 +191,7 @@ class Objective:
         X = self.loss_fn.inputs(batch)
         rows = max(1, _JACOBIAN_VALUES // d)
         with torch.no_grad():
-            N = self.network(theta)(X)
+            N = self._outputs(theta, X)
         criterion = lambda values, *unknowns: self.loss_fn.residual_criterion(values, batch, *unknowns)
         blocks = []
         with torch.enable_grad():
@@ -203,6 +207,12 @@ class Objective:
                 blocks.append(torch.func.jacfwd(lambda u: criterion(N, u))(raw[0]))
             matrix = torch.cat(blocks, 1)  # (n, d)
         return rho.detach(), matrix.detach()
+
+    def _outputs(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """The network's values at the stencil rows X (R, D), ``layered_rows`` rows at a time (no graph)."""
+        network = self.network(theta)
+        with torch.no_grad():
+            return torch.cat([network(part) for part in torch.split(X, self.layered_rows or len(X))])
 
     def _residual_vector(self):
         residual_vector = getattr(self.loss_fn, "residual_vector", None)
@@ -280,7 +290,7 @@ class Objective:
             return None
         self.queries += 1
         with torch.no_grad():
-            return around(self.network(theta)(self.loss_fn.inputs(batch)), batch).rounding_gain()
+            return around(self._outputs(theta, self.loss_fn.inputs(batch)), batch).rounding_gain()
 
     def _split(self, evaluate, value, items: torch.Tensor, batch) -> torch.Tensor:
         """evaluate(value, items, batch) for P items (parameter vectors or coordinates); with the
@@ -305,26 +315,15 @@ class Objective:
         The unknowns' coordinates (the last ``unknowns`` of theta) are ordinary queries of
         ``value(network, batch)``.
         """
-        from pinnzo.optim.coordinates import LayeredForward
-
         params, k = self.unflatten(theta), self.unknowns
-        network = self.model.network if k else self.model
-        prefix = "network." if k else ""
-        network_params = {name[len(prefix):]: tensor for name, tensor in params.items() if name.startswith(prefix)}
         layered = chosen < theta.numel() - k
         parts = []
         with torch.no_grad():
             self.queries += int(layered.sum())
             if layered.any():
-                forward = LayeredForward(network, network_params, self.loss_fn.inputs(batch))
-                around = getattr(self.loss_fn, "around", None) if not k else None
-                around = around(forward.output, batch) if around is not None else None
                 extra = (params[UNKNOWNS],) if k else ()
-                moved = getattr(around, kind) if around is not None else \
-                    lambda change: criterion(forward.output + change, batch, *extra)
-                index = layered.nonzero().flatten()
-                parts = [(index[part], moved(change)) for part, change in forward.changes(chosen[layered], mu,
-                                                                                          linear=linear)]
+                parts.append((layered.nonzero().flatten(),
+                              self._layered(kind, criterion, params, extra, batch, chosen[layered], mu, linear)))
             if not layered.all():
                 rest = (~layered).nonzero().flatten()
                 thetas = theta.repeat(len(rest), 1)
@@ -334,6 +333,37 @@ class Objective:
         for part, values in parts:
             result[part] = values
         return result
+
+    def _layered(self, kind: str, criterion, params: dict[str, torch.Tensor], extra: tuple, batch,
+                 chosen: torch.Tensor, mu: float, linear: bool) -> torch.Tensor:
+        """``_coordinates``' values (E, ...) for network coordinates ``chosen`` (E,), a part of the points
+        at a time when their stencils exceed ``layered_rows`` (``loss_fn.split``): a part's loss is its
+        share of the step's (summed), its residuals are rows of the step's (``loss_fn.join_rows``)."""
+        from pinnzo.optim.coordinates import LayeredForward
+
+        prefix = "network." if extra else ""
+        network = self.model.network if extra else self.model
+        network_params = {name[len(prefix):]: tensor for name, tensor in params.items() if name.startswith(prefix)}
+        split = getattr(self.loss_fn, "split", None)
+        batches = split(batch, self.layered_rows) if split is not None and self.layered_rows else [batch]
+        values = []
+        for part in batches:
+            forward = LayeredForward(network, network_params, self.loss_fn.inputs(part))
+            around = getattr(self.loss_fn, "around", None) if not extra else None
+            around = around(forward.output, part) if around is not None else None
+            moved = getattr(around, kind) if around is not None else \
+                lambda change: criterion(forward.output + change, part, *extra)  # noqa: B023
+            value = None
+            for index, change in forward.changes(chosen, mu, linear=linear):
+                block = moved(change)
+                if value is None:
+                    value = block.new_empty((len(chosen), *block.shape[1:]))
+                value[index] = block
+            values.append(value)
+            del forward, around, moved  # before the next part's
+        if len(values) == 1:
+            return values[0]
+        return sum(values) if kind == "losses" else self.loss_fn.join_rows(values, batches)
 
     def value_and_grad(self, theta: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(L(theta), dL/dtheta) by back-propagation (first-order training): one query."""
