@@ -61,13 +61,16 @@ class Batch:
     def shard(self, world) -> "Batch":
         """This rank's share of every term's points (``world.shard``; distributed.py), remembering
         the whole step's count of each term's points."""
-        return self.part(world.rank, world.size)
+        return self._take(world.shard)
 
     def part(self, index: int, parts: int) -> "Batch":
         """Contiguous part ``index`` of ``parts`` of every term's points (sizes differing by at most
         one, as ``World.shard`` takes them), remembering the whole step's count of each term's points
         (its residuals are then those rows of the whole step's residual vector)."""
-        take = lambda count: slice(count * index // parts, count * (index + 1) // parts)  # noqa: E731
+        return self._take(lambda count: slice(count * index // parts, count * (index + 1) // parts))
+
+    def _take(self, take) -> "Batch":
+        """The points ``take(count)`` (a slice) of every term of ``count`` points, with the step's counts."""
         conditions = tuple((X[take(len(X))], None if n is None else n[take(len(X))]) for X, n in self.conditions)
         mine = take(len(self.interior))
         return Batch(self.interior[mine], conditions, self.sizes, self.weights,
