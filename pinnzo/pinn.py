@@ -301,7 +301,7 @@ class PINNTask:
         before, after = (self.objective.loss(theta, batch).item() for batch in (fitted, fresh))
         if not self.growth.overfitted(before, after):
             return
-        grown = self.batch.join(self._draw(generator))
+        grown = self.batch.join(self._draw(generator), tuple(c.data is not None for c in self.problem.conditions))
         if isinstance(self.optimizer, GaussNewton) and not self.optimizer.fits(self.objective, theta,
                                                                                self._shard(grown)):
             self.growth.limit = self.growth.factor

@@ -208,6 +208,11 @@ class Problem:
             return None
         return torch.broadcast_to(condition.value_fn(self.values(X)), X.shape[:-1])
 
+    def measurements(self, condition: Condition, X: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """A data condition's measured values (B,) at its points X (B, D), the data points from
+        ``start`` on in the file's order (a shard or part of a step takes a contiguous run of them)."""
+        return condition.data.values[start:start + len(X)].to(X.dtype).to(X.device)
+
     @functools.cached_property
     def _unknown_symbols(self) -> set:
         return {sympy.Symbol(unknown.name, real=True) for unknown in self.unknowns}
@@ -253,12 +258,13 @@ class Problem:
                            target: torch.Tensor | None = None) -> torch.Tensor:
         """B[u] - value at the condition's points (B,); for data, the measured quantity minus the
         measurements (X: the data points, in the file's order). ``target``: the value,
-        ``condition_target(condition, X)``, when the caller has it already."""
+        ``condition_target(condition, X)``, when the caller has it already; for data, the
+        measurements at X (``measurements``: X may be a part of the data points)."""
         values = self.values(X) | self.unknown_values(X, unknowns)
         if condition.kind == "measured":
             for atom in condition.atoms:
                 values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
-            return condition.value_fn(values) - condition.data.values.to(X.dtype).to(X.device)
+            return condition.value_fn(values) - (self.measurements(condition, X) if target is None else target)
         if target is None:
             target = condition.value_fn(values)
         if condition.kind == "dirichlet":

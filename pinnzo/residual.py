@@ -52,6 +52,7 @@ class Batch:
     counts: tuple[int, ...] | None = None  # points per term in the whole step, when this is a rank's shard
     weights: tuple[float, ...] | None = None  # adaptive factors of the terms' weights (adaptive.py)
     point_weights: torch.Tensor | None = None  # the interior points' weights (adaptive.py, residual_power)
+    starts: tuple[int, ...] | None = None  # each term's first point in the whole step's (a shard or part; None: 0)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -70,17 +71,23 @@ class Batch:
         return self._take(lambda count: slice(count * index // parts, count * (index + 1) // parts))
 
     def _take(self, take) -> "Batch":
-        """The points ``take(count)`` (a slice) of every term of ``count`` points, with the step's counts."""
-        conditions = tuple((X[take(len(X))], None if n is None else n[take(len(X))]) for X, n in self.conditions)
-        mine = take(len(self.interior))
-        return Batch(self.interior[mine], conditions, self.sizes, self.weights,
-                     None if self.point_weights is None else self.point_weights[mine])
+        """The points ``take(count)`` (a slice) of every term of ``count`` points, with the step's counts
+        and where the points taken start in the step's (a measured condition's data follow them)."""
+        terms = [self.interior] + [X for X, _ in self.conditions]
+        slices = [take(len(X)) for X in terms]
+        starts = tuple(start + part.start for start, part in zip(self.starts or (0,) * len(terms), slices))
+        conditions = tuple((X[part], None if n is None else n[part])
+                           for (X, n), part in zip(self.conditions, slices[1:]))
+        return Batch(self.interior[slices[0]], conditions, self.sizes, self.weights,
+                     None if self.point_weights is None else self.point_weights[slices[0]], starts)
 
-    def join(self, other: "Batch") -> "Batch":
+    def join(self, other: "Batch", fixed: tuple[bool, ...] = ()) -> "Batch":
         """This batch's points of every term followed by ``other``'s (whole batches, no weights of
-        terms or points)."""
-        conditions = tuple((torch.cat([X, Y]), None if n is None else torch.cat([n, m]))
-                           for (X, n), (Y, m) in zip(self.conditions, other.conditions))
+        terms or points); the conditions marked ``fixed`` (data, whose points are the file's) keep
+        this batch's points alone."""
+        fixed = fixed or (False,) * len(self.conditions)
+        conditions = tuple((X, n) if keep else (torch.cat([X, Y]), None if n is None else torch.cat([n, m]))
+                           for (X, n), (Y, m), keep in zip(self.conditions, other.conditions, fixed))
         return Batch(torch.cat([self.interior, other.interior]), conditions)
 
 
@@ -114,14 +121,15 @@ class PINNLoss:
         problem = self.problem
         unknowns = unknown_values(problem.unknowns, raw) if raw is not None else None
         counts = batch.counts or (None,) * (1 + len(problem.conditions))
+        starts = batch.starts or (0,) * (1 + len(problem.conditions))
         fixed = self._fixed_values(batch)
         interior_weight = 1.0 if batch.point_weights is None else batch.point_weights
         terms = [("residual", problem.residual_from_atoms(batch.interior, atoms_at(0, batch.interior, problem.atoms),
                                                           unknowns, fixed[0]), interior_weight, counts[0])]
         for k, (condition, (X, normals)) in enumerate(zip(problem.conditions, batch.conditions), 1):
             values = atoms_at(k, X, self.condition_atoms[k - 1])
-            terms.append((condition.name, problem.condition_residual(condition, X, normals, values, unknowns,
-                                                                     fixed[k]),
+            target = problem.measurements(condition, X, starts[k]) if condition.kind == "measured" else fixed[k]
+            terms.append((condition.name, problem.condition_residual(condition, X, normals, values, unknowns, target),
                           condition.weight, counts[k]))
         if batch.weights is not None:
             terms = [(name, residual, weight * factor, count)
@@ -236,14 +244,13 @@ class PINNLoss:
     def split(self, batch: Batch, rows: int) -> list[Batch]:
         """``batch`` in parts (``Batch.part``) whose stencils have at most about ``rows`` rows of
         ``inputs`` each, for work that holds many values per row (the layered coordinate queries,
-        Objective._layered); whole when it fits, or when a condition's measured data (kept in their
-        file's order) would be cut."""
+        Objective._layered); whole when it fits."""
         spatial, dim = self.problem.spatial, self.problem.dim
         total = sum(len(X) * self.backend.evaluations_per_point(atoms, spatial, dim)
                     for X, atoms in self._segments(batch))
         fewest = min(len(X) for X, _ in self._segments(batch))
         parts = min(-(-total // max(1, rows)), max(1, fewest))
-        if parts == 1 or any(condition.kind == "measured" for condition in self.problem.conditions):
+        if parts == 1:
             return [batch]
         return [batch.part(index, parts) for index in range(parts)]
 

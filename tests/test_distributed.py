@@ -111,6 +111,10 @@ TINY = ["--steps", "4", "--dtype", "float64", "--set", "eval_every=2", "--set", 
 EQUIVALENCE = {
     "zo-signrge": ["solve", "problems/hjb20.yaml", "--batch", "10", "--width", "8", *TINY],
     "zo-gn": ["solve", "problems/hjb20.yaml", "--optimizer", "zo-gn", "--batch", "40", "--width", "8", *TINY],
+    # measured data: each rank's shard of the data points takes their own measurements. One step: the
+    # unknown's column is a difference of black-box residuals, whose last bits depend on the rows a
+    # forward takes together, amplified by 1 / mu (~1e8); LM's first steps then amplify them further
+    "zo-gn-inverse": ["solve", "problems/burgers1d-inverse.yaml", "--batch", "100", *TINY, "--steps", "1"],
     "adam": ["solve", "problems/poisson2d.yaml", "--batch", "64", "--set", "condition_batch=32", *TINY],
     # activation auto: two pilots of one step, scored on every rank, the choice and its record rank 0's
     "zo-gn-auto": ["solve", "problems/hjb20.yaml", "--optimizer", "zo-gn", "--batch", "40", "--width", "8",
@@ -129,7 +133,10 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, name):
     assert two["world_size"] == 2 and two["dist_backend"] == "gloo" and one["world_size"] == 1
     # zo-gn included: its layered Jacobian computes each network row by itself (series order per row,
     # sums over units in a fixed order), so a shard's columns are the whole batch's rows bit for bit
-    assert abs(two["final_rel_l2"] - one["final_rel_l2"]) <= 1e-10 * one["final_rel_l2"]
+    assert abs(two["final_rel_l2"] - one["final_rel_l2"]) <= (1e-6 if "inverse" in name else 1e-10) \
+        * one["final_rel_l2"]
+    if "inverse" in name:
+        assert two["unknowns"]["nu"]["value"] == pytest.approx(one["unknowns"]["nu"]["value"], rel=1e-6)
     assert two["total_queries"] == one["total_queries"]
     assert two["activation"] == one["activation"] and ("pilots" in two) == (name == "zo-gn-auto")
     assert two["bytes_per_step"] > 0 and one["bytes_per_step"] == 0

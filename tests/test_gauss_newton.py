@@ -69,7 +69,7 @@ def test_layered_jacobian_columns_equal_black_box_queries(network, backend):
 def test_layered_queries_too_large_for_memory_take_the_points_a_part_at_a_time(network, backend):
     """poisson2d (a condition of weight 10) with IRLS point weights and adaptive term weights: the
     layered residuals and losses of a batch in parts, against the batch whole and against black-box
-    queries. A measured-data condition keeps its batch whole (its data follow the file's order)."""
+    queries (a data condition's parts: tests/test_inverse.py)."""
     objective, batch, theta = _components(REPO / "problems" / "poisson2d.yaml", backend=backend, network=network)
     batch = dataclasses.replace(batch, weights=(1.0, 3.0), point_weights=torch.linspace(0.5, 1.5, 6,
                                                                                         dtype=torch.float64))
@@ -95,8 +95,6 @@ def test_layered_queries_too_large_for_memory_take_the_points_a_part_at_a_time(n
     # fd's black-box differences cancel in the values themselves: 1 / mu = 1e3 more rounding
     assert (split - black_box).abs().max() <= (1e-12 if backend == "stein" else 1e-6) * black_box.abs().max()
     torch.testing.assert_close(black_box.square().sum(1), whole_losses, rtol=1e-6, atol=0)
-    inverse, data_batch, _ = _components(REPO / "problems" / "burgers1d-inverse.yaml", backend=backend)
-    assert inverse.loss_fn.split(data_batch, 1) == [data_batch]
 
 
 @pytest.mark.parametrize("network", ["mlp", "tt"])

@@ -162,6 +162,37 @@ def test_layered_coordinate_queries_cover_the_unknowns(line, backend):
     assert column[:6].abs().max() > 1e-6 and column[6:].abs().max() < 1e-12
 
 
+def test_parts_of_a_batch_take_the_measurements_of_their_data_points(line):
+    """A step's points in parts (the layered queries beyond memory_mb) or shards (torchrun's points
+    split) take the data's measurements at their own data points; a grown batch keeps the data's
+    points once (they are the file's, not drawn)."""
+    objective = build(line, resolve_settings(line, {"backend": "fd", "width": 5})).objective
+    loss = objective.loss_fn
+    batch = sample_batch(line, 8, 4, torch.Generator().manual_seed(0), torch.float64)
+    theta = objective.flatten() + 0.1 * torch.randn(objective.dim, dtype=torch.float64,
+                                                    generator=torch.Generator().manual_seed(1))
+    network = objective.network(theta)
+    whole = loss.residual_vector(network, batch)
+    # (to fd's rounding: the network's values round differently in other GEMM sizes, and d2 divides by h^2)
+    third = -(-len(loss.inputs(batch)) // 3)
+    parts = loss.split(batch, third)
+    assert len(parts) == 3 and [part.starts[2] for part in parts] == [0, 13, 26]  # 40 data points
+    torch.testing.assert_close(loss.join_rows([loss.residual_vector(network, part) for part in parts], parts),
+                               whole, rtol=0, atol=1e-8)
+    chosen, mu = torch.arange(objective.dim), 1e-3
+    objective.layered_rows = None
+    columns = objective.coordinate_residuals(theta, batch, chosen, mu)
+    objective.layered_rows = third
+    assert (objective.coordinate_residuals(theta, batch, chosen, mu) - columns).abs().max() <= 1e-8 * columns.abs().max()
+    halves = [batch.part(index, 2).part(side, 2) for index in range(2) for side in range(2)]  # a part of a shard
+    assert [half.starts[2] for half in halves] == [0, 10, 20, 30] and all(half.sizes == batch.sizes for half in halves)
+    torch.testing.assert_close(loss.join_rows([loss.residual_vector(network, half) for half in halves], halves),
+                               whole, rtol=0, atol=1e-8)
+    grown = batch.join(sample_batch(line, 8, 4, torch.Generator().manual_seed(2), torch.float64), (False, True))
+    assert [len(X) for X, _ in grown.conditions] == [8, 40] and len(grown.interior) == 16
+    assert loss.residual_vector(network, grown).shape == (16 + 8 + 40,)
+
+
 # ---- run folders: metrics, summary, plots, resume, load_run ------------------
 
 def test_the_run_folder_records_and_plots_the_unknowns_and_keeps_the_data(line, tmp_path):
