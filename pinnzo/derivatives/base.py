@@ -93,7 +93,8 @@ class StencilBackend(DerivativeBackend):
     def values(self, f: Function, X: torch.Tensor, atoms: frozenset, spatial: tuple[int, ...]) -> torch.Tensor:
         """f at every stencil point of every row of X: (B, S)."""
         F = evaluate_in_chunks(f, self.points(X, atoms, spatial), self.rows_per_chunk)
-        return F.reshape(X.shape[0], -1)
+        stencil = len(self.offsets(atoms, tuple(spatial), X.shape[1], X.dtype, X.device))
+        return F.reshape(X.shape[0], stencil)  # (named: B may be 0, a rank's share of a small condition)
 
     def __call__(self, f, X, atoms, spatial):
         atoms, spatial = frozenset(atoms), tuple(spatial)
