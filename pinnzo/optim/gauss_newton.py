@@ -118,7 +118,9 @@ def difference_jacobian(objective: Objective, theta: torch.Tensor, batch, genera
     k = theta.numel() if S is None else len(S)
     if S is None and difference in ("forward", "central") and objective.layered:
         layered_gain = None if mu else objective.coordinate_rounding_gain(theta, batch)
-        mu = mu or default_mu(theta, gain if layered_gain is None else layered_gain, difference)
+        # never above the backend's own gain: the layered changes round at most like black-box ones
+        # (a gain beyond it means solution values u far below the stencil's parts; u = 0 makes it infinite)
+        mu = mu or default_mu(theta, gain if layered_gain is None else min(layered_gain, gain), difference)
         extra = 0 if layered_gain is None else 1
         r0 = objective.residuals(theta[None], batch)[0]
         chosen = torch.arange(k, device=theta.device)
@@ -180,10 +182,11 @@ class GaussNewton:
     def update(self, step: int, theta, state: GNState, objective: Objective, batch, generator):
         jacobian = self.jacobian(objective, theta, batch, generator)
         r0, J = jacobian.residual.double(), jacobian.matrix.double()
+        J, held = _finite_columns(J)
         A, g, loss = _normal_equations(objective, batch, J, r0)
         if not math.isfinite(loss):
             return theta, state, StepInfo(loss, self.stage)
-        scale = _damping_scale(A, self.matrix)
+        scale = damping_scale(A.diagonal(), self.matrix)
         damping, growth, rejected = state.damping, state.growth, state.rejected
         first = loss if math.isnan(state.first_loss) else state.first_loss
         for _ in range(self.max_tries):
@@ -200,9 +203,10 @@ class GaussNewton:
             if math.isfinite(new_loss) and gain > 0:
                 damping, growth = self._accepted(damping, gain), 2.0
                 candidate, new_loss = self._reused(objective, batch, jacobian, J, solve, candidate, r1, new_loss)
+                info = self._accepted_info(loss, new_loss, first)
+                info.events.extend(_held_event(self.stage, held))
                 return candidate, GNState(damping, growth, state.accepted + 1, rejected, first,
-                                          state.since_stall + 1, state.stall_loss), \
-                    self._accepted_info(loss, new_loss, first)
+                                          state.since_stall + 1, state.stall_loss), info
             damping, growth, rejected = self._rejected(damping, growth), growth * 2, rejected + 1
         if damping < MAX_DAMPING:
             return theta, state._replace(damping=damping, growth=growth, rejected=rejected, first_loss=first), \
@@ -337,6 +341,19 @@ class Memory(NamedTuple):
     columns: int
 
 
+def _finite_columns(J: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """J (n, k) with its columns that hold a NaN or an infinity set to zero (their directions are
+    held this step, and the damping keeps the system regular), and how many there were."""
+    finite = torch.isfinite(J).all(dim=0)
+    held = len(finite) - int(finite.sum())
+    return (J if held == 0 else torch.where(finite, J, 0.0)), held
+
+
+def _held_event(stage: str, held: int) -> list[str]:
+    return [f"{stage}: {held} Jacobian column(s) were not finite; their directions were held this step"] if held \
+        else []
+
+
 def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Tensor):
     """(J^T J (k, k), J^T r (k,), |r|^2) summed over the residual rows in fixed blocks, so that a
     run whose points are split over processes (each holding its rows) gets the same numbers."""
@@ -354,11 +371,10 @@ def _normal_equations(objective: Objective, batch, J: torch.Tensor, r: torch.Ten
     return total[:k * k].reshape(k, k), total[k * k:-1], total[-1].item()
 
 
-def _damping_scale(A: torch.Tensor, matrix: str) -> torch.Tensor:
-    """The diagonal of D (k,): ``diagonal``: diag(A) (Marquardt), floored so that a direction the
-    residuals ignore is still damped; ``identity``: the mean of diag(A) everywhere (Levenberg, made
-    invariant to the scale of the residuals)."""
-    diagonal = A.diagonal()
+def damping_scale(diagonal: torch.Tensor, matrix: str) -> torch.Tensor:
+    """The diagonal of D (k,) from diag(A) (k,): ``diagonal``: diag(A) (Marquardt), floored so that a
+    direction the residuals ignore is still damped; ``identity``: the mean of diag(A) everywhere
+    (Levenberg, made invariant to the scale of the residuals)."""
     if matrix == "identity":
         return diagonal.mean().clamp_min(1e-300).expand(len(diagonal))
     floor = 1e-12 * diagonal.max().clamp_min(1e-300)

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from pinnzo.errors import PinnzoError
-from pinnzo.optim.gauss_newton import GaussNewton, GNState, default_mu
+from pinnzo.optim.gauss_newton import GaussNewton, GNState, damping_scale, default_mu
 from pinnzo.optim.info import StepInfo
 from pinnzo.optim.objective import Objective
 
@@ -82,8 +82,7 @@ class GeneralisedGaussNewton(GaussNewton):
         g = _times(J, gradient_F.reshape(-1))
         curvature = lambda v: _times(J, hessian(_times(v, J).reshape(shape)).reshape(-1))  # G v
         diagonal = objective.loss_fn.curvature_diagonal(J.reshape(d, *shape), outputs.double(), batch)
-        scale = diagonal.mean().clamp_min(1e-300).expand(d) if self.matrix == "identity" else \
-            diagonal.clamp_min(1e-12 * diagonal.max().clamp_min(1e-300))
+        scale = damping_scale(diagonal, self.matrix)
         damping, growth, rejected = state.damping, state.growth, state.rejected
         first = loss if math.isnan(state.first_loss) else state.first_loss
         for _ in range(self.max_tries):
