@@ -24,7 +24,9 @@ import torch
 
 from pinnzo import loop, pilots, runs
 from pinnzo.adaptive import Adaptivity, PointGrowth
+from pinnzo.atoms import VALUE
 from pinnzo.derivatives import BACKENDS, make_backend, plan_chunks
+from pinnzo.derivatives.finite_difference import FiniteDifference
 from pinnzo.errors import PinnzoError
 from pinnzo.nets import build_mlp, parse_shape
 from pinnzo.optim import FIXED_POINTS, LEAST_SQUARES, OPTIMIZERS, Objective, StepInfo, make_optimizer
@@ -156,9 +158,76 @@ def build(problem: Problem, settings: Settings) -> Components:
     plan = plan_chunks(per_point * residual_rows(problem, settings), sizes, dtype, settings.memory_mb)
     backend.rows_per_chunk = plan.rows_per_chunk
     loss = PINNLoss(problem, backend)
+    output_layer(model).scale_output(output_scale(problem, settings, model))
     layered_rows = settings.memory_mb * 2**20 // row_bytes(sizes, dtype)  # the layered queries' rows at once
     objective = Objective(model, loss, plan.queries_per_chunk, layered_rows=layered_rows)
     return Components(problem, settings, model, loss, objective, dtype, device)
+
+
+def output_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The network's last (dense) layer, under the unknowns' wrapper of an inverse problem."""
+    return getattr(model, "network", model).layers[-1]
+
+
+def output_scale(problem: Problem, settings: Settings, model: torch.nn.Module) -> float:
+    """The factor s of the network's output layer, u = s (W h + b): ``settings.output_scale``, or for
+    0 the solution's size estimated from the file, so that the network works at the size of its
+    initialisation. A solution of 1e-4 learnt by an O(1) network is a small difference of O(1)
+    values: its rounding, amplified by a stencil, then floors the fit (relative L2 2e-3 where the
+    same problem at size 1 reaches 2e-5), and the hidden layers' Jacobian columns shrink with the
+    output layer (docs/method.md, "The solution's size").
+
+    The estimate: the largest RMS of the values the Dirichlet, initial and terminal conditions and the
+    measured data prescribe (256 points each, a fixed generator); without one above 1e-10 (zero data,
+    a Neumann problem), the equation's: |r[0]| |N0| / |r[N0] - r[0]| with r the residual at 256 points
+    for u = 0 and for the initial network N0, which is the size of u that a linear equation's source
+    asks for. Snapped to a power of ten, and 1 within a factor of 10^1.5 (the network's size for O(1)
+    solutions: every shipped problem) or with an ansatz (whose network is a correction of unknown size)."""
+    if settings.output_scale:
+        return settings.output_scale
+    if problem.ansatz is not None:
+        return 1.0
+    dtype = next(model.parameters()).dtype
+    generator = torch.Generator().manual_seed(0)
+    sizes = [_rms(values) for values in _prescribed_values(problem, generator, dtype)]
+    size = max(sizes, default=0.0)
+    if not size > 1e-10:
+        size = _equation_size(problem, model, generator, dtype)
+    if not (math.isfinite(size) and size > 0):
+        return 1.0
+    power = round(math.log10(size))
+    return 10.0 ** power if abs(math.log10(size)) >= 1.5 else 1.0
+
+
+def _rms(values: torch.Tensor) -> float:
+    return values.double().square().mean().sqrt().item() if values.numel() else 0.0
+
+
+def _prescribed_values(problem: Problem, generator: torch.Generator, dtype) -> list[torch.Tensor]:
+    """The values of u the conditions prescribe: Dirichlet, initial and terminal values at 256 of their
+    points, and the measured data of u itself."""
+    values = []
+    for condition in problem.conditions:
+        if condition.kind == "measured" and condition.atoms == {VALUE}:
+            values.append(condition.data.values)
+        elif condition.kind == "dirichlet":
+            target = problem.condition_target(condition, problem.sample_condition(condition, 256, generator, dtype)[0])
+            values += [] if target is None else [target]
+    return values
+
+
+def _equation_size(problem: Problem, model: torch.nn.Module, generator, dtype) -> float:
+    """|r[0]| |N0| / |r[N0] - r[0]| at 256 interior points (RMS): the equation's residual for u = 0
+    (its source) over its change for the initial network N0, times N0's size; derivatives by finite
+    differences whatever the run's backend (a Monte-Carlo Stein estimate with few samples is noisy)."""
+    X = problem.sample_interior(256, generator, dtype)
+    loss = PINNLoss(problem, FiniteDifference())
+    with torch.no_grad():
+        network = getattr(model, "network", model)
+        zero = loss.interior_residual(lambda Y: network(Y) * 0, X)
+        initial = loss.interior_residual(network, X)
+        change = _rms(initial - zero)
+        return _rms(zero) * _rms(network(X)) / change if change > 0 else 0.0
 
 
 def input_map(problem: Problem) -> tuple[list[float], list[float]] | None:
@@ -259,6 +328,9 @@ class PINNTask:
                 f"{s.batch} points{self.adaptivity.describe()}")
         if input_map(self.problem) is not None:
             text += "; inputs mapped into [-1, 1]"
+        scale = output_layer(self.components.model).output_scale
+        if scale is not None:
+            text += f"; output scaled by {scale.item():g}"
         residuals = residual_rows(self.problem, s)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "

@@ -69,6 +69,7 @@ class Settings(SettingsBase):
     depth: int = 2  # hidden layers (21 -> 512 -> 512 -> 1 is depth 2; at most 1000)
     rank: int = 2  # TT rank of the compressed layers
     activation: str = "sin"  # sin | tanh | relu | gelu | auto (pilot runs choose tanh or sin: pinnzo/pilots.py)
+    output_scale: float = 0.0  # u = this x the network's output layer (0: auto, the solution's size: pinn.output_scale)
     pilot_share: float = 0.1  # activation auto: each pilot's share of the time budget (of the steps without one)
     shapes: str = ""  # TT factorisations "input,hidden", e.g. 1x1x3x7,8x4x4x4 (empty: automatic)
     # derivatives

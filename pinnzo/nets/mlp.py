@@ -19,16 +19,33 @@ GAIN = {"sin": 1.0, "tanh": 1.0, "relu": 2.0, "gelu": 2.0}
 
 
 class DenseLinear(nn.Linear):
-    """nn.Linear that also reports its unit responses (for the layered coordinate queries)."""
+    """nn.Linear that also reports its unit responses (for the layered coordinate queries), and
+    multiplies its output by a fixed ``output_scale`` once one is set (``scale_output``; a PINN's
+    output layer: ``pinn.output_scale``): y = s (x W^T + b)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("output_scale", None)  # saved with the weights once set
+
+    def scale_output(self, scale: float) -> None:
+        """Multiply the output by ``scale`` from now on (1: no buffer, as without a scale)."""
+        self.output_scale = None if scale == 1 else torch.tensor(scale, dtype=self.weight.dtype,
+                                                                 device=self.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y if self.output_scale is None else y * self.output_scale
 
     def unit_responses(self, params: dict[str, torch.Tensor], name: str, x: torch.Tensor):
         """How the output at x (B, in) changes per unit change of entries of parameter ``name``
         ("weight" (out, in) or "bias"): a function entries (E,) -> sparse (units (E, 1), values: rows
         (a slice of x's rows) -> (E, 1, rows)). The layer is linear in each of its parameter tensors."""
+        scale = 1.0 if self.output_scale is None else self.output_scale
         if name == "bias":
-            return lambda entries: (entries[:, None], lambda rows=slice(None): x.new_ones(len(entries), 1, len(x[rows])))
+            return lambda entries: (entries[:, None],
+                                    lambda rows=slice(None): x.new_full((len(entries), 1, len(x[rows])), float(scale)))
 
-        columns = x.T.contiguous()  # (in, B): an entry's values are a row of it, not a strided column of x
+        columns = x.T.contiguous() * scale  # (in, B): an entry's values are a row of it, not a strided column of x
 
         def responses(entries):
             out_index, in_index = torch.unravel_index(entries, params["weight"].shape)
