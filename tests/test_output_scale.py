@@ -47,7 +47,8 @@ def _file(folder: Path, template: str, tag: str, a: str, b: str = "0") -> Path:
 
 def _scale(path: Path, **changes) -> float:
     problem = load_problem(path)
-    scale = output_layer(build(problem, resolve_settings(problem, {"optimizer": "zo-gn", **changes})).model).output_scale
+    model = build(problem, resolve_settings(problem, {"optimizer": "zo-gn", **changes})).model
+    scale = output_layer(model).output_scale
     return 1.0 if scale is None else scale.item()
 
 
