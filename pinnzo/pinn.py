@@ -174,7 +174,7 @@ def output_scale(problem: Problem, settings: Settings, model: torch.nn.Module) -
     0 the solution's size estimated from the file, so that the network works at the size of its
     initialisation. A solution of 1e-4 learnt by an O(1) network is a small difference of O(1)
     values: its rounding, amplified by a stencil, then floors the fit (relative L2 2e-3 where the
-    same problem at size 1 reaches 2e-5), and the hidden layers' Jacobian columns shrink with the
+    same problem at size 1 reaches 1.5e-5), and the hidden layers' Jacobian columns shrink with the
     output layer (docs/method.md, "The solution's size").
 
     The estimate: the largest RMS of the values the Dirichlet, initial and terminal conditions and the
