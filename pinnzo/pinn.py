@@ -220,10 +220,10 @@ def _equation_size(problem: Problem, model: torch.nn.Module, generator, dtype) -
     """|r[0]| |N0| / |r[N0] - r[0]| at 256 interior points (RMS): the equation's residual for u = 0
     (its source) over its change for the initial network N0, times N0's size; derivatives by finite
     differences whatever the run's backend (a Monte-Carlo Stein estimate with few samples is noisy)."""
-    X = problem.sample_interior(256, generator, dtype)
+    network = getattr(model, "network", model)
+    X = problem.sample_interior(256, generator, dtype, next(network.parameters()).device)
     loss = PINNLoss(problem, FiniteDifference())
     with torch.no_grad():
-        network = getattr(model, "network", model)
         zero = loss.interior_residual(lambda Y: network(Y) * 0, X)
         initial = loss.interior_residual(network, X)
         change = _rms(initial - zero)
