@@ -192,8 +192,11 @@ def test_shipped_rules_load_from_the_repository_without_a_build():
         loaded = cache.load(path)
         assert loaded is not None, path
         fresh = build_rule(loaded.family, loaded.dim, loaded.level)
-        assert loaded.nodes.tobytes() == fresh.nodes.tobytes(), path
-        np.testing.assert_array_equal(loaded.weights, fresh.weights)
+        # the same rule to the last bits that numpy's releases may change (with numpy 2.4.6 lu-darmofal's
+        # nodes moved by 1.3e-15 from the shipped file's); a wrong node or weight is far above this
+        np.testing.assert_allclose(loaded.nodes, fresh.nodes, rtol=0, atol=1e-14, err_msg=str(path))
+        np.testing.assert_allclose(loaded.weights, fresh.weights, rtol=1e-14, atol=0, err_msg=str(path))
+        assert loaded.nodes.shape == fresh.nodes.shape and loaded.degree == fresh.degree
 
 
 # ---- CLI -----------------------------------------------------------------
