@@ -62,7 +62,8 @@ app.add_typer(data_app, name="data")
 OPTIMIZER_HELP = ("First order (back-propagation): adam | sgd | lbfgs | adam-lbfgs | gn. Zeroth order (loss "
                   "queries only): zo-rge | zo-signrge | zo-cge | zo-adam | hybrid | zo-gn")
 # PINN runs only (pinnzo solve)
-LEAST_SQUARES_HELP = ("Where the file and the flags say nothing, gn and zo-gn take "
+LEAST_SQUARES_HELP = ("Where the flags say nothing and the file's solve: block is silent or written for gn or "
+                      "zo-gn, these two take "
                       + ", ".join(f"{key} {value}" for key, value in LEAST_SQUARES_DEFAULTS.items()))
 
 CacheDir = Annotated[Optional[Path], typer.Option(

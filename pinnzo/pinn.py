@@ -34,7 +34,7 @@ from pinnzo.optim.coordinates import row_bytes
 from pinnzo.optim.gauss_newton import GaussNewton
 from pinnzo.problem import Problem, load_problem
 from pinnzo.residual import Batch, PINNLoss, sample_batch
-from pinnzo.settings import Settings
+from pinnzo.settings import Settings, block_keys
 from pinnzo.unknowns import WithUnknowns, unknown_values
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -44,13 +44,26 @@ METRIC_FIELDS = ["step", "queries", "loss", "smoothed_loss", "val_mse", "val_rel
 
 def resolve_settings(problem: Problem, changes: Mapping[str, Any] = (), prefix: str = "") -> Settings:
     """Defaults < the optimizer's defaults < the problem's solve: block < ``changes``; backend and
-    optimizer names checked; dtype "auto" made concrete for the optimizer."""
+    optimizer names checked; dtype "auto" made concrete for the optimizer. A block that names another
+    optimizer than the run's gives way to the run's optimizer's defaults (settings.block_keys)."""
     changes = dict(changes)
     settings = Settings().replace(problem.solve).replace(changes, prefix)
     OPTIMIZERS[settings.optimizer]  # one "must be one of" error
-    settings = settings.with_optimizer_defaults({*problem.solve, *changes})
+    settings = settings.with_optimizer_defaults({*block_keys(problem.solve, settings.optimizer), *changes})
     BACKENDS[settings.backend]
     return settings.concrete()
+
+
+def _block_set_aside(block: Mapping[str, Any], settings: Settings) -> str:
+    """A note naming the settings of a solve: block written for another optimizer that this run does
+    not use (its optimizer's own defaults, or flags, replaced them); empty when there are none."""
+    holding, written = block_keys(block, settings.optimizer), Settings().replace(block)
+    changed = [f"{key} {getattr(written, key)}" for key in block
+               if key not in holding and getattr(settings, key) != getattr(written, key)]
+    if not changed:
+        return ""
+    return (f"\nnote: the file's solve: block is written for {block['optimizer']}, so this {settings.optimizer} run "
+            f"does not take its {', '.join(changed)} ({settings.optimizer}'s defaults or the flags instead)")
 
 
 def resample_period(settings: Settings) -> int:
@@ -331,6 +344,7 @@ class PINNTask:
         scale = output_layer(self.components.model).output_scale
         if scale is not None:
             text += f"; output scaled by {scale.item():g}"
+        text += _block_set_aside(self.problem.solve, s)
         residuals = residual_rows(self.problem, s)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "

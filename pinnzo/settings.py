@@ -18,7 +18,7 @@ from pinnzo.errors import PinnzoError
 FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 
 # Defaults of the Gauss-Newton optimizers, under the problem file's solve: block and the flags (a field
-# either of them sets wins). The general defaults (the paper's TT-MLP, sparse-grid Stein, 100 points)
+# either of them sets wins; a block that names another optimizer sets none of them: block_keys). The general defaults (the paper's TT-MLP, sparse-grid Stein, 100 points)
 # give a least-squares problem with fewer residuals than parameters, fitted exactly at the points and
 # wrong between them. A small dense tanh network keeps the d x d solve cheap; 1,000 points and 1,000
 # per condition make the problem overdetermined, each condition's points too (a 20-D box has 40 faces);
@@ -27,6 +27,20 @@ FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
                           "batch": 1000, "condition_batch": 1000, "eval_every": 10, "grow_points": 8.0}
 OPTIMIZER_DEFAULTS = {"gn": LEAST_SQUARES_DEFAULTS, "zo-gn": LEAST_SQUARES_DEFAULTS}
+
+
+def block_keys(block: Mapping[str, Any], optimizer: str) -> set[str]:
+    """The settings of a problem's ``solve:`` block that hold against ``optimizer``'s own defaults.
+
+    All of them when the block names no optimizer, or one with the same defaults (gn for zo-gn). A
+    block written for an optimizer with other defaults is that optimizer's recipe: a file's Adam recipe
+    (autodiff, 256 points) run with ``--optimizer zo-gn`` would give Gauss-Newton fewer residuals than
+    parameters and make it back-propagate, so there the optimizer's defaults replace the block's values
+    for their fields; the block's other settings (steps, dtype, eval_points, ...) still hold."""
+    named = block.get("optimizer")
+    if named is None or OPTIMIZER_DEFAULTS.get(named, {}) == OPTIMIZER_DEFAULTS.get(optimizer, {}):
+        return set(block)
+    return set(block) - set(OPTIMIZER_DEFAULTS.get(optimizer, {}))
 
 
 class SettingsBase:

@@ -111,6 +111,8 @@ def test_rad_draws_have_the_rad_frequencies():
 LINE = {**helpers.LINE, "name": "line", "conditions": {"ends": {"at": "boundary", "value": 0, "weight": 2.0}},
         "solve": {"network": "mlp", "width": 8, "activation": "tanh", "backend": "ad", "optimizer": "adam",
                   "lr": 0.01, "steps": 24, "batch": 16, "condition_batch": 4, "eval_every": 1, "eval_points": 50}}
+# LINE's block is Adam's, so zo-gn takes its own network, points and evaluations unless they are given
+ADAM_BLOCK_POINTS = {"width": 8, "batch": 16, "condition_batch": 4, "eval_every": 1}
 
 
 def _rows(run_dir) -> list[dict]:
@@ -133,7 +135,8 @@ def _interrupted_and_resumed(problem, settings, folder, at_step):
     ({"resample": "rad", "rad_pool": 4}, 5),  # the step + the pool of 4 x 16 points in 4 chunks
     ({"residual_power": 1.0, "residual_power_warmup": 0}, 2),  # the step + the interior residuals for the weights
     ({"residual_power": 1.0, "optimizer": "zo-gn", "backend": "fd", "dtype": "float64", "resample_every": 4,
-      "residual_power_warmup": 1, "grow_points": 0.0}, None),  # the weights in use (from step 4) are in the checkpoint
+      "residual_power_warmup": 1, "grow_points": 0.0, **ADAM_BLOCK_POINTS}, None),  # the weights in use (from step
+    # 4) are in the checkpoint
     ({"resample": "rad", "loss_weights": "relobralo", "relobralo_alpha": 0.5, "optimizer": "zo-signrge",
       "directions": 4, "resample_every": 3}, None),
 ])
@@ -164,7 +167,8 @@ def test_zo_gn_keeps_its_weights_between_resamples(tmp_path):
     problem = load_problem(LINE)
     settings = resolve_settings(problem, {"optimizer": "zo-gn", "backend": "fd", "dtype": "float64",
                                           "loss_weights": "relobralo", "relobralo_alpha": 0.5, "relobralo_rho": 0.0,
-                                          "resample_every": 5, "steps": 16, "grow_points": 0.0})
+                                          "resample_every": 5, "steps": 16, "grow_points": 0.0,
+                                          **ADAM_BLOCK_POINTS})
     solve(problem, settings, out=tmp_path / "run")
     weights = [float(row["weight_residual"]) for row in _rows(tmp_path / "run")]
     assert len(weights) == 16
@@ -401,7 +405,8 @@ def test_a_growing_run_resumes_bit_identically(tmp_path):
     numbers of an uninterrupted one (the factor and the last fresh loss are in the checkpoint)."""
     problem = load_problem(LINE)
     settings = resolve_settings(problem, {"optimizer": "zo-gn", "backend": "fd", "dtype": "float64",
-                                          "resample_every": 3, "grow_points": 1.5, "max_growth": 8})
+                                          "resample_every": 3, "grow_points": 1.5, "max_growth": 8,
+                                          **ADAM_BLOCK_POINTS})
     straight = solve(problem, settings, out=tmp_path / "straight")
     grown = [row for row in straight.summary["events"] if row["event"].startswith("points:")]
     assert grown and grown[0]["step"] <= 15 < grown[-1]["step"], straight.summary["events"]  # before and after

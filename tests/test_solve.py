@@ -357,6 +357,44 @@ def test_the_file_and_the_flags_win_over_the_optimizers_defaults(tmp_path):
     assert (written["batch"], written["network"], written["width"], written["backend"]) == (300, "tt", 4, "fd")
 
 
+def test_a_block_written_for_another_optimizer_gives_way_to_gauss_newtons_defaults():
+    """A shipped file's Adam recipe (autodiff, 256 + 128 points, width 32) run with --optimizer zo-gn:
+    zo-gn's defaults replace those fields (Adam's 384 residuals for 697+ parameters left the fit
+    underdetermined, and autodiff back-propagates); the block's other settings and the flags hold."""
+    from pinnzo.pinn import resolve_settings
+
+    problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "layer2d.yaml")
+    assert (problem.solve["optimizer"], problem.solve["backend"], problem.solve["batch"]) == ("adam", "ad", 256)
+    for optimizer in ("zo-gn", "gn"):
+        settings = resolve_settings(problem, {"optimizer": optimizer})
+        assert {key: getattr(settings, key) for key in LEAST_SQUARES_RECIPE} == LEAST_SQUARES_RECIPE
+        assert (settings.eval_every, settings.grow_points) == (10, 8.0)
+        assert (settings.steps, settings.eval_points) == (2000, 4000)  # the block's, not zo-gn's fields
+    settings = resolve_settings(problem, {"optimizer": "zo-gn", "width": 32, "backend": "ad"})
+    assert (settings.width, settings.backend, settings.batch) == (32, "ad", 1000)  # flags win
+    assert resolve_settings(problem).backend == "ad"  # the block's own optimizer keeps its recipe
+    inverse = load_problem(Path(__file__).resolve().parents[1] / "problems" / "burgers1d-inverse.yaml")
+    assert (inverse.solve["optimizer"], inverse.solve["width"], inverse.solve["batch"]) == ("zo-gn", 16, 500)
+    settings = resolve_settings(inverse, {"optimizer": "gn"})  # gn's defaults are zo-gn's: the block holds
+    assert (settings.width, settings.batch, settings.condition_batch) == (16, 500, 100)
+    given = yaml.safe_load(SMALL)
+    given["solve"] = {"batch": 300, "backend": "stein"}  # names no optimizer: it holds for zo-gn
+    settings = resolve_settings(load_problem(given), {"optimizer": "zo-gn"})
+    assert (settings.batch, settings.backend, settings.condition_batch) == (300, "stein", 1000)
+
+
+def test_the_run_names_the_settings_of_a_block_written_for_another_optimizer(tmp_path):
+    from pinnzo.pinn import PINNTask, build, resolve_settings
+
+    problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "layer2d.yaml")
+    settings = resolve_settings(problem, {"optimizer": "zo-gn", "width": 32})
+    header = PINNTask(build(problem, settings)).describe()
+    assert ("note: the file's solve: block is written for adam, so this zo-gn run does not take its backend ad, "
+            "batch 256, condition_batch 128, eval_every 100") in header
+    assert "width" not in header.split("note:")[1]  # the flag kept the block's width
+    assert "note:" not in PINNTask(build(problem, resolve_settings(problem, {"steps": 1}))).describe()
+
+
 def test_the_other_optimizers_keep_the_general_defaults():
     from pinnzo.pinn import resolve_settings
     from pinnzo.settings import Settings
