@@ -44,8 +44,8 @@ METRIC_FIELDS = ["step", "queries", "loss", "smoothed_loss", "val_mse", "val_rel
 
 def resolve_settings(problem: Problem, changes: Mapping[str, Any] = (), prefix: str = "") -> Settings:
     """Defaults < the optimizer's defaults < the problem's solve: block < ``changes``; backend and
-    optimizer names checked; dtype "auto" made concrete for the optimizer. A block that names another
-    optimizer than the run's gives way to the run's optimizer's defaults (settings.block_keys)."""
+    optimizer names checked; dtype "auto" made concrete for the optimizer. A block written for an
+    optimizer with other defaults gives way to the run's optimizer's defaults (settings.block_keys)."""
     changes = dict(changes)
     settings = Settings().replace(problem.solve).replace(changes, prefix)
     OPTIMIZERS[settings.optimizer]  # one "must be one of" error

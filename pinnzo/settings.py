@@ -18,8 +18,9 @@ from pinnzo.errors import PinnzoError
 FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 
 # Defaults of the Gauss-Newton optimizers, under the problem file's solve: block and the flags (a field
-# either of them sets wins; a block that names another optimizer sets none of them: block_keys). The general defaults (the paper's TT-MLP, sparse-grid Stein, 100 points)
-# give a least-squares problem with fewer residuals than parameters, fitted exactly at the points and
+# either of them sets wins; a block written for an optimizer with other defaults sets none of them:
+# block_keys). The general defaults (the paper's TT-MLP, sparse-grid Stein, 100 points) give a
+# least-squares problem with fewer residuals than parameters, fitted exactly at the points and
 # wrong between them. A small dense tanh network keeps the d x d solve cheap; 1,000 points and 1,000
 # per condition make the problem overdetermined, each condition's points too (a 20-D box has 40 faces);
 # finite differences are exact to rounding in float64 (docs/method.md, "Defaults of the Gauss-Newton

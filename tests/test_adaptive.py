@@ -134,9 +134,9 @@ def _interrupted_and_resumed(problem, settings, folder, at_step):
     ({"loss_weights": "softadapt", "softadapt_beta": 5.0}, 2),
     ({"resample": "rad", "rad_pool": 4}, 5),  # the step + the pool of 4 x 16 points in 4 chunks
     ({"residual_power": 1.0, "residual_power_warmup": 0}, 2),  # the step + the interior residuals for the weights
+    # zo-gn: the weights in use (from step 4) are in the checkpoint
     ({"residual_power": 1.0, "optimizer": "zo-gn", "backend": "fd", "dtype": "float64", "resample_every": 4,
-      "residual_power_warmup": 1, "grow_points": 0.0, **ADAM_BLOCK_POINTS}, None),  # the weights in use (from step
-    # 4) are in the checkpoint
+      "residual_power_warmup": 1, "grow_points": 0.0, **ADAM_BLOCK_POINTS}, None),
     ({"resample": "rad", "loss_weights": "relobralo", "relobralo_alpha": 0.5, "optimizer": "zo-signrge",
       "directions": 4, "resample_every": 3}, None),
 ])

@@ -383,7 +383,7 @@ def test_a_block_written_for_another_optimizer_gives_way_to_gauss_newtons_defaul
     assert (settings.batch, settings.backend, settings.condition_batch) == (300, "stein", 1000)
 
 
-def test_the_run_names_the_settings_of_a_block_written_for_another_optimizer(tmp_path):
+def test_the_run_names_the_settings_of_a_block_written_for_another_optimizer():
     from pinnzo.pinn import PINNTask, build, resolve_settings
 
     problem = load_problem(Path(__file__).resolve().parents[1] / "problems" / "layer2d.yaml")
