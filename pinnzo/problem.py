@@ -28,7 +28,7 @@ from pinnzo.settings import Settings
 from pinnzo.unknowns import Unknown
 
 CONDITION_SETS = ("initial", "terminal", "boundary", "data")
-CONDITION_TYPES = ("dirichlet", "neumann", "rate")
+CONDITION_TYPES = ("dirichlet", "neumann", "robin", "rate")
 RESERVED = {"u", "N", "d", "lap", "gradsq", *SCALAR_FUNCTIONS, *CONSTANTS, *VECTOR_REDUCTIONS}
 
 
@@ -49,9 +49,12 @@ class Condition:
 
     on: "initial" (t = t0), "terminal" (t = T), "boundary" (of the spatial domain) or "data" (the
     points of a data file, whose measured values are the targets).
-    kind: "dirichlet" (B[u] = u), "neumann" (B[u] = du/dn, outward normal, on the boundary), "rate"
+    kind: "dirichlet" (B[u] = u), "neumann" (B[u] = du/dn, outward normal, on the boundary), "robin"
+    (B[u] = du/dn + coefficient u, on the boundary: a heat transfer or impedance condition), "rate"
     (B[u] = du/dt, at the initial or terminal time: a wave equation's initial velocity) or, for data,
     "measured" (B[u] = ``value``, an expression of u's atoms ``atoms``, e.g. u or d(u, x1)).
+    coefficient: a robin condition's factor of u, an expression of the variables, the parameters
+    and the unknowns (None for the other kinds).
     """
 
     name: str
@@ -62,6 +65,8 @@ class Condition:
     value_fn: Callable = field(repr=False, compare=False)
     data: Measurements | None = field(default=None, repr=False, compare=False)
     atoms: frozenset = frozenset()  # the atoms of a measured value
+    coefficient: sympy.Expr | None = None  # robin: du/dn + coefficient u = value
+    coefficient_fn: Callable | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,7 +255,8 @@ class Problem:
             return frozenset({A.VALUE})
         if condition.kind == "rate":
             return frozenset({A.d1(self.time_index)})
-        return frozenset(A.d1(i) for i in self.spatial)
+        normal = frozenset(A.d1(i) for i in self.spatial)
+        return normal | {A.VALUE} if condition.kind == "robin" else normal
 
     def condition_residual(self, condition: Condition, X: torch.Tensor, normals: torch.Tensor | None,
                            atom_values: Mapping[A.Atom, torch.Tensor],
@@ -272,7 +278,10 @@ class Problem:
         if condition.kind == "rate":
             return atom_values[A.d1(self.time_index)] - target
         gradient = torch.stack([atom_values[A.d1(i)] for i in self.spatial], dim=-1)
-        return (gradient * normals).sum(-1) - target
+        flux = (gradient * normals).sum(-1)
+        if condition.kind == "robin":
+            flux = flux + condition.coefficient_fn(values) * atom_values[A.VALUE]
+        return flux - target
 
     def exact_check(self, points: int = 256, seed: int = 0) -> dict[str, float]:
         """How well the exact solution satisfies the problem, by autodiff in float64: max |residual| of
@@ -704,6 +713,8 @@ class _Loader:
             if condition.data is None:  # data files are checked when read
                 X, _ = problem.sample_condition(condition, CHECK_POINTS, generator, torch.float64)
                 checks.append((f"conditions.{_key_text(condition.name)}.value", condition.value_fn, X))
+                if condition.coefficient_fn is not None:
+                    checks.append((f"conditions.{_key_text(condition.name)}.coefficient", condition.coefficient_fn, X))
         for key, function, X in checks:
             try:
                 values = function(problem.values(X) | problem.unknown_values(X))
@@ -798,13 +809,17 @@ class _Loader:
             if isinstance(spec, dict) and spec.get("at") == "data":
                 conditions.append(self.data_condition(str(name), spec, key, scope, names, space))
                 continue
-            spec = self.mapping(spec, key, {"at", "value"}, {"at", "type", "value", "weight"})
+            spec = self.mapping(spec, key, {"at", "value"}, {"at", "type", "value", "weight", "coefficient"})
             on = self.string(spec["at"], f"{key}.at", CONDITION_SETS)
             kind = self.string(spec.get("type", "dirichlet"), f"{key}.type", CONDITION_TYPES)
+            if (kind == "robin") != ("coefficient" in spec):
+                self.fail(f"{key}.coefficient" if kind != "robin" else key,
+                          "a robin condition needs a coefficient (du/dn + coefficient u = value)"
+                          if kind == "robin" else f"only robin conditions take a coefficient; this one is {kind}")
             if on != "boundary" and time_index is None:
                 self.fail(f"{key}.at", f"an {on} condition needs a time variable")
-            if kind == "neumann" and on != "boundary":
-                self.fail(f"{key}.type", "neumann conditions apply on the boundary only")
+            if kind in ("neumann", "robin") and on != "boundary":
+                self.fail(f"{key}.type", f"{kind} conditions apply on the boundary only")
             if kind == "rate" and on not in ("initial", "terminal"):
                 self.fail(f"{key}.type", "rate conditions (du/dt) apply at the initial or terminal time only")
             weight = self.number(spec.get("weight", 1.0), f"{key}.weight")
@@ -812,7 +827,11 @@ class _Loader:
                 self.fail(f"{key}.weight", f"expected a weight >= 0; found {weight}")
             expression = self.expression(spec["value"], f"{key}.value", scope)
             compiled = self.compiled(expression, names, f"{key}.value")
-            conditions.append(Condition(str(name), on, kind, expression, weight, compiled))
+            coefficient = self.expression(spec["coefficient"], f"{key}.coefficient", scope) if kind == "robin" else None
+            coefficient_fn = (self.compiled(coefficient, names, f"{key}.coefficient")
+                              if coefficient is not None else None)
+            conditions.append(Condition(str(name), on, kind, expression, weight, compiled,
+                                        coefficient=coefficient, coefficient_fn=coefficient_fn))
         return conditions
 
     def data_condition(self, name: str, spec: dict, key: str, scope: Scope, names, space: "_Space") -> Condition:
@@ -897,7 +916,9 @@ class _Loader:
     def check_used(self, unknowns: list[Unknown], symbols: dict, residual: sympy.Expr,
                    conditions: list[Condition]) -> None:
         """Every unknown appears in the equation or in a condition (else nothing could identify it)."""
-        used = residual.free_symbols.union(*(condition.value.free_symbols for condition in conditions))
+        used = residual.free_symbols.union(*(condition.value.free_symbols for condition in conditions),
+                                           *(condition.coefficient.free_symbols for condition in conditions
+                                             if condition.coefficient is not None))
         for unknown in unknowns:
             if symbols[unknown.name] not in used:
                 self.fail(f"unknowns.{unknown.name}", "appears neither in the equation nor in a condition")

@@ -44,12 +44,27 @@ def test_the_residual_vector_squared_is_the_loss_with_condition_weights(backend)
     assert (residuals[0, 6:].square().sum() / (losses[0] - interior)).item() == pytest.approx(1.0, abs=1e-12)
 
 
+NONLINEAR = """
+variables:
+  space: {name: x, dim: 2, domain: [0, 1]}
+equation: lap(u) + u * d(u, x1) - gradsq(u) = 1
+ansatz: x1 + (1 + x2) * tanh(N)
+conditions:
+  left: {at: boundary, type: neumann, value: "1", weight: 3}
+  rim: {at: boundary, type: robin, coefficient: "1 + x2", value: "x1", weight: 2}
+"""
+
+
 @pytest.mark.parametrize("network", ["mlp", "tt"])
 @pytest.mark.parametrize("backend", ["fd", "stein", "sparse-grid"])
-def test_layered_jacobian_columns_equal_black_box_queries(network, backend):
-    """hjb20-bc: 21 inputs, an ansatz-free loss with boundary data; every coordinate column."""
-    objective, batch, theta = _components(REPO / "problems" / "hjb20-bc.yaml", backend=backend, network=network,
-                                          fd_step=1e-2)
+@pytest.mark.parametrize("problem", ["hjb20-bc", "nonlinear"])
+def test_layered_jacobian_columns_equal_black_box_queries(tmp_path, network, backend, problem):
+    """Every coordinate column, on hjb20-bc (21 inputs, an ansatz-free loss with boundary data) and on
+    NONLINEAR (a non-affine ansatz, Neumann and Robin conditions)."""
+    path = REPO / "problems" / "hjb20-bc.yaml" if problem == "hjb20-bc" else tmp_path / "nonlinear.yaml"
+    if problem == "nonlinear":
+        path.write_text(NONLINEAR)
+    objective, batch, theta = _components(path, backend=backend, network=network, fd_step=1e-2)
     assert objective.layered
     chosen, mu = torch.arange(objective.dim), 1e-3
     before = objective.queries
@@ -143,23 +158,13 @@ def test_the_autograd_jacobian_by_rows_equals_reverse_mode_over_the_residual_vec
     torch.testing.assert_close(blocked[1], J, rtol=0, atol=1e-13 * J.abs().max().item())
 
 
-NONLINEAR = """
-variables:
-  space: {name: x, dim: 2, domain: [0, 1]}
-equation: lap(u) + u * d(u, x1) - gradsq(u) = 1
-ansatz: x1 + (1 + x2) * tanh(N)
-conditions:
-  left: {at: boundary, type: neumann, value: "1", weight: 3}
-"""
-
-
 @pytest.mark.parametrize("backend", ["fd", "sparse-grid"])
 @pytest.mark.parametrize("case", ["split ansatz", "nonlinear ansatz with weights"])
 def test_the_pinn_jacobian_by_sensitivities_equals_reverse_mode(tmp_path, backend, case):
     """gn's Jacobian of a PINN loss without unknowns goes through residual.Perturbations.sensitivities
     (each network value enters one residual row): against jacrev of the whole residual vector, on
     hjb20 (an affine ansatz, split from the differences under fd) and on a loss with products of
-    atoms, gradsq, a Neumann condition's stencil, a non-affine ansatz and IRLS point weights."""
+    atoms, gradsq, a Neumann and a Robin condition's stencils, a non-affine ansatz and IRLS point weights."""
     import dataclasses
 
     if case == "split ansatz":
@@ -415,6 +420,26 @@ def test_levenberg_marquardt_solves_a_small_pinn_in_a_few_steps(tmp_path, optimi
     assert run.summary["final_rel_l2"] < 1e-3, run.summary["final_rel_l2"]
     first = run.metrics[0]["val_rel_l2"]
     assert first > 0.1  # it started far away
+
+
+ROBIN_ONLY = """
+variables:
+  space: {name: x, dim: 1, domain: [0, 1]}
+equation: -d(u, x, x) = 4 * cos(2 * x)
+exact: cos(2 * x) + x
+conditions:
+  ends: {at: boundary, type: robin, coefficient: 2, value: "(2 * x - 1) * (1 - 2 * sin(2 * x)) + 2 * (cos(2 * x) + x)"}
+"""
+
+
+def test_zo_gn_solves_a_problem_whose_only_condition_is_robin(tmp_path):
+    """-u'' = f with du/dn + 2u = g at both ends (outward normals -1 and +1: the value's 2x - 1) has
+    the one solution cos(2x) + x; a wrong sign of the normal or of the u term would give another."""
+    path = tmp_path / "robin.yaml"
+    path.write_text(ROBIN_ONLY)
+    run = solve(path, steps=25, width=8, batch=64, condition_batch=16, out=tmp_path / "run")
+    assert run.summary["final_rel_l2"] < 1e-4, run.summary["final_rel_l2"]  # 3.7e-5; the inward normal: 0.94
+    assert run.metrics[0]["val_rel_l2"] > 0.1
 
 
 @pytest.mark.parametrize("optimizer, changes", [

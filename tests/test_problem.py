@@ -203,6 +203,40 @@ conditions:
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
 
 
+ROBIN = """
+variables:
+  space: {name: x, dim: 2, domain: {disk: {center: [0.5, 0], radius: 2}}}
+parameters: {h: 3}
+unknowns:
+  k: {initial: 0.5, bounds: [0, 5], exact: 2}
+equation: lap(u) - 2
+exact: x1**2
+conditions:
+  rim: {at: boundary, type: robin, coefficient: h * k + x2, value: 0}
+"""
+
+
+def test_robin_condition_adds_the_coefficient_times_u_to_the_outward_normal_derivative(tmp_path):
+    problem = load_problem(_write(tmp_path, ROBIN))
+    rim = problem.conditions[0]
+    assert problem.condition_atoms(rim) == {A.VALUE, A.d1(0), A.d1(1)}
+    X, normals = problem.sample_condition(rim, 300, torch.Generator().manual_seed(0), torch.float64)
+    values = Autodiff()(problem.exact_solution, X, problem.condition_atoms(rim), problem.spatial)
+    np.testing.assert_allclose(normals.numpy(), ((X - torch.tensor([0.5, 0.0])) / 2).numpy(), atol=1e-12)
+    got = problem.condition_residual(rim, X, normals, values, {"k": torch.tensor(2.0, dtype=torch.float64)})
+    x1, x2 = X[:, 0], X[:, 1]
+    expected = 2 * x1 * normals[:, 0] + (3 * 2 + x2) * x1**2  # du/dn + (h k + x2) u, u = x1^2
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-12)
+    assert problem.unknowns[0].name == "k"  # an unknown in the coefficient alone is identifiable
+
+
+def test_check_verifies_a_robin_condition(tmp_path):
+    text = ROBIN.replace("value: 0", "value: 2 * x1 * (x1 - 0.5) / 2 + (h * k + x2) * x1**2")  # at k = 2
+    assert load_problem(_write(tmp_path, text)).exact_check()["rim"] < 1e-12
+    inward = text.replace("2 * x1 * (x1 - 0.5) / 2", "-2 * x1 * (x1 - 0.5) / 2")
+    assert load_problem(_write(tmp_path, inward)).exact_check()["rim"] > 1
+
+
 def _exact_condition_residual(problem, condition, n: int):
     """n points of the condition's set, their normals, and B[exact] - value there (autodiff, float64)."""
     X, normals = problem.sample_condition(condition, n, torch.Generator().manual_seed(0), torch.float64)
@@ -283,6 +317,16 @@ BAD_FILES = [
      "conditions.walls.type: rate conditions (du/dt) apply at the initial or terminal time only"),
     (GOOD + "conditions: {start: {at: initial, type: neumann, value: 0}}\n",
      "conditions.start.type: neumann conditions apply on the boundary only"),
+    (GOOD + "conditions: {start: {at: initial, type: robin, coefficient: 1, value: 0}}\n",
+     "conditions.start.type: robin conditions apply on the boundary only"),
+    (GOOD + "conditions: {walls: {at: boundary, type: robin, value: 0}}\n",
+     "conditions.walls: a robin condition needs a coefficient (du/dn + coefficient u = value)"),
+    (GOOD + "conditions: {walls: {at: boundary, coefficient: 2, value: 0}}\n",
+     "conditions.walls.coefficient: only robin conditions take a coefficient; this one is dirichlet"),
+    (GOOD + "conditions: {walls: {at: boundary, type: robin, coefficient: log(x1 - 2), value: 0}}\n",
+     "conditions.walls.coefficient: is nan at"),
+    (GOOD + "conditions: {walls: {at: boundary, type: robin, coefficient: y, value: 0}}\n",
+     "conditions.walls.coefficient: unknown name 'y'"),
     (GOOD + "ansatz: sum(x)\n", "ansatz: the ansatz must use the network output N"),
     (GOOD + "conditions:\n  c: {at: edge, value: 0}\n", "conditions.c.at: expected one of initial, terminal, boundary"),
     (GOOD + "conditions:\n  c: {at: initial}\n", "conditions.c.value: missing required key"),
