@@ -17,21 +17,26 @@ import sympy
 class Atom:
     """One derivative quantity of u at a batch of points.
 
-    kind: "value" (u), "d1" (du/dz_i), "d2" (d2u/dz_i dz_j, i <= j),
-          "lap" (sum of d2u/dx_k2 over the spatial coordinates),
+    kind: "value" (u), "d1" (du/dz_i), "d2" (d2u/dz_i dz_j, i <= j), "d3" and "d4" (third and fourth
+          derivatives, indices sorted), "lap" (sum of d2u/dx_k2 over the spatial coordinates),
           "gradsq" (sum of (du/dx_k)^2 over the spatial coordinates).
-    index: () for value/lap/gradsq, (i,) for d1, (i, j) for d2.
+    index: () for value/lap/gradsq, (i,) for d1, (i, j) for d2, (i, j, k) for d3, (i, j, k, l) for d4.
     """
 
     kind: str
     index: tuple[int, ...] = ()
 
     def __post_init__(self):
-        arity = {"value": 0, "d1": 1, "d2": 2, "lap": 0, "gradsq": 0}
+        arity = {"value": 0, "d1": 1, "d2": 2, "d3": 3, "d4": 4, "lap": 0, "gradsq": 0}
         if arity.get(self.kind) != len(self.index):
             raise ValueError(f"bad atom {self.kind}{self.index}")
-        if self.kind == "d2" and self.index[0] > self.index[1]:
-            raise ValueError("d2 atoms are stored with i <= j")
+        if list(self.index) != sorted(self.index):
+            raise ValueError(f"{self.kind} atoms are stored with sorted indices")
+
+    @property
+    def order(self) -> int:
+        """The order of a partial derivative (0 for the value; 2 for lap; 1 for gradsq's parts)."""
+        return {"value": 0, "lap": 2, "gradsq": 1}.get(self.kind, len(self.index))
 
 
 VALUE = Atom("value")
@@ -45,6 +50,16 @@ def d1(i: int) -> Atom:
 
 def d2(i: int, j: int) -> Atom:
     return Atom("d2", (min(i, j), max(i, j)))
+
+
+MAX_ORDER = 4  # the highest partial derivative d(u, ...) takes
+
+
+def partial(*indices: int) -> Atom:
+    """The partial derivative of u by the input columns ``indices`` (1 to MAX_ORDER of them, any order)."""
+    if not 1 <= len(indices) <= MAX_ORDER:
+        raise ValueError(f"partial derivatives have order 1 to {MAX_ORDER}; found {len(indices)}")
+    return Atom(f"d{len(indices)}", tuple(sorted(indices)))
 
 
 def atom_symbol(atom: Atom, columns: list[str]) -> sympy.Symbol:

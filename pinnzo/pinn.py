@@ -321,7 +321,7 @@ class PINNTask:
         self.optimizer = make_optimizer(self.settings.optimizer, **{
             **self.settings.as_dict(), "resample_every": self.resample_every,
             "gn_tolerance": gn_tolerance(self.settings),
-            "rounding_gain": components.loss.backend.rounding_gain(components.dtype)})
+            "rounding_gain": components.loss.backend.rounding_gain(components.dtype, components.loss.atoms)})
         self.validation = Validation.create(self.problem, self.settings, components.dtype, components.device)
         self.batch, self.stein_state = None, None  # the step's points (all ranks' when distributed)
         self.world = components.objective.world
@@ -350,6 +350,12 @@ class PINNTask:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "
                      f"problem is underdetermined and the fit may be exact at the points and wrong between them; "
                      f"raise batch / condition_batch")
+        order = max(atom.order for atom in self.components.loss.atoms)
+        if order > 2 and self.components.loss.backend.smoothed:
+            rule = f"level {s.level}" if s.backend == "sparse-grid" else f"{s.samples} samples"
+            text += (f"\nwarning: derivatives of order {order} by a Stein estimator need a rule exact to a high degree "
+                     f"(sparse-grid level 5 or more) or very many samples (this run: {rule}); "
+                     f"--backend fd or ad are accurate there")
         return text
 
     def sample(self, step: int, generators, theta: torch.Tensor):

@@ -139,7 +139,7 @@ class Problem:
         return self._ansatz_affine is not None
 
     def ansatz_offset_parts(self, X: torch.Tensor, atoms) -> dict[A.Atom, torch.Tensor]:
-        """The elementary atoms (value, d1, d2) of the affine ansatz's offset a (u = a + b N) at X:
+        """The elementary atoms (value, d1 ... d4) of the affine ansatz's offset a (u = a + b N) at X:
         {atom: (B,)}, exact (derived symbolically)."""
         values, compiled = self.values(X), self._offset_derivatives
         for atom in atoms:
@@ -752,15 +752,15 @@ class _Loader:
             return A.atom_symbol(atom, columns)
 
         def derivative(*args):
-            if len(args) not in (2, 3) or args[0] != u_symbol:
-                raise ExpressionError("d() is written d(u, v) or d(u, v, w) with v, w among "
-                                      + ", ".join(columns))
+            if not 2 <= len(args) <= A.MAX_ORDER + 1 or args[0] != u_symbol:
+                raise ExpressionError(f"d() is written d(u, v), d(u, v, w), ... up to {A.MAX_ORDER} variables "
+                                      "(a fourth derivative) among " + ", ".join(columns))
             indices = []
             for arg in args[1:]:
                 if arg not in index_of:
                     raise ExpressionError(f"d(u, ...) differentiates by a variable ({', '.join(columns)}); found {arg}")
                 indices.append(index_of[arg])
-            return use(A.d1(*indices) if len(indices) == 1 else A.d2(*indices))
+            return use(A.partial(*indices))
 
         def spatial_operator(atom):
             def call(*args):
@@ -950,10 +950,8 @@ def _apply_atoms(residual, atoms, exact, columns, symbols, spatial) -> sympy.Exp
     for atom in atoms:
         if atom.kind == "value":
             value = exact
-        elif atom.kind == "d1":
-            value = sympy.diff(exact, variables[atom.index[0]])
-        elif atom.kind == "d2":
-            value = sympy.diff(exact, variables[atom.index[0]], variables[atom.index[1]])
+        elif atom.kind in ("d1", "d2", "d3", "d4"):
+            value = sympy.diff(exact, *(variables[i] for i in atom.index))
         elif atom.kind == "lap":
             value = sympy.Add(*[sympy.diff(exact, variables[i], 2) for i in spatial])
         else:

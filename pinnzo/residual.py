@@ -106,6 +106,7 @@ class PINNLoss:
     def __init__(self, problem: Problem, backend: DerivativeBackend):
         self.problem, self.backend = problem, backend
         self.condition_atoms = [problem.condition_atoms(c) for c in problem.conditions]
+        self.atoms = problem.atoms.union(*self.condition_atoms)  # every atom of every term
         self._inputs_of, self._inputs = None, None  # the stencil points of the last batch
         self._affine_of, self._affine = None, None  # the ansatz's (a, b) at them, when affine in N
         self._fixed_of, self._fixed = None, None  # the terms' values of the points alone (_fixed_values)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import SineNet
-from pinnzo.atoms import GRADIENT_SQUARED, LAPLACIAN, VALUE, Atom, d1, d2
+from pinnzo.atoms import GRADIENT_SQUARED, LAPLACIAN, VALUE, Atom, d1, d2, partial
 from pinnzo.derivatives import (BACKENDS, Autodiff, FiniteDifference, MonteCarloStein, SparseGridStein,
                                 make_backend)
 from pinnzo.derivatives.reference import paper_sparse_grid
@@ -393,3 +393,63 @@ def test_backends_run_without_a_graph_and_under_vmap(name):
         for i in range(3):
             single = lap_for({k: v[i] for k, v in params.items()})
             torch.testing.assert_close(batched[i], single, rtol=tolerance, atol=tolerance)
+
+
+# ---- third and fourth derivatives ----------------------------------------------------------
+
+HIGH = {partial(0, 0, 0), partial(0, 1, 2), partial(0, 0, 0, 0), partial(0, 0, 1, 1), partial(1, 2, 2, 2)}
+
+
+def _trig(X):
+    """sin(2 x0) exp(x1) cos(x2) and its derivatives of HIGH in closed form."""
+    x, y, z = X[:, 0], X[:, 1], X[:, 2]
+    s, c, e = torch.sin(2 * x), torch.cos(2 * x), torch.exp(y)
+    return s * e * torch.cos(z), {
+        partial(0, 0, 0): -8 * c * e * torch.cos(z), partial(0, 1, 2): -2 * c * e * torch.sin(z),
+        partial(0, 0, 0, 0): 16 * s * e * torch.cos(z), partial(0, 0, 1, 1): -4 * s * e * torch.cos(z),
+        partial(1, 2, 2, 2): s * e * torch.sin(z)}
+
+
+def test_autodiff_takes_third_and_fourth_derivatives_exactly():
+    X = torch.rand(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    _, exact = _trig(X)
+    got = Autodiff()(lambda Y: _trig(Y)[0], X, HIGH | {VALUE, d1(0)}, (0, 1, 2))
+    for atom in HIGH:
+        torch.testing.assert_close(got[atom], exact[atom], rtol=0, atol=1e-12)
+
+
+def test_finite_differences_of_third_and_fourth_derivatives_are_products_of_central_stencils():
+    """O(h^2) truncation at the automatic steps: h^2 / 6 |f^(6)| <= 1.6e-5 / 6 x 64 e for d4 along x0,
+    about 1e-5 of the derivative's size; halving the step quarters it."""
+    X = torch.rand(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f, (_, exact) = (lambda Y: _trig(Y)[0]), _trig(X)
+    backend = FiniteDifference()
+    got = backend(f, X, HIGH, (0, 1, 2))
+    errors = {atom: (got[atom] - exact[atom]).abs().max().item() for atom in HIGH}
+    assert all(errors[atom] < 2e-5 * exact[atom].abs().max().item() for atom in HIGH), errors
+    h3, h4 = backend.high_step(torch.float64, 3), backend.high_step(torch.float64, 4)
+    finer = FiniteDifference(step=h3 / 2)(f, X, {partial(0, 0, 0)}, (0, 1, 2))[partial(0, 0, 0)]
+    assert (finer - exact[partial(0, 0, 0)]).abs().max().item() < errors[partial(0, 0, 0)] / 3
+    # the stencils: 5 points for d4 along one axis, 5 x 5 for d(u, x0, x0, x1, x1)
+    assert backend.evaluations_per_point({partial(0, 0, 0, 0)}, (0,), 1) == 5
+    assert backend.evaluations_per_point({partial(0, 0, 1, 1)}, (0, 1), 2) == 9
+    # the rounding gain counts the fourth derivative's 16 / h^4
+    assert backend.rounding_gain(torch.float64, {partial(0, 0, 0, 0)}) == pytest.approx(16 / h4**4)
+    assert backend.rounding_gain(torch.float64) == pytest.approx(4 / 1e-8)
+
+
+def test_sparse_grid_stein_takes_third_and_fourth_derivatives_of_the_smoothed_model():
+    """f = x^4 y + x^3 + y^5 (degree 5): the smoothed model's derivatives are polynomials again, and a
+    rule exact to degree 9 (Gauss-Hermite level 5 in 2-D) gives them to rounding; level 3 does not."""
+    sigma = 0.1
+    X = torch.rand(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x, y = X[:, 0], X[:, 1]
+    f = lambda Y: Y[:, 0] ** 4 * Y[:, 1] + Y[:, 0] ** 3 + Y[:, 1] ** 5  # noqa: E731
+    # E (x + s z)^3 = x^3 + 3 x s^2, E (x + s z)^4 = x^4 + 6 x^2 s^2 + 3 s^4, E (y + s z)^5 = y^5 + 10 y^3 s^2 + ...
+    exact = {partial(0, 0, 0): 24 * x * y + 6, partial(0, 0, 0, 0): 24 * y, partial(0, 0, 0, 1): 24 * x,
+             partial(1, 1, 1, 1): 120 * y, partial(0, 1, 1): 0 * x}
+    got = SparseGridStein(2, sigma, level=5)(f, X, set(exact), (0, 1))
+    for atom, value in exact.items():
+        torch.testing.assert_close(got[atom], value, rtol=0, atol=1e-9)
+    coarse = SparseGridStein(2, sigma, level=3)(f, X, {partial(0, 0, 0, 0)}, (0, 1))[partial(0, 0, 0, 0)]
+    assert (coarse - exact[partial(0, 0, 0, 0)]).abs().max() > 1

@@ -54,27 +54,40 @@ conditions:
   rim: {at: boundary, type: robin, coefficient: "1 + x2", value: "x1", weight: 2}
 """
 
+FOURTH = """
+variables:
+  space: {name: x, dim: 2, domain: [0, 1]}
+equation: d(u, x1, x1, x1, x1) + 2 * d(u, x1, x1, x2, x2) + u * d(u, x1, x2, x2) = 1
+conditions:
+  edge: {at: boundary, value: 0}
+  clamped: {at: boundary, type: neumann, value: 0}
+"""
+
 
 @pytest.mark.parametrize("network", ["mlp", "tt"])
 @pytest.mark.parametrize("backend", ["fd", "stein", "sparse-grid"])
-@pytest.mark.parametrize("problem", ["hjb20-bc", "nonlinear"])
+@pytest.mark.parametrize("problem", ["hjb20-bc", "nonlinear", "fourth"])
 def test_layered_jacobian_columns_equal_black_box_queries(tmp_path, network, backend, problem):
-    """Every coordinate column, on hjb20-bc (21 inputs, an ansatz-free loss with boundary data) and on
-    NONLINEAR (a non-affine ansatz, Neumann and Robin conditions)."""
-    path = REPO / "problems" / "hjb20-bc.yaml" if problem == "hjb20-bc" else tmp_path / "nonlinear.yaml"
-    if problem == "nonlinear":
-        path.write_text(NONLINEAR)
+    """Every coordinate column, on hjb20-bc (21 inputs, an ansatz-free loss with boundary data), on
+    NONLINEAR (a non-affine ansatz, Neumann and Robin conditions) and on FOURTH (third and fourth
+    derivatives)."""
+    path = REPO / "problems" / "hjb20-bc.yaml" if problem == "hjb20-bc" else tmp_path / f"{problem}.yaml"
+    if problem != "hjb20-bc":
+        path.write_text(NONLINEAR if problem == "nonlinear" else FOURTH)
     objective, batch, theta = _components(path, backend=backend, network=network, fd_step=1e-2)
     assert objective.layered
-    chosen, mu = torch.arange(objective.dim), 1e-3
+    # FOURTH: a larger move, for columns that stand far above its fourth differences' rounding floor
+    chosen, mu = torch.arange(objective.dim), 1e-1 if problem == "fourth" else 1e-3
     before = objective.queries
     layered = objective.coordinate_residuals(theta, batch, chosen, mu)
     assert objective.queries - before == objective.dim
     black_box = objective.residuals(theta + mu * torch.eye(objective.dim, dtype=torch.float64), batch)
     # Stein: agreement to 1e-12. FD: its second differences divide the rounding of the network
     # values (~1e-16 |f|) by h^2 = 1e-4 and sum 20 of them, so it agrees to that floor instead.
+    # (with FOURTH's fourth derivatives, 16 / h^4 in place of 4 / h^2: the backend's rounding_gain)
+    gain = objective.loss_fn.backend.rounding_gain(torch.float64, objective.loss_fn.atoms)
     floor = 1e-12 if backend != "fd" else 1e3 * 2.2e-16 * objective.network(theta)(batch.interior).abs().max() \
-        * 4 / 1e-4 * 20
+        * gain * 20
     assert (layered - black_box).abs().max() <= floor
     assert (black_box - objective.residuals(theta[None], batch)).abs().max() > 1e3 * floor  # columns move
 
@@ -442,6 +455,31 @@ def test_zo_gn_solves_a_problem_whose_only_condition_is_robin(tmp_path):
     assert run.metrics[0]["val_rel_l2"] > 0.1
 
 
+BEAM = """
+variables:
+  space: {name: x, dim: 1, domain: [0, 1]}
+equation: d(u, x, x, x, x) + d(u, x, x, x) = 24 - 12 * (1 - 2 * x)
+exact: (x * (1 - x))**2
+conditions:
+  ends: {at: boundary, value: 0}
+  clamped: {at: boundary, type: neumann, value: 0}
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["zo-gn", "gn"])
+def test_gauss_newton_solves_a_fourth_order_problem(tmp_path, optimizer):
+    """A clamped beam with a third-derivative term: u'''' + u''' = f, u = u' = 0 at both ends; the
+    exact solution x^2 (1 - x)^2 has u'''' = 24 and u''' = -12 (1 - 2x). The fourth derivative's rows
+    outweigh the conditions' (its kernel, the cubics, is seen by the conditions alone), so the fit
+    takes some 200 steps: 4.8e-5 at 300."""
+    path = tmp_path / "beam.yaml"
+    path.write_text(BEAM)
+    run = solve(path, optimizer=optimizer, backend="fd", steps=300, width=8, batch=64, condition_batch=16,
+                eval_every=50, out=tmp_path / "run")
+    assert run.summary["final_rel_l2"] < 2e-4, run.summary["final_rel_l2"]
+    assert run.metrics[0]["val_rel_l2"] > 0.1
+
+
 @pytest.mark.parametrize("optimizer, changes", [
     ("zo-gn", {"backend": "fd", "resample_every": 7}),
     ("lbfgs", {"backend": "ad", "resample_every": 7}),
@@ -587,6 +625,20 @@ def test_an_underdetermined_least_squares_problem_is_warned_about(tmp_path, caps
         capsys.readouterr().err
     solve(LINE, optimizer="zo-gn", backend="fd", steps=1, quiet=False, out=tmp_path / "enough")
     assert "underdetermined" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend, warned", [("sparse-grid", "level 3"), ("stein", "64 samples"), ("fd", None)])
+def test_stein_derivatives_of_order_three_or_four_are_warned_about(tmp_path, capsys, backend, warned):
+    path = tmp_path / "beam.yaml"
+    path.write_text(BEAM)
+    solve(path, optimizer="zo-gn", backend=backend, samples=64, width=4, batch=16, condition_batch=4, steps=1,
+          quiet=False, out=tmp_path / backend)
+    err = capsys.readouterr().err
+    if warned is None:
+        assert "Stein" not in err
+    else:
+        assert (f"warning: derivatives of order 4 by a Stein estimator need a rule exact to a high degree "
+                f"(sparse-grid level 5 or more) or very many samples (this run: {warned})") in err
 
 
 @pytest.mark.parametrize("network", ["mlp", "tt"])

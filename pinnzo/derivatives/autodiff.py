@@ -20,7 +20,7 @@ class Autodiff(DerivativeBackend):
     def __call__(self, f, X, atoms, spatial):
         parts = elementary(atoms, spatial)
         columns = sorted({a.index[1] for a in parts if a.kind == "d2"})
-        if not any(a.kind in ("d1", "d2") for a in parts):
+        if not any(a.kind != "value" for a in parts):
             return {VALUE: f(X)}
         ones = torch.ones(X.shape[0], dtype=X.dtype, device=X.device)
 
@@ -47,4 +47,19 @@ class Autodiff(DerivativeBackend):
                 computed[atom] = grad[:, atom.index[0]]
             elif atom.kind == "d2":
                 computed[atom] = second[atom.index[1]][:, atom.index[0]]
+            elif atom.kind in ("d3", "d4"):
+                computed[atom] = _nested_jvp(f, X, atom.index)
         return assemble(atoms, computed, spatial)
+
+
+def _nested_jvp(f, X: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """d^k f / dz_a1 ... dz_ak at X (B,): k nested forward-mode products along the unit vectors e_a."""
+    def along(inner, axis):
+        unit = torch.zeros_like(X)
+        unit[:, axis] = 1.0
+        return lambda Y: jvp(inner, (Y,), (unit,))[1]
+
+    g = f
+    for axis in axes:
+        g = along(g, axis)
+    return g(X)

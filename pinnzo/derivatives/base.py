@@ -54,10 +54,10 @@ class DerivativeBackend(ABC):
     def describe(self) -> str:
         return self.name
 
-    def rounding_gain(self, dtype: torch.dtype) -> float:
+    def rounding_gain(self, dtype: torch.dtype, atoms: Iterable[Atom] = frozenset()) -> float:
         """About how much the derivatives amplify the rounding error of f (relative): 1 for exact
-        derivatives; a difference quotient divides it by its steps. zo-gn sizes its own
-        difference step from it."""
+        derivatives; a difference quotient divides it by its steps (``atoms``: the loss's, whose
+        third and fourth derivatives amplify more). zo-gn sizes its own difference step from it."""
         return 1.0
 
 

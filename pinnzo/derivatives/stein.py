@@ -7,6 +7,14 @@ Paper eq. (9) (docs/method.md, "Stein estimators"), with delta = sigma z:
     d2u/dx_i dx_j = E[ z_i z_j/(2 sigma^2)      (f(x+delta) + f(x-delta) - 2 f(x)) ]
     lap u         = E[ (|z_x|^2 - d)/(2 sigma^2) (f(x+delta) + f(x-delta) - 2 f(x)) ]
     u             = f(x) + E[ (f(x+delta) + f(x-delta) - 2 f(x)) / 2 ]
+    third, fourth = E[ H(z)/(2 sigma^k)          (f(x+delta) -+ f(x-delta) ...) ]
+      derivatives   with H(z) = prod_a He_{m_a}(z_a), the probabilists' Hermite polynomials of the
+                    times m_a each axis a is differentiated (k = sum m_a; the first two rows are
+                    its k = 1, 2 cases): pair differences D1 for odd k, D2 for even k
+
+The higher derivatives' weights grow like 1/sigma^k and their estimates need a rule exact to degree
+k + the model's local degree: a Monte-Carlo estimate is far noisier, and a sparse grid needs a
+higher level than for the Laplacian (docs/problems.md).
 
 The expectation is a symmetric node set z_j with weights w_j: a sparse grid
 (paper eq. 13) or antithetic Monte-Carlo pairs. Because the set is its own
@@ -70,6 +78,8 @@ class SteinEstimator(StencilBackend):
                     second.append(w * ((z[:, list(spatial)] ** 2).sum(1) - len(spatial)) / (2 * s * s))
                 elif atom.kind == "value":
                     second.append(w / 2)
+                else:  # d3 (odd: D1), d4 (even: D2)
+                    (first if atom.kind in ODD else second).append(w * _hermite(z, atom.index) / (2 * s ** atom.order))
             as_tensor = lambda cols: torch.tensor(np.stack(cols, 1) if cols else np.zeros((len(z), 0)),
                                                   dtype=dtype, device=device)
             self._cache[key] = (as_tensor(first), as_tensor(second))
@@ -84,8 +94,8 @@ class SteinEstimator(StencilBackend):
     def parts(self, F, atoms, spatial):
         """Elementary atoms from F[..., b, j] = f(X[b] + sigma z_j) (..., B, n) by the pair differences."""
         ordered = tuple(sorted(elementary(atoms, spatial, direct=("lap",))))
-        first = [a for a in ordered if a.kind == "d1"]
-        second = [a for a in ordered if a.kind != "d1"]
+        first = [a for a in ordered if a.kind in ODD]
+        second = [a for a in ordered if a.kind not in ODD]
         W1, W2 = self._weight_matrices(ordered, tuple(spatial), F.dtype, F.device)
         parts = {}
         if first:
@@ -101,12 +111,30 @@ class SteinEstimator(StencilBackend):
     def evaluations_per_point(self, atoms, spatial, dim):
         return len(self.nodes)
 
-    def rounding_gain(self, dtype) -> float:
+    def rounding_gain(self, dtype, atoms=frozenset()) -> float:
         """The largest weight sum of the estimators: the Laplacian's sum |w (|z|^2 - D)| / (2 sigma^2)
-        bounds the second derivatives' (with D all inputs), and 4 for the pair differences."""
+        bounds the second derivatives' (with D all inputs), a third or fourth derivative's among
+        ``atoms`` is sum |w H(z)| / (2 sigma^k), and 4 for the pair differences."""
         z2 = (self.nodes**2).sum(1)
+        high = [np.abs(self.weights * _hermite(self.nodes, atom.index)).sum() / (2 * self.sigma**atom.order)
+                for atom in atoms if atom.kind in ("d3", "d4")]
         return 4 * max(np.abs(self.weights * (z2 - self.nodes.shape[1])).sum() / (2 * self.sigma**2),
-                       np.abs(self.weights[:, None] * self.nodes).sum(0).max() / self.sigma, 1.0)
+                       np.abs(self.weights[:, None] * self.nodes).sum(0).max() / self.sigma, 1.0, *high)
+
+
+ODD = ("d1", "d3")  # the atoms estimated from the odd pair differences D1
+
+# the probabilists' Hermite polynomials He_0 ... He_4 (orthogonal under N(0, 1))
+HERMITE = (lambda z: np.ones_like(z), lambda z: z, lambda z: z**2 - 1, lambda z: z**3 - 3 * z,
+           lambda z: z**4 - 6 * z**2 + 3)
+
+
+def _hermite(z: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
+    """prod_a He_{m_a}(z[:, a]) over the axes a of ``index`` (m_a: how often a occurs): (n,)."""
+    value = np.ones(len(z))
+    for axis in set(index):
+        value = value * HERMITE[index.count(axis)](z[:, axis])
+    return value
 
 
 class SparseGridStein(SteinEstimator):
