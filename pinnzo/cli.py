@@ -555,8 +555,9 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
                        f"{len(condition.data.points)} points of {condition.data.file}, weight {condition.weight:g}{noise}")
             continue
         coefficient = f", coefficient {_short(condition.coefficient)}" if condition.coefficient is not None else ""
+        operator = f", operator {_short(condition.operator)}" if condition.operator is not None else ""
         typer.echo(f"condition     {condition.name}: {condition.kind} at {condition.on}, "
-                   f"weight {condition.weight:g}{coefficient}, value {_short(condition.value)}")
+                   f"weight {condition.weight:g}{coefficient}{operator}, value {_short(condition.value)}")
     if checks is not None:
         at = "" if not loaded.unknowns else (" (unknowns at their initial values: no exact values given)"
                                              if loaded.exact_unknowns is None else " (unknowns at their exact values)")

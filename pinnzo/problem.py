@@ -28,7 +28,9 @@ from pinnzo.settings import Settings
 from pinnzo.unknowns import Unknown
 
 CONDITION_SETS = ("initial", "terminal", "boundary", "data")
-CONDITION_TYPES = ("dirichlet", "neumann", "robin", "rate")
+CONDITION_TYPES = ("dirichlet", "neumann", "robin", "rate", "operator")
+# the key each condition type needs besides at, value and weight (and only it takes)
+TYPE_KEYS = {"robin": "coefficient", "operator": "operator"}
 RESERVED = {"u", "N", "d", "lap", "gradsq", *SCALAR_FUNCTIONS, *CONSTANTS, *VECTOR_REDUCTIONS}
 
 
@@ -51,8 +53,9 @@ class Condition:
     points of a data file, whose measured values are the targets).
     kind: "dirichlet" (B[u] = u), "neumann" (B[u] = du/dn, outward normal, on the boundary), "robin"
     (B[u] = du/dn + coefficient u, on the boundary: a heat transfer or impedance condition), "rate"
-    (B[u] = du/dt, at the initial or terminal time: a wave equation's initial velocity) or, for data,
-    "measured" (B[u] = ``value``, an expression of u's atoms ``atoms``, e.g. u or d(u, x1)).
+    (B[u] = du/dt, at the initial or terminal time: a wave equation's initial velocity), "operator"
+    (B[u] = ``operator``, an expression of u's atoms ``atoms``, e.g. d(u, x, x) for a beam's free
+    moment) or, for data, "measured" (B[u] = ``value``, an expression of u's atoms ``atoms``).
     coefficient: a robin condition's factor of u, an expression of the variables, the parameters
     and the unknowns (None for the other kinds).
     """
@@ -67,6 +70,8 @@ class Condition:
     atoms: frozenset = frozenset()  # the atoms of a measured value
     coefficient: sympy.Expr | None = None  # robin: du/dn + coefficient u = value
     coefficient_fn: Callable | None = field(default=None, repr=False, compare=False)
+    operator: sympy.Expr | None = None  # operator: B[u], an expression of u's atoms
+    operator_fn: Callable | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,7 +254,7 @@ class Problem:
         return lambda X: torch.broadcast_to(function(self.values(X)), X.shape[:-1])
 
     def condition_atoms(self, condition: Condition) -> frozenset:
-        if condition.kind == "measured":
+        if condition.kind in ("measured", "operator"):
             return condition.atoms
         if condition.kind == "dirichlet":
             return frozenset({A.VALUE})
@@ -273,6 +278,10 @@ class Problem:
             return condition.value_fn(values) - (self.measurements(condition, X) if target is None else target)
         if target is None:
             target = condition.value_fn(values)
+        if condition.kind == "operator":
+            for atom in condition.atoms:
+                values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
+            return condition.operator_fn(values) - target
         if condition.kind == "dirichlet":
             return atom_values[A.VALUE] - target
         if condition.kind == "rate":
@@ -783,8 +792,8 @@ class _Loader:
             found.add(A.VALUE)
         found = {atom for atom in found if A.atom_symbol(atom, columns) in residual.free_symbols}
         if not found:
-            self.fail(key, f"the {'equation' if key == 'equation' else 'measured value'} does not involve "
-                           f"the unknown u")
+            what = "equation" if key == "equation" else "operator" if key.endswith(".operator") else "measured value"
+            self.fail(key, f"the {what} does not involve the unknown u")
         if time_index is None and any(time_index in atom.index for atom in found):
             self.fail(key, "the equation uses a time derivative but no time variable is declared")
         return residual, found
@@ -809,13 +818,14 @@ class _Loader:
             if isinstance(spec, dict) and spec.get("at") == "data":
                 conditions.append(self.data_condition(str(name), spec, key, scope, names, space))
                 continue
-            spec = self.mapping(spec, key, {"at", "value"}, {"at", "type", "value", "weight", "coefficient"})
+            spec = self.mapping(spec, key, {"at", "value"}, {"at", "type", "value", "weight", *TYPE_KEYS.values()})
             on = self.string(spec["at"], f"{key}.at", CONDITION_SETS)
             kind = self.string(spec.get("type", "dirichlet"), f"{key}.type", CONDITION_TYPES)
-            if (kind == "robin") != ("coefficient" in spec):
-                self.fail(f"{key}.coefficient" if kind != "robin" else key,
-                          "a robin condition needs a coefficient (du/dn + coefficient u = value)"
-                          if kind == "robin" else f"only robin conditions take a coefficient; this one is {kind}")
+            for needs, extra in TYPE_KEYS.items():
+                if kind == needs and extra not in spec:
+                    self.fail(key, f"{_a(kind)} condition needs {_a(extra)} ({_TYPE_FORMS[kind]})")
+                if kind != needs and extra in spec:
+                    self.fail(f"{key}.{extra}", f"only {needs} conditions take {_a(extra)}; this one is {kind}")
             if on != "boundary" and time_index is None:
                 self.fail(f"{key}.at", f"an {on} condition needs a time variable")
             if kind in ("neumann", "robin") and on != "boundary":
@@ -830,9 +840,21 @@ class _Loader:
             coefficient = self.expression(spec["coefficient"], f"{key}.coefficient", scope) if kind == "robin" else None
             coefficient_fn = (self.compiled(coefficient, names, f"{key}.coefficient")
                               if coefficient is not None else None)
-            conditions.append(Condition(str(name), on, kind, expression, weight, compiled,
-                                        coefficient=coefficient, coefficient_fn=coefficient_fn))
+            operator, atoms, operator_fn = None, frozenset(), None
+            if kind == "operator":
+                operator, atoms, operator_fn = self.operator(spec["operator"], f"{key}.operator", scope, names, space)
+            conditions.append(Condition(str(name), on, kind, expression, weight, compiled, atoms=atoms,
+                                        coefficient=coefficient, coefficient_fn=coefficient_fn,
+                                        operator=operator, operator_fn=operator_fn))
         return conditions
+
+    def operator(self, text: Any, key: str, scope: Scope, names, space: "_Space"):
+        """An operator condition's B[u]: (expression, its atoms, compiled over the atoms' names too)."""
+        if "=" in str(text):
+            self.fail(key, "expected the quantity the condition prescribes, e.g. d(u, x, x), not an equation")
+        expression, atoms = self.equation(text, scope, space.columns, space.symbols, space.time_index, space.dim, key)
+        atom_names = {A.atom_symbol(atom, space.columns): A.atom_symbol(atom, space.columns).name for atom in atoms}
+        return expression, frozenset(atoms), self.compiled(expression, {**names, **atom_names}, key)
 
     def data_condition(self, name: str, spec: dict, key: str, scope: Scope, names, space: "_Space") -> Condition:
         """``at: data``: the measured quantity (``value``, u or an expression of its atoms, default u) at
@@ -917,11 +939,19 @@ class _Loader:
                    conditions: list[Condition]) -> None:
         """Every unknown appears in the equation or in a condition (else nothing could identify it)."""
         used = residual.free_symbols.union(*(condition.value.free_symbols for condition in conditions),
-                                           *(condition.coefficient.free_symbols for condition in conditions
-                                             if condition.coefficient is not None))
+                                           *(part.free_symbols for condition in conditions
+                                             for part in (condition.coefficient, condition.operator)
+                                             if part is not None))
         for unknown in unknowns:
             if symbols[unknown.name] not in used:
                 self.fail(f"unknowns.{unknown.name}", "appears neither in the equation nor in a condition")
+
+
+_TYPE_FORMS = {"robin": "du/dn + coefficient u = value", "operator": "operator = value, e.g. d(u, x, x) = 0"}
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _affine_parts(ansatz: sympy.Expr | None, names) -> tuple[Callable, Callable] | None:

@@ -258,6 +258,29 @@ exact: (sin(pi * x1) * sin(pi * x2))**2 * exp(t)
     assert -problem.forcing(X).item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_operator_condition_prescribes_an_expression_of_the_atoms(tmp_path):
+    """A beam's free moment and a plate's: B[u] = d(u, x1, x1) and lap(u) + u d(u, x2), by autodiff
+    on the exact solution, against the closed forms."""
+    problem = load_problem(_write(tmp_path, """
+variables:
+  space: {name: x, dim: 2, domain: [0, 1]}
+equation: d(u, x1, x1, x1, x1) + d(u, x2, x2, x2, x2)
+exact: x1**3 * exp(x2)
+conditions:
+  moment: {at: boundary, type: operator, operator: "d(u, x1, x1)", value: 6 * x1 * exp(x2)}
+  mixed: {at: boundary, type: operator, operator: "lap(u) + u * d(u, x2)", value: 0}
+"""))
+    moment, mixed = problem.conditions
+    assert problem.condition_atoms(moment) == {A.d2(0, 0)}
+    assert problem.condition_atoms(mixed) == {A.LAPLACIAN, A.VALUE, A.d1(1)}
+    assert problem.exact_check()["moment"] < 1e-12
+    X, _, got = _exact_condition_residual(problem, mixed, 100)
+    x1, x2 = X[:, 0], X[:, 1]
+    u = x1**3 * torch.exp(x2)
+    expected = 6 * x1 * torch.exp(x2) + u + u * u  # lap u = (6 x1 + x1^3) e^x2, u_x2 = u
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12)
+
+
 def _exact_condition_residual(problem, condition, n: int):
     """n points of the condition's set, their normals, and B[exact] - value there (autodiff, float64)."""
     X, normals = problem.sample_condition(condition, n, torch.Generator().manual_seed(0), torch.float64)
@@ -348,6 +371,14 @@ BAD_FILES = [
      "conditions.walls.coefficient: is nan at"),
     (GOOD + "conditions: {walls: {at: boundary, type: robin, coefficient: y, value: 0}}\n",
      "conditions.walls.coefficient: unknown name 'y'"),
+    (GOOD + "conditions: {walls: {at: boundary, type: operator, value: 0}}\n",
+     "conditions.walls: an operator condition needs an operator (operator = value, e.g. d(u, x, x) = 0)"),
+    (GOOD + "conditions: {walls: {at: boundary, operator: 'd(u, x1, x1)', value: 0}}\n",
+     "conditions.walls.operator: only operator conditions take an operator; this one is dirichlet"),
+    (GOOD + "conditions: {walls: {at: boundary, type: operator, operator: x1 + t, value: 0}}\n",
+     "conditions.walls.operator: the operator does not involve the unknown u"),
+    (GOOD + "conditions: {walls: {at: boundary, type: operator, operator: 'd(u, x1) = 1', value: 0}}\n",
+     "conditions.walls.operator: expected the quantity the condition prescribes, e.g. d(u, x, x), not an equation"),
     (GOOD + "ansatz: sum(x)\n", "ansatz: the ansatz must use the network output N"),
     (GOOD + "conditions:\n  c: {at: edge, value: 0}\n", "conditions.c.at: expected one of initial, terminal, boundary"),
     (GOOD + "conditions:\n  c: {at: initial}\n", "conditions.c.value: missing required key"),
