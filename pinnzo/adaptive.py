@@ -285,7 +285,8 @@ class Adaptivity:
     def metric_values(self, batch: Batch) -> dict:
         if self.balancer is None:
             return {}
-        configured = [1.0] + [condition.weight for condition in self.loss.problem.conditions]
+        scale = self.loss.condition_scale
+        configured = [1.0] + [condition.weight * scale for condition in self.loss.problem.conditions]
         weights = batch.weights or (1.0,) * len(configured)
         return {f"weight_{name}": w * lam for name, w, lam in zip(self.term_names(), configured, weights)}
 
