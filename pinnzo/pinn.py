@@ -191,7 +191,7 @@ def condition_scale(problem: Problem, settings: Settings) -> float:
     if settings.condition_scale > 0:
         return settings.condition_scale
     gains = [math.prod(2 * math.pi / (problem.highs[i] - problem.lows[i]) for i in atom.index)
-             for atom in problem.atoms if atom.order >= 3 and atom.kind in ("d3", "d4")]
+             for atom in problem.atoms if atom.kind in ("d3", "d4")]
     return max([1.0, *gains])
 
 
