@@ -430,7 +430,7 @@ def test_finite_differences_of_third_and_fourth_derivatives_are_products_of_cent
     h3, h4 = backend.high_step(torch.float64, 3), backend.high_step(torch.float64, 4)
     finer = FiniteDifference(step=h3 / 2)(f, X, {partial(0, 0, 0)}, (0, 1, 2))[partial(0, 0, 0)]
     assert (finer - exact[partial(0, 0, 0)]).abs().max().item() < errors[partial(0, 0, 0)] / 3
-    # the stencils: 5 points for d4 along one axis, 5 x 5 for d(u, x0, x0, x1, x1)
+    # the stencils: 5 points for d4 along one axis, 3 x 3 (two second differences) for d(u, x0, x0, x1, x1)
     assert backend.evaluations_per_point({partial(0, 0, 0, 0)}, (0,), 1) == 5
     assert backend.evaluations_per_point({partial(0, 0, 1, 1)}, (0, 1), 2) == 9
     # the rounding gain counts the fourth derivative's 16 / h^4
