@@ -185,8 +185,8 @@ def condition_scale(problem: Problem, settings: Settings) -> float:
     A fourth-order operator fixes u only up to a large kernel (cubics in 1-D) that the conditions
     alone see, while its rows are ~(2 pi / L)^4 times u's size: with weight 1 the conditions are
     fitted last. Measured at 120 s with zo-gn's defaults, conditions weighted 1 -> 1000 (clamped
-    plate 3.4e-2 -> 2.8e-4, Kuramoto-Sivashinsky 2.9e-4 -> 4.5e-5); KdV on [-6, 6] (gain 0.14, so
-    1) does worse weighted 1000 (6.7e-6 -> 2.4e-4). Second-order equations keep 1, as measured
+    plate 3.3e-2 -> 2.8e-4, Kuramoto-Sivashinsky 2.9e-4 -> 4.5e-5); KdV on [-6, 6] (gain 0.14, so
+    1) does worse weighted 1000 (6.7e-6 -> 2.4e-4 in 60 s). Second-order equations keep 1, as measured
     across the shipped problems."""
     if settings.condition_scale > 0:
         return settings.condition_scale

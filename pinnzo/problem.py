@@ -272,15 +272,13 @@ class Problem:
         ``condition_target(condition, X)``, when the caller has it already; for data, the
         measurements at X (``measurements``: X may be a part of the data points)."""
         values = self.values(X) | self.unknown_values(X, unknowns)
+        for atom in condition.atoms:  # a measured value's or an operator's atoms, by their names
+            values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
         if condition.kind == "measured":
-            for atom in condition.atoms:
-                values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
             return condition.value_fn(values) - (self.measurements(condition, X) if target is None else target)
         if target is None:
             target = condition.value_fn(values)
         if condition.kind == "operator":
-            for atom in condition.atoms:
-                values[A.atom_symbol(atom, list(self.columns)).name] = atom_values[atom]
             return condition.operator_fn(values) - target
         if condition.kind == "dirichlet":
             return atom_values[A.VALUE] - target
