@@ -285,8 +285,7 @@ class Adaptivity:
     def metric_values(self, batch: Batch) -> dict:
         if self.balancer is None:
             return {}
-        scale = self.loss.condition_scale
-        configured = [1.0] + [condition.weight * scale for condition in self.loss.problem.conditions]
+        configured = [1.0, *self.loss.condition_weights]
         weights = batch.weights or (1.0,) * len(configured)
         return {f"weight_{name}": w * lam for name, w, lam in zip(self.term_names(), configured, weights)}
 

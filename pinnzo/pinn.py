@@ -178,20 +178,22 @@ def build(problem: Problem, settings: Settings) -> Components:
 
 
 def condition_scale(problem: Problem, settings: Settings) -> float:
-    """The factor of every condition's weight: ``condition_scale`` when given (> 0), else 1, or for an
-    equation with third or fourth derivatives the largest gain of one of them on the domain's longest
-    waves, prod over its axes of 2 pi / (the axis's length), at least 1 (docs/problems.md).
+    """The factor of every condition's weight: ``condition_scale`` when given (> 0), else the gain of the
+    equation's highest derivatives on the domain's longest waves (docs/problems.md): over its
+    derivatives of order 2 to 4, the largest product over their axes of 2 pi / (the axis's length)
+    (for the Laplacian the largest (2 pi / L)^2 over the spatial axes), at least 1.
 
-    A fourth-order operator fixes u only up to a large kernel (cubics in 1-D) that the conditions
-    alone see, while its rows are ~(2 pi / L)^4 times u's size: with weight 1 the conditions are
-    fitted last. Measured at 120 s with zo-gn's defaults, conditions weighted 1 -> 1000 (clamped
-    plate 3.3e-2 -> 2.8e-4, Kuramoto-Sivashinsky 2.9e-4 -> 4.5e-5); KdV on [-6, 6] (gain 0.14, so
-    1) does worse weighted 1000 (6.7e-6 -> 2.4e-4 in 60 s). Second-order equations keep 1, as measured
-    across the shipped problems."""
+    The equation's rows are about that gain times u's size, the conditions' rows about u's size, and
+    only the conditions see the operator's kernel (a fourth-order one's: the cubics, in 1-D), so with
+    weight 1 the conditions are fitted last. Measured at 120 s with zo-gn's defaults, weight 1 ->
+    automatic: clamped plate 3.3e-2 -> 5.0e-4, Kuramoto-Sivashinsky 2.9e-4 -> 4.5e-5, helmholtz2d
+    1.3e-4 -> 5.1e-5, layer2d 5.1e-4 -> 1.4e-4; KdV on [-6, 6] (gain 0.14, so 1) did worse weighted
+    1000 (6.7e-6 -> 2.4e-4 in 60 s)."""
     if settings.condition_scale > 0:
         return settings.condition_scale
-    gains = [math.prod(2 * math.pi / (problem.highs[i] - problem.lows[i]) for i in atom.index)
-             for atom in problem.atoms if atom.kind in ("d3", "d4")]
+    wave = [2 * math.pi / (high - low) for low, high in zip(problem.lows, problem.highs)]
+    gains = [max(wave[i] ** 2 for i in problem.spatial) if atom.kind == "lap"
+             else math.prod(wave[i] for i in atom.index) for atom in problem.atoms if atom.order >= 2]
     return max([1.0, *gains])
 
 
@@ -362,8 +364,10 @@ class PINNTask:
         scale = output_layer(self.components.model).output_scale
         if scale is not None:
             text += f"; output scaled by {scale.item():g}"
-        if self.components.loss.condition_scale != 1:
+        kinds = {condition.kind == "measured" for condition in self.problem.conditions}
+        if self.components.loss.condition_scale != 1 and False in kinds:
             text += f"; conditions' weights x {self.components.loss.condition_scale:.4g}"
+            text += " (not the data's)" if True in kinds else ""
         text += _block_set_aside(self.problem.solve, s)
         residuals = residual_rows(self.problem, s)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:

@@ -104,8 +104,10 @@ class PINNLoss:
     """loss(network, batch) for one problem and derivative backend."""
 
     def __init__(self, problem: Problem, backend: DerivativeBackend, condition_scale: float = 1.0):
-        """``condition_scale`` multiplies every condition's weight (pinn.condition_scale)."""
+        """``condition_scale`` multiplies the weight of every condition but measured data (pinn.condition_scale)."""
         self.problem, self.backend, self.condition_scale = problem, backend, condition_scale
+        self.condition_weights = tuple(c.weight * (1.0 if c.kind == "measured" else condition_scale)
+                                       for c in problem.conditions)  # the loss's weight of each condition
         self.condition_atoms = [problem.condition_atoms(c) for c in problem.conditions]
         self.atoms = problem.atoms.union(*self.condition_atoms)  # every atom of every term
         self._inputs_of, self._inputs = None, None  # the stencil points of the last batch
@@ -132,7 +134,7 @@ class PINNLoss:
             values = atoms_at(k, X, self.condition_atoms[k - 1])
             target = problem.measurements(condition, X, starts[k]) if condition.kind == "measured" else fixed[k]
             terms.append((condition.name, problem.condition_residual(condition, X, normals, values, unknowns, target),
-                          condition.weight * self.condition_scale, counts[k]))
+                          self.condition_weights[k - 1], counts[k]))
         if batch.weights is not None:
             terms = [(name, residual, weight * factor, count)
                      for (name, residual, weight, count), factor in zip(terms, batch.weights)]

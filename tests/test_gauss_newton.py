@@ -456,9 +456,10 @@ def test_zo_gn_solves_a_problem_whose_only_condition_is_robin(tmp_path):
     assert run.metrics[0]["val_rel_l2"] > 0.1
 
 
-def test_conditions_of_a_fourth_order_equation_weigh_its_gain_on_the_domains_longest_waves(tmp_path):
-    """condition_scale 0 (automatic): prod (2 pi / L) over the axes of the equation's highest derivative
-    (at least 1; 1 for second order); the loss's condition terms carry it; a given value is taken."""
+def test_conditions_weigh_the_equations_gain_on_the_domains_longest_waves(tmp_path):
+    """condition_scale 0 (automatic): the largest prod (2 pi / L) over the axes of a derivative of order
+    2 to 4 (the Laplacian: its largest (2 pi / L)^2), at least 1; the loss's condition terms carry it;
+    a given value is taken."""
     from pinnzo.pinn import condition_scale
 
     path = tmp_path / "plate.yaml"
@@ -476,8 +477,24 @@ equation: d(u, t) + 6 * u * d(u, x) + d(u, x, x, x)
 """)
     kdv_problem = load_problem(kdv)
     assert condition_scale(kdv_problem, resolve_settings(kdv_problem, {})) == 1.0  # (2 pi / 12)^3 < 1
-    poisson = load_problem(REPO / "problems" / "poisson2d.yaml")
-    assert condition_scale(poisson, resolve_settings(poisson, {})) == 1.0
+    poisson = load_problem(REPO / "problems" / "poisson2d.yaml")  # lap(u) on [0, 1]^2
+    assert condition_scale(poisson, resolve_settings(poisson, {})) == pytest.approx((2 * math.pi) ** 2)
+    heat = tmp_path / "heat.yaml"  # lap(u) over x1 in [0, 4], x2 in [0, 2]; time's interval does not count
+    heat.write_text("""
+variables:
+  space: {name: x, dim: 2, domain: [[0, 4], [0, 2]]}
+  time: {name: t, domain: [0, 0.1]}
+equation: d(u, t) = lap(u) + d(u, x1, x2)
+""")
+    heat_problem = load_problem(heat)
+    assert condition_scale(heat_problem, resolve_settings(heat_problem, {})) == pytest.approx(math.pi ** 2)
+    heat.write_text(heat.read_text().replace("lap(u) + d(u, x1, x2)", "d(u, x1, x2) + d(u, t, x2)"))
+    heat_problem = load_problem(heat)  # d(u, t, x2): (2 pi / 0.1) (2 pi / 2)
+    assert condition_scale(heat_problem, resolve_settings(heat_problem, {})) == pytest.approx(20 * math.pi ** 2)
+    transport = tmp_path / "transport.yaml"  # first order: no factor
+    transport.write_text(heat.read_text().replace("d(u, x1, x2) + d(u, t, x2)", "- d(u, x1)"))
+    transport_problem = load_problem(transport)
+    assert condition_scale(transport_problem, resolve_settings(transport_problem, {})) == 1.0
     objective, batch, theta = _components(path, backend="fd")
     scale = objective.loss_fn.condition_scale
     terms = objective.loss_fn.terms(objective.network(theta), batch)
@@ -485,6 +502,23 @@ equation: d(u, t) + 6 * u * d(u, x) + d(u, x, x, x)
     assert edge.square().sum().item() == pytest.approx(terms["edge"].item(), rel=1e-12)
     values = objective.network(theta)(batch.conditions[0][0])
     assert terms["edge"].item() == pytest.approx(scale * values.square().mean().item(), rel=1e-12)
+
+
+def test_measured_data_keep_their_weight_under_the_automatic_condition_scale():
+    """burgers1d-inverse (u_xx on [-1, 1]: x pi^2): its initial and end conditions are weighted pi^2, its
+    noisy data 1, so the heavier conditions do not pull the fit towards the noise (docs/problems.md)."""
+    from pinnzo.residual import PINNLoss
+
+    objective, batch, theta = _components(REPO / "problems" / "burgers1d-inverse.yaml", backend="fd")
+    loss = objective.loss_fn
+    assert loss.condition_scale == pytest.approx(math.pi ** 2)
+    network = objective.network(theta)
+    plain = PINNLoss(loss.problem, loss.backend).terms(network, batch)
+    terms = loss.terms(network, batch)
+    assert terms["initial"].item() == pytest.approx(math.pi ** 2 * plain["initial"].item(), rel=1e-12)
+    assert terms["ends"].item() == pytest.approx(math.pi ** 2 * plain["ends"].item(), rel=1e-12)
+    assert terms["measured"].item() == pytest.approx(plain["measured"].item(), rel=1e-12)
+    assert plain["measured"].item() > 0
 
 
 BEAM = """
