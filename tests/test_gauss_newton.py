@@ -519,6 +519,13 @@ def test_measured_data_keep_their_weight_under_the_automatic_condition_scale():
     assert terms["ends"].item() == pytest.approx(math.pi ** 2 * plain["ends"].item(), rel=1e-12)
     assert terms["measured"].item() == pytest.approx(plain["measured"].item(), rel=1e-12)
     assert plain["measured"].item() > 0
+    from pinnzo.pinn import PINNTask, build
+
+    for name, header in [("burgers1d-inverse", "; conditions' weights x 9.87 (not the data's)"),
+                         ("poisson2d", "; conditions' weights x 39.48"), ("hjb20", None)]:
+        problem = load_problem(REPO / "problems" / f"{name}.yaml")  # hjb20: no conditions, no factor named
+        text = PINNTask(build(problem, resolve_settings(problem, {"width": 6}))).describe()
+        assert (header in text) if header else ("conditions' weights" not in text), text
 
 
 BEAM = """
