@@ -524,9 +524,11 @@ def data_make(
 @app.command("check")
 def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")]):
     """Validate a problem file and show what pinnzo read from it."""
+    from pinnzo.pinn import condition_scale, resolve_settings
     from pinnzo.problem import load_problem
 
     loaded = load_problem(problem)
+    scale = condition_scale(loaded, resolve_settings(loaded, {}))
     checks = None
     if loaded.has_exact:  # before any output: an error is the only line
         try:
@@ -556,8 +558,9 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
             continue
         coefficient = f", coefficient {_short(condition.coefficient)}" if condition.coefficient is not None else ""
         operator = f", operator {_short(condition.operator)}" if condition.operator is not None else ""
+        weight = f"{condition.weight:g}" + (f" (x {scale:.4g} automatic)" if scale != 1 else "")
         typer.echo(f"condition     {condition.name}: {condition.kind} at {condition.on}, "
-                   f"weight {condition.weight:g}{coefficient}{operator}, value {_short(condition.value)}")
+                   f"weight {weight}{coefficient}{operator}, value {_short(condition.value)}")
     if checks is not None:
         at = "" if not loaded.unknowns else (" (unknowns at their initial values: no exact values given)"
                                              if loaded.exact_unknowns is None else " (unknowns at their exact values)")

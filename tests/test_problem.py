@@ -473,3 +473,12 @@ def test_compiled_functions_run_in_float32_and_float64():
             assert result[k].item() == pytest.approx(float(expression.evalf(subs=subs)), rel=tolerance, abs=tolerance)
     constant = compile_torch(parse("2 * pi", scope), {})
     assert torch.allclose(constant({"x1": torch.zeros(3)}), torch.full((3,), 2 * np.pi))
+
+
+def test_check_names_the_conditions_automatic_factor_and_not_the_datas():
+    """burgers1d-inverse: u_xx on x in [-1, 1], so its conditions' weights are multiplied by pi^2; the data's not."""
+    result = run_cli(["check", str(Path(__file__).resolve().parents[1] / "problems" / "burgers1d-inverse.yaml")])
+    assert result.exit_code == 0, result.output
+    lines = {line.split(":")[0].split()[-1]: line for line in result.output.splitlines() if line.startswith("condition")}
+    assert "weight 1 (x 9.87 automatic)" in lines["initial"] and "weight 1 (x 9.87 automatic)" in lines["ends"]
+    assert "weight 1, noise" in lines["measured"]
