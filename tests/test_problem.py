@@ -479,6 +479,7 @@ def test_check_names_the_conditions_automatic_factor_and_not_the_datas():
     """burgers1d-inverse: u_xx on x in [-1, 1], so its conditions' weights are multiplied by pi^2; the data's not."""
     result = run_cli(["check", str(Path(__file__).resolve().parents[1] / "problems" / "burgers1d-inverse.yaml")])
     assert result.exit_code == 0, result.output
-    lines = {line.split(":")[0].split()[-1]: line for line in result.output.splitlines() if line.startswith("condition")}
+    lines = {line.split(":")[0].split()[-1]: line
+             for line in result.output.splitlines() if line.startswith("condition")}
     assert "weight 1 (x 9.87 automatic)" in lines["initial"] and "weight 1 (x 9.87 automatic)" in lines["ends"]
     assert "weight 1, noise" in lines["measured"]
