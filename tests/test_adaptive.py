@@ -154,7 +154,8 @@ def test_an_adaptive_run_records_its_weights_and_resumes_bit_identically(tmp_pat
         assert "weight_residual" not in rows[0]
         return
     weights = [(float(row["weight_residual"]), float(row["weight_ends"])) for row in rows]
-    assert weights[0] == (1.0, 2.0)  # lambda = 1 at the first update: the configured weights
+    # lambda = 1 at the first update: the configured weights, the file's 2 times (2 pi)^2 for d(u, x, x) on [0, 1]
+    assert weights[0] == pytest.approx((1.0, 2.0 * (2 * math.pi) ** 2), rel=1e-12)
     assert len(set(weights)) > 1  # and they adapt
     period = settings.resample_every or 1
     for step in range(1, 24):  # they change only when the points are resampled
@@ -285,7 +286,8 @@ def test_a_batch_with_point_weights_weighs_its_interior_residuals():
     residuals = loss.residuals(network, batch)
     assert torch.equal(batch.point_weights, lp_weights(residuals["residual"], 1.0))
     interior = (batch.point_weights * residuals["residual"].square()).mean()
-    expected = interior + 2.0 * residuals["ends"].square().mean()
+    assert loss.condition_weights == pytest.approx((2.0 * (2 * math.pi) ** 2,), rel=1e-15)  # d(u, x, x) on [0, 1]
+    expected = interior + loss.condition_weights[0] * residuals["ends"].square().mean()
     assert torch.allclose(loss(network, batch), expected, rtol=1e-13)
     assert torch.allclose(loss.residual_vector(network, batch).square().sum(), expected, rtol=1e-13)
 
