@@ -528,7 +528,9 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
     from pinnzo.problem import load_problem
 
     loaded = load_problem(problem)
-    scale = condition_scale(loaded, resolve_settings(loaded, {}))
+    settings = resolve_settings(loaded, {})
+    scale = condition_scale(loaded, settings)
+    how = "automatic" if settings.condition_scale == 0 else "condition_scale"  # the file's solve: block may set it
     checks = None
     if loaded.has_exact:  # before any output: an error is the only line
         try:
@@ -558,7 +560,7 @@ def check(problem: Annotated[Path, typer.Argument(help="Problem file (YAML).")])
             continue
         coefficient = f", coefficient {_short(condition.coefficient)}" if condition.coefficient is not None else ""
         operator = f", operator {_short(condition.operator)}" if condition.operator is not None else ""
-        weight = f"{condition.weight:g}" + (f" (x {scale:.4g} automatic)" if scale != 1 else "")
+        weight = f"{condition.weight:g}" + (f" (x {scale:.4g} {how})" if scale != 1 else "")
         typer.echo(f"condition     {condition.name}: {condition.kind} at {condition.on}, "
                    f"weight {weight}{coefficient}{operator}, value {_short(condition.value)}")
     if checks is not None:

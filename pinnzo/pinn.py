@@ -364,10 +364,10 @@ class PINNTask:
         scale = output_layer(self.components.model).output_scale
         if scale is not None:
             text += f"; output scaled by {scale.item():g}"
-        kinds = {condition.kind == "measured" for condition in self.problem.conditions}
-        if self.components.loss.condition_scale != 1 and False in kinds:
+        measured = [condition.kind == "measured" for condition in self.problem.conditions]
+        if self.components.loss.condition_scale != 1 and not all(measured):
             text += f"; conditions' weights x {self.components.loss.condition_scale:.4g}"
-            text += " (not the data's)" if True in kinds else ""
+            text += " (not the data's)" if any(measured) else ""
         text += _block_set_aside(self.problem.solve, s)
         residuals = residual_rows(self.problem, s)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:

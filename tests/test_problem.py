@@ -475,8 +475,15 @@ def test_compiled_functions_run_in_float32_and_float64():
     assert torch.allclose(constant({"x1": torch.zeros(3)}), torch.full((3,), 2 * np.pi))
 
 
-def test_check_names_the_conditions_automatic_factor_and_not_the_datas():
-    """burgers1d-inverse: u_xx on x in [-1, 1], so its conditions' weights are multiplied by pi^2; the data's not."""
+def test_check_names_the_conditions_automatic_factor_and_not_the_datas(tmp_path):
+    """burgers1d-inverse: u_xx on x in [-1, 1], so its conditions' weights are multiplied by pi^2; the data's not.
+    A file whose solve: block sets condition_scale gets that factor, named as the setting's."""
+    import yaml
+    from helpers import LINE
+
+    given = _write(tmp_path, yaml.safe_dump({**LINE, "solve": {"condition_scale": 2.5}}))
+    result = run_cli(["check", str(given)])
+    assert result.exit_code == 0 and "weight 3 (x 2.5 condition_scale)" in result.output, result.output
     result = run_cli(["check", str(Path(__file__).resolve().parents[1] / "problems" / "burgers1d-inverse.yaml")])
     assert result.exit_code == 0, result.output
     lines = {line.split(":")[0].split()[-1]: line
