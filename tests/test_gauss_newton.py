@@ -507,6 +507,7 @@ equation: d(u, t) = lap(u) + d(u, x1, x2)
 def test_measured_data_keep_their_weight_under_the_automatic_condition_scale():
     """burgers1d-inverse (u_xx on [-1, 1]: x pi^2): its initial and end conditions are weighted pi^2, its
     noisy data 1, so the heavier conditions do not pull the fit towards the noise (docs/problems.md)."""
+    from pinnzo.pinn import PINNTask
     from pinnzo.residual import PINNLoss
 
     objective, batch, theta = _components(REPO / "problems" / "burgers1d-inverse.yaml", backend="fd")
@@ -519,8 +520,6 @@ def test_measured_data_keep_their_weight_under_the_automatic_condition_scale():
     assert terms["ends"].item() == pytest.approx(math.pi ** 2 * plain["ends"].item(), rel=1e-12)
     assert terms["measured"].item() == pytest.approx(plain["measured"].item(), rel=1e-12)
     assert plain["measured"].item() > 0
-    from pinnzo.pinn import PINNTask, build
-
     for name, header in [("burgers1d-inverse", "; conditions' weights x 9.87 (not the data's)"),
                          ("poisson2d", "; conditions' weights x 39.48"), ("hjb20", None)]:
         problem = load_problem(REPO / "problems" / f"{name}.yaml")  # hjb20: no conditions, no factor named

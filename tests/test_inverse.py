@@ -121,8 +121,9 @@ def test_zo_gn_identifies_the_coefficient_without_back_propagation(line, tmp_pat
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs", "gn", "zo-cge"])
 def test_first_order_and_coordinate_optimizers_move_the_unknown_towards_its_value(line, tmp_path, optimizer):
+    # zo-cge takes plain steps, and the ends weigh (2 pi)^2 (the conditions' automatic factor): a smaller lr
     changes = {"backend": "ad" if optimizer in ("adam", "lbfgs", "gn") else "fd", "steps": 6, "eval_every": 2,
-               "lr": {"lbfgs": 0.5, "zo-cge": 0.005}.get(optimizer, 0.02)}  # zo-cge: plain steps, ends weighted (2 pi)^2
+               "lr": {"lbfgs": 0.5, "zo-cge": 0.005}.get(optimizer, 0.02)}
     run = solve(line, optimizer=optimizer, out=tmp_path / "run", **changes)
     k = [row["k"] for row in run.metrics]
     assert k[-1] > k[0] + 1e-3 and k[-1] > 0.5, (optimizer, k)  # the data pull k from 0.5 up to 1
