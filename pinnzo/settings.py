@@ -152,8 +152,8 @@ class Settings(SettingsBase):
     # residual_power: the first this many point sets are fitted in the plain mean square, so that the reweighting
     # starts from a least-squares fit rather than from the untrained network's residuals
     residual_power_warmup: int = 4
-    # multiplies every condition's weight; 0: automatic, 1 for equations of order 1 or 2, and for one with
-    # third or fourth derivatives their gain on the domain's longest waves, prod (2 pi / length) over their axes
+    # multiplies every condition's weight but measured data's; 0: automatic, the gain of the equation's derivatives
+    # of order 2 to 4 on the domain's longest waves, prod (2 pi / length) over their axes, and at least 1
     condition_scale: float = 0.0
     rad_pool: int = 10  # RAD: candidates per kept interior point (pool of rad_pool x batch)
     rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
