@@ -24,9 +24,11 @@ FLOAT64_OPTIMIZERS = ("lbfgs", "adam-lbfgs", "gn", "zo-gn")
 # wrong between them. A small dense tanh network keeps the d x d solve cheap; 1,000 points and 1,000
 # per condition make the problem overdetermined, each condition's points too (a 20-D box has 40 faces);
 # finite differences are exact to rounding in float64 (docs/method.md, "Defaults of the Gauss-Newton
-# optimizers").
+# optimizers"). The point sets grow to 4 x the first at most: a step's normal equations cost rows x
+# parameters^2, and on poisson-lshape 16 x left 262 steps in 300 s (1.0e-3), 4 x 380 (5.7e-4).
 LEAST_SQUARES_DEFAULTS = {"network": "mlp", "width": 24, "depth": 2, "activation": "tanh", "backend": "fd",
-                          "batch": 1000, "condition_batch": 1000, "eval_every": 10, "grow_points": 8.0}
+                          "batch": 1000, "condition_batch": 1000, "eval_every": 10, "grow_points": 8.0,
+                          "max_growth": 4}
 OPTIMIZER_DEFAULTS = {"gn": LEAST_SQUARES_DEFAULTS, "zo-gn": LEAST_SQUARES_DEFAULTS}
 
 
@@ -159,7 +161,7 @@ class Settings(SettingsBase):
     rad_k: float = 1.0  # RAD: probability proportional to |r|^k / mean |r|^k + c
     rad_c: float = 1.0
     grow_points: float = 0.0  # at a resample, double the points when their loss exceeds this x the loss on the points just fitted (0: never; gn, zo-gn: 8)
-    max_growth: int = 16  # grow_points: the point sets grow to at most this x batch and condition_batch
+    max_growth: int = 16  # grow_points: the point sets grow to at most this x batch and condition_batch (gn, zo-gn: 4)
 
     def with_optimizer_defaults(self, given) -> "Settings":
         """A copy with its optimizer's defaults (OPTIMIZER_DEFAULTS) in every field not in ``given``."""

@@ -368,7 +368,7 @@ def test_a_block_written_for_another_optimizer_gives_way_to_gauss_newtons_defaul
     for optimizer in ("zo-gn", "gn"):
         settings = resolve_settings(problem, {"optimizer": optimizer})
         assert {key: getattr(settings, key) for key in LEAST_SQUARES_RECIPE} == LEAST_SQUARES_RECIPE
-        assert (settings.eval_every, settings.grow_points) == (10, 8.0)
+        assert (settings.eval_every, settings.grow_points, settings.max_growth) == (10, 8.0, 4)
         assert (settings.steps, settings.eval_points) == (2000, 4000)  # the block's, not zo-gn's fields
     settings = resolve_settings(problem, {"optimizer": "zo-gn", "width": 32, "backend": "ad"})
     assert (settings.width, settings.backend, settings.batch) == (32, "ad", 1000)  # flags win
