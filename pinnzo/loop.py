@@ -2,8 +2,10 @@
 
 A *task* says what is trained and how it is judged; the loop does the rest:
 
-    task.sample(step, generators, theta) -> batch   the step's data (theta: the parameters now)
+    task.sample(step, generators, theta, done) -> batch   the step's data (theta: the parameters now;
+                                                    done: the share of the run behind, in [0, 1])
     task.optimizer.update(...)                      one step on task.objective
+    task.constrain(theta) -> theta                  what the task holds fixed, restored
     task.should_evaluate(step) / task.evaluate(...) a metrics row now and then
     task.finish(state, run_dir) -> summary fields   model files and final figures
 
@@ -61,7 +63,8 @@ class Task(Protocol):
     progress_metric: tuple[str, str]  # (label, metrics-row key) shown by the progress display
 
     def describe(self) -> str: ...
-    def sample(self, step: int, generators: dict[str, torch.Generator], theta: torch.Tensor) -> Any: ...
+    def sample(self, step: int, generators: dict[str, torch.Generator], theta: torch.Tensor, done: float) -> Any: ...
+    def constrain(self, theta: torch.Tensor) -> torch.Tensor: ...  # theta with what the task holds fixed restored
     def refresh(self) -> bool: ...  # fresh points at the next step (an optimizer stalled); False: none to draw
     def take_events(self) -> list[str]: ...  # what sample() did worth a line in the log (e.g. points grown)
     def should_evaluate(self, step: int) -> bool: ...
@@ -239,11 +242,13 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
     sent, first_step = world.payload_bytes, state.step
     shown = state.metrics[-1][task.progress_metric[1]] if state.metrics else None
     last = None  # (step, info, stop) of the last committed step
+    done = max(state.step / task.steps, state.elapsed / task.time_budget if task.time_budget else 0.0)
     try:
         for step in range(state.step, task.steps):
-            batch = task.sample(step, generators, state.theta)
+            batch = task.sample(step, generators, state.theta, done)
             theta, optimizer_state, info = task.optimizer.update(step, state.theta, state.optimizer, task.objective,
                                                                  batch, generators["zo"])
+            theta = task.constrain(theta)
             check_finite(info, theta, step, checkpoint)
             info.events[:0] = task.take_events()
             if info.stalled and not task.refresh():  # before commit: the checkpoint holds no stale points
@@ -252,9 +257,9 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
             last = (step, info, info.converged)
             for event in info.events:
                 progress.message(event)
-            out_of_time = task.time_budget and time.perf_counter() - started >= task.time_budget
-            if task.time_budget:  # rank 0's clock decides for every rank
-                out_of_time = world.any(bool(out_of_time) and world.writer)
+            spent = _budget_spent(task, started, world)
+            out_of_time = spent >= 1
+            done = max((step + 1) / task.steps, spent)
             stop = out_of_time or info.converged
             last = (step, info, stop)
             if (task.should_evaluate(step) or stop) and world.writer:
@@ -284,6 +289,14 @@ def _train(task: Task, run_dir: Path, resume: bool, quiet: bool, callbacks: Sequ
         summary = runs.json_safe({**task.finish(state, run_dir), **summary})
         runs.write_summary(run_dir, summary)
     return summary, state
+
+
+def _budget_spent(task: Task, started: float, world) -> float:
+    """The share of the time budget behind (0 without one), by rank 0's clock on every rank."""
+    if not task.time_budget:
+        return 0.0
+    share = (time.perf_counter() - started) / task.time_budget if world.writer else 0.0
+    return float(world.all_reduce(torch.tensor([share], dtype=torch.float64)).item())
 
 
 def _evaluate(task: Task, state: TrainState, step: int, info: StepInfo, started: float,

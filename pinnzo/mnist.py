@@ -260,7 +260,10 @@ class MnistTask:
     def take_events(self) -> list[str]:
         return []  # sample() only takes the next mini-batch
 
-    def sample(self, step: int, generators, theta=None):
+    def constrain(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta  # nothing is held
+
+    def sample(self, step: int, generators, theta=None, done: float = 0.0):
         k = step % self.steps_per_epoch
         if k == 0 or self.order is None:
             self.order = torch.randperm(len(self.train_y), generator=generators["shuffle"]).to(self.device)

@@ -63,10 +63,13 @@ def overhead(record: dict | None) -> tuple[float, int]:
 
 
 def pilot_settings(settings: Settings, activation: str) -> Settings:
-    """One pilot's settings: the run's, with ``activation`` and a share of its budget (or steps)."""
+    """One pilot's settings: the run's, with ``activation`` and a share of its budget (or steps), and no
+    forward finish (the winner's run goes on to the run's own, at the end of the full budget)."""
     if settings.time_budget:
-        return settings.replace({"activation": activation, "time_budget": settings.pilot_share * settings.time_budget})
-    return settings.replace({"activation": activation, "steps": max(1, round(settings.pilot_share * settings.steps))})
+        share = {"time_budget": settings.pilot_share * settings.time_budget}
+    else:
+        share = {"steps": max(1, round(settings.pilot_share * settings.steps))}
+    return settings.replace({"activation": activation, "forward_finish": 0.0, **share})
 
 
 def choose(problem: Problem, settings: Settings, run_dir: Path, resume: bool, quiet: bool,

@@ -35,7 +35,7 @@ from pinnzo.optim.gauss_newton import GaussNewton
 from pinnzo.problem import Problem, load_problem
 from pinnzo.residual import Batch, PINNLoss, sample_batch
 from pinnzo.settings import Settings, block_keys
-from pinnzo.unknowns import WithUnknowns, unknown_values
+from pinnzo.unknowns import ForwardFinish, WithUnknowns, unknown_values
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METRIC_FIELDS = ["step", "queries", "loss", "smoothed_loss", "val_mse", "val_rel_l2", "val_mse_raw",
@@ -347,6 +347,7 @@ class PINNTask:
         self.world = components.objective.world
         self.adaptivity = Adaptivity(self.settings, components.loss, self.objective, self.resample_every)
         self.growth = PointGrowth(self.settings.grow_points, self.settings.max_growth)
+        self.forward_finish = ForwardFinish.create(self.problem, self.settings, self.objective.unknowns)
         self.events: list[str] = []  # the growths of the points since the loop last took them
         # the adaptive draws get a generator of their own, so that the uniform draws stay those of a plain run
         self.generator_names = ("points", "zo", "stein") + (("adaptive",) if self.adaptivity.active else ())
@@ -369,6 +370,7 @@ class PINNTask:
             text += f"; conditions' weights x {self.components.loss.condition_scale:.4g}"
             text += " (not the data's)" if any(measured) else ""
         text += _block_set_aside(self.problem.solve, s)
+        text += self.forward_finish.describe() if self.forward_finish is not None else ""
         residuals = residual_rows(self.problem, s)
         if s.optimizer in LEAST_SQUARES and residuals < self.objective.dim:
             text += (f"\nwarning: {residuals:,} residuals for {self.objective.dim:,} parameters: the least-squares "
@@ -382,12 +384,16 @@ class PINNTask:
                      f"--backend fd or ad are accurate there")
         return text
 
-    def sample(self, step: int, generators, theta: torch.Tensor):
+    def sample(self, step: int, generators, theta: torch.Tensor, done: float = 0.0):
         """Fresh points (and Monte-Carlo Stein samples) every ``resample_every`` steps; the same ones
         in between, so that second-order methods see one least-squares problem. The fresh points
         double when theta fitted the last ones rather than the PDE (``grow_points``; adaptive.PointGrowth).
         With adaptivity on, a fresh batch gets RAD's interior points and new term weights at ``theta``
-        (adaptive.py)."""
+        (adaptive.py). Once ``done`` (the share of the run behind) reaches an inverse problem's forward
+        finish, every batch holds the unknowns and weighs the data down (ForwardFinish)."""
+        starts = self.forward_finish is not None and self.forward_finish.starts(done, theta)
+        if starts:
+            self.events.append(self.forward_finish.started_text(self.problem.unknowns))
         if self.batch is None or step % self.resample_every == 0:
             c, fitted = self.components, self._mine if self.batch is not None else None
             self.batch = self._draw(generators["points"])
@@ -397,8 +403,20 @@ class PINNTask:
             c.loss.backend.refresh(generators["stein"])
             if self.adaptivity.active:
                 self.batch = self.adaptivity.adapt(self.batch, theta, generators["adaptive"], step)
-            self._mine = self._shard(self.batch)
+            self._set_batch(self.batch)
+        elif starts:  # the points stay; their problem becomes the forward finish's
+            self._set_batch(self.batch)
         return self._mine
+
+    def _set_batch(self, batch: Batch) -> None:
+        """Make ``batch`` (freshly drawn or adapted) the step's, with the forward finish's changes once it holds."""
+        self.batch = self.forward_finish.apply(batch) if self.forward_finish is not None else batch
+        self._mine = self._shard(self.batch)
+
+    def constrain(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta with the held unknowns in their coordinates during a forward finish (the loss no longer
+        depends on them, so an optimizer with momentum or random directions might move them)."""
+        return self.forward_finish.constrain(theta) if self.forward_finish is not None else theta
 
     def _draw(self, generator: torch.Generator) -> Batch:
         """Uniform points: batch and condition_batch times the growth factor."""
@@ -462,19 +480,23 @@ class PINNTask:
 
     def state_dict(self) -> dict:
         """The points in use (reused until the next resample) and the Stein generator before their draw."""
+        saved = {"held_unknowns": self.forward_finish.held} if self.forward_finish is not None else {}
         if self.batch is None:
-            return {}
-        saved = {"interior": self.batch.interior, "conditions": list(self.batch.conditions),
-                 "stein_state": self.stein_state, "growth": self.growth.state_dict()}
+            return saved
+        saved.update({"interior": self.batch.interior, "conditions": list(self.batch.conditions),
+                      "stein_state": self.stein_state, "growth": self.growth.state_dict(),
+                      "weights": self.batch.weights, "point_weights": self.batch.point_weights})
         if self.adaptivity.active:
-            saved["weights"], saved["adaptivity"] = self.batch.weights, self.adaptivity.state_dict()
-            saved["point_weights"] = self.batch.point_weights
+            saved["adaptivity"] = self.adaptivity.state_dict()
         return saved
 
     def load_state_dict(self, saved: dict) -> None:
-        if saved:
+        if self.forward_finish is not None:
+            self.forward_finish.held = saved.get("held_unknowns")
+        if "interior" in saved:
             self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]),
-                               weights=saved.get("weights"), point_weights=saved.get("point_weights"))
+                               weights=saved.get("weights"), point_weights=saved.get("point_weights"),
+                               held_unknowns=saved.get("held_unknowns"))
             self._mine = self._shard(self.batch)
             self.stein_state = saved["stein_state"]
             self.growth.load_state_dict(saved.get("growth", {}))

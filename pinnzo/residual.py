@@ -45,6 +45,8 @@ class Batch:
     point_weights: (B,) weights of the interior points' squared residuals, which average the
         interior term over its points (iteratively reweighted least squares for the norm
         ``residual_power``; adaptive.py); None: all 1.
+    held_unknowns: the raw unknowns (k,) every term takes in place of the parameters' own (a forward
+        finish, ``forward_finish``: the unknowns held at their estimates); None: the parameters'.
     """
 
     interior: torch.Tensor
@@ -53,6 +55,7 @@ class Batch:
     weights: tuple[float, ...] | None = None  # adaptive factors of the terms' weights (adaptive.py)
     point_weights: torch.Tensor | None = None  # the interior points' weights (adaptive.py, residual_power)
     starts: tuple[int, ...] | None = None  # each term's first point in the whole step's (a shard or part; None: 0)
+    held_unknowns: torch.Tensor | None = None  # the raw unknowns (k,) of a forward finish, else None
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -79,7 +82,8 @@ class Batch:
         conditions = tuple((X[part], None if n is None else n[part])
                            for (X, n), part in zip(self.conditions, slices[1:]))
         return Batch(self.interior[slices[0]], conditions, self.sizes, self.weights,
-                     None if self.point_weights is None else self.point_weights[slices[0]], starts)
+                     None if self.point_weights is None else self.point_weights[slices[0]], starts,
+                     self.held_unknowns)
 
     def join(self, other: "Batch", fixed: tuple[bool, ...] = ()) -> "Batch":
         """This batch's points of every term followed by ``other``'s (whole batches, no weights of
@@ -119,10 +123,11 @@ class PINNLoss:
                    ) -> list[tuple[str, torch.Tensor, float | torch.Tensor, int | None]]:
         """(name, residual (..., B_k), weight (a number, or (B_k,) per point), count) of every term;
         ``atoms_at(k, X, atoms)`` gives the atoms at the points of term k (0: interior, c + 1:
-        condition c); ``raw``: the unknowns' raw coordinates (k,) (None: their initial values);
-        count: the term's points in the whole step when ``batch`` is a shard (its mean is then the
-        ranks' summed sum / count), else None."""
+        condition c); ``raw``: the unknowns' raw coordinates (k,) (None: their initial values), replaced
+        by the batch's ``held_unknowns`` when it holds them; count: the term's points in the whole step
+        when ``batch`` is a shard (its mean is then the ranks' summed sum / count), else None."""
         problem = self.problem
+        raw = batch.held_unknowns if batch.held_unknowns is not None else raw
         unknowns = unknown_values(problem.unknowns, raw) if raw is not None else None
         counts = batch.counts or (None,) * (1 + len(problem.conditions))
         starts = batch.starts or (0,) * (1 + len(problem.conditions))

@@ -62,7 +62,7 @@ def test_an_activation_auto_run_resumes_from_its_pilots_and_from_its_continued_r
     first = pilots.CANDIDATES[0]
     with pytest.raises(Interrupted):
         solve(LINE, out=broken / "pilots" / first, callbacks=[interrupt_at(2)],
-              **{**AUTO, "activation": first, "steps": 5})
+              **{**AUTO, "activation": first, "steps": 5, "forward_finish": 0.0})  # a pilot's settings
     # then the continued run interrupted in turn
     with pytest.raises(Interrupted):
         solve(LINE, out=broken, resume=True, callbacks=[interrupt_at(12)], **AUTO)

@@ -202,6 +202,8 @@ def test_cli_flags_override_the_file(tmp_path):
     (["--sigma", "0"], "--sigma: expected a positive finite number; found 0.0"),
     (["--lr", "-1"], "--lr: expected a positive finite number; found -1.0"),
     (["--set", "momentum=1"], "--set momentum: expected a number in [0, 1); found 1.0"),
+    (["--set", "forward_finish=1"], "--set forward_finish: expected a number in [0, 1); found 1.0"),
+    (["--set", "forward_finish_weight=2"], "--set forward_finish_weight: expected a number in [0, 1]; found 2.0"),
     (["--set", "mu=nan"], "--set mu: expected a positive finite number; found nan"),
     (["--set", "depth=100000"], "--set depth: expected an integer <= 1,000; found 100,000"),
 ])
