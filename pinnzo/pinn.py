@@ -347,7 +347,7 @@ class PINNTask:
         self.world = components.objective.world
         self.adaptivity = Adaptivity(self.settings, components.loss, self.objective, self.resample_every)
         self.growth = PointGrowth(self.settings.grow_points, self.settings.max_growth)
-        self.forward_finish = ForwardFinish.create(self.problem, self.settings, self.objective.unknowns)
+        self.forward_finish = ForwardFinish.create(self.problem, self.settings)
         self.events: list[str] = []  # the growths of the points since the loop last took them
         # the adaptive draws get a generator of their own, so that the uniform draws stay those of a plain run
         self.generator_names = ("points", "zo", "stein") + (("adaptive",) if self.adaptivity.active else ())
@@ -389,11 +389,11 @@ class PINNTask:
         in between, so that second-order methods see one least-squares problem. The fresh points
         double when theta fitted the last ones rather than the PDE (``grow_points``; adaptive.PointGrowth).
         With adaptivity on, a fresh batch gets RAD's interior points and new term weights at ``theta``
-        (adaptive.py). Once ``done`` (the share of the run behind) reaches an inverse problem's forward
-        finish, every batch holds the unknowns and weighs the data down (ForwardFinish)."""
+        (adaptive.py). Once an inverse problem's forward finish starts (``done``: the share of the run
+        behind; unknowns.ForwardFinish), every batch holds the unknowns and weighs the data down."""
         starts = self.forward_finish is not None and self.forward_finish.starts(done, theta)
         if starts:
-            self.events.append(self.forward_finish.started_text(self.problem.unknowns))
+            self.events.append(self.forward_finish.started_text())
         if self.batch is None or step % self.resample_every == 0:
             c, fitted = self.components, self._mine if self.batch is not None else None
             self.batch = self._draw(generators["points"])
@@ -480,7 +480,7 @@ class PINNTask:
 
     def state_dict(self) -> dict:
         """The points in use (reused until the next resample) and the Stein generator before their draw."""
-        saved = {"held_unknowns": self.forward_finish.held} if self.forward_finish is not None else {}
+        saved = self.forward_finish.state_dict() if self.forward_finish is not None else {}
         if self.batch is None:
             return saved
         saved.update({"interior": self.batch.interior, "conditions": list(self.batch.conditions),
@@ -492,7 +492,7 @@ class PINNTask:
 
     def load_state_dict(self, saved: dict) -> None:
         if self.forward_finish is not None:
-            self.forward_finish.held = saved.get("held_unknowns")
+            self.forward_finish.load_state_dict(saved)
         if "interior" in saved:
             self.batch = Batch(saved["interior"], tuple(tuple(pair) for pair in saved["conditions"]),
                                weights=saved.get("weights"), point_weights=saved.get("point_weights"),

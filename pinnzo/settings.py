@@ -162,11 +162,13 @@ class Settings(SettingsBase):
     rad_c: float = 1.0
     grow_points: float = 0.0  # at a resample, double the points when their loss exceeds this x the loss on the points just fitted (0: never; gn, zo-gn: 8)
     max_growth: int = 16  # grow_points: the point sets grow to at most this x batch and condition_batch (gn, zo-gn: 4)
-    # inverse problems: the last this share of the run (of the steps, or of the time_budget) holds the unknowns at
-    # their estimates and weighs the data by forward_finish_weight, so that u solves the equation for those values
-    # rather than bending towards the data's noise (0: off; pinn.PINNTask, docs/method.md "The forward finish")
+    # inverse problems: in the last this share of the run (of the steps, or of the time_budget), once the unknowns
+    # have settled, hold them and weigh the data by forward_finish_weight, so that u solves the equation for those
+    # values rather than bending towards the data's noise (0: off; unknowns.ForwardFinish, docs/method.md "The
+    # forward finish")
     forward_finish: float = 0.25
     forward_finish_weight: float = 0.01  # forward_finish: the factor of the data terms' weights, in (0, 1]
+    forward_finish_tolerance: float = 1e-3  # forward_finish: settled = moved by less than this (relative) over a tenth of the run
 
     def with_optimizer_defaults(self, given) -> "Settings":
         """A copy with its optimizer's defaults (OPTIMIZER_DEFAULTS) in every field not in ``given``."""
@@ -252,7 +254,7 @@ BELOW_HALF = {"pilot_share"}  # floats below 1/2 (two pilots take less than the 
 ONE_TO_TWO = {"residual_power"}  # floats in [1, 2]
 MINIMUM["rad_pool"] = 1
 MINIMUM["max_growth"] = 1
-POSITIVE.add("forward_finish_weight")
+POSITIVE |= {"forward_finish_weight", "forward_finish_tolerance"}
 UNIT_INTERVAL.add("forward_finish_weight")
 
 

@@ -118,11 +118,15 @@ class WithUnknowns(nn.Module):
 
 
 
+SETTLE_WINDOW = 0.1  # the unknowns must have settled over this share of the run before the finish holds them
+
+
 @dataclass
 class ForwardFinish:
-    """The last ``share`` of a run of an inverse problem (``forward_finish``): from the first step at which
-    that share of the run (of its steps, or of its time budget) is left, every batch holds the unknowns
-    at their estimates then (``held``, raw (k,)) and weighs each data condition by ``data_factor`` more.
+    """The end of a run of an inverse problem (``forward_finish``): once ``share`` of the run (of its steps,
+    or of its time budget) is left and the unknowns have settled (they moved by less than ``tolerance``,
+    relative, over the last tenth of the run: ``SETTLE_WINDOW``), every batch holds the unknowns at
+    their values then (``held``, raw (k,)) and weighs each data condition by ``data_factor`` more.
 
     Why. The loss trades the equation's residual against the data's misfit, so with noisy data at
     weight 1 the network bends towards the noise between the measurements: on burgers1d-inverse u ends
@@ -132,34 +136,60 @@ class ForwardFinish:
     Gaussian noise. Weighted down from the start, though, the unknowns drift to values that make the
     equation easier for the network (heat10-inverse at weight 0.01: k = 0.9907 for 0.99856). So the
     unknowns are fitted with the data at full weight, then held while u settles on the equation's
-    solution for them. docs/method.md, "The forward finish".
+    solution for them. Unknowns still on the move are not held (a file's 60-step recipe, whose k
+    still moves by 1% a tenth of the run at three quarters of it): a run ends where they stand, and
+    holding settled ones forgoes at most the motion of the quarter left, about 2.5 x ``tolerance`` at
+    the settled pace. docs/method.md, "The forward finish".
 
-    ``measured``: per condition, whether it is a data condition; ``unknowns``: k, the last k coordinates
-    of theta.
+    ``measured``: per condition, whether it is a data condition; ``unknowns``: the problem's, whose raw
+    coordinates are the last k of theta; ``history``: (done, values (k,) float64) of the steps since
+    the settling window before the finish could start (for the settling test).
     """
 
     share: float
     data_factor: float
+    tolerance: float
     measured: tuple[bool, ...]
-    unknowns: int
+    unknowns: tuple[Unknown, ...]
     held: torch.Tensor | None = None
+    history: list = dataclasses.field(default_factory=list)
 
     @classmethod
-    def create(cls, problem, settings, unknowns: int) -> "ForwardFinish | None":
+    def create(cls, problem, settings) -> "ForwardFinish | None":
         """The finish of a run of ``problem`` with ``settings``; None for a forward problem or
         ``forward_finish`` 0."""
-        if not unknowns or settings.forward_finish == 0:
+        if not problem.unknowns or settings.forward_finish == 0:
             return None
         measured = tuple(condition.kind == "measured" for condition in problem.conditions)
-        return cls(settings.forward_finish, settings.forward_finish_weight, measured, unknowns)
+        return cls(settings.forward_finish, settings.forward_finish_weight, settings.forward_finish_tolerance,
+                   measured, tuple(problem.unknowns))
+
+    def values(self, theta: torch.Tensor) -> torch.Tensor:
+        """The unknowns' values (k,) float64 at theta (d,)."""
+        raw = theta[-len(self.unknowns):].detach().double().cpu()
+        return torch.stack([unknown.value(raw[k]) for k, unknown in enumerate(self.unknowns)])
 
     def starts(self, done: float, theta: torch.Tensor) -> bool:
         """Whether the finish starts now, ``done`` (in [0, 1]) of the run behind: then it holds the
-        unknowns at theta's (d,)."""
-        if self.held is not None or done < 1 - self.share:
+        unknowns at theta's (d,). It starts at the first step at which ``share`` of the run is left
+        and the unknowns have settled (``settled``)."""
+        if self.held is not None or done < 1 - self.share - SETTLE_WINDOW:
             return False
-        self.held = theta[-self.unknowns:].detach().clone()
+        self.history.append((done, self.values(theta)))
+        if done < 1 - self.share or not self.settled(done):
+            return False
+        self.held, self.history = theta[-len(self.unknowns):].detach().clone(), []
         return True
+
+    def settled(self, done: float) -> bool:
+        """Whether every unknown moved by less than ``tolerance`` times its value since the last step
+        at least ``SETTLE_WINDOW`` of the run ago (False when no step is that old)."""
+        earlier = [values for at, values in self.history if at <= done - SETTLE_WINDOW]
+        if not earlier:
+            return False
+        self.history = self.history[len(earlier) - 1:]  # the reference and the steps after it
+        reference, now = earlier[-1], self.history[-1][1]
+        return bool(((now - reference).abs() < self.tolerance * reference.abs()).all())
 
     def apply(self, batch):
         """``batch`` (residual.Batch) with the held unknowns and the data conditions' weights times
@@ -175,14 +205,21 @@ class ForwardFinish:
         """theta (d,) with the held unknowns in its last k coordinates (itself before the finish)."""
         if self.held is None:
             return theta
-        return torch.cat([theta[:-self.unknowns], self.held.to(theta)])
+        return torch.cat([theta[:-len(self.unknowns)], self.held.to(theta)])
 
     def describe(self) -> str:
-        return (f"; the last {self.share:.0%} of the run holds the unknowns and weighs the data x "
+        return (f"; from {1 - self.share:.0%} of the run on, once the unknowns move by less than "
+                f"{self.tolerance:g} (relative) over a tenth of it, they are held and the data weighed x "
                 f"{self.data_factor:g} (forward finish)")
 
-    def started_text(self, unknowns: Sequence[Unknown]) -> str:
-        values = ", ".join(f"{name} = {float(value):.6g}"
-                           for name, value in unknown_values(unknowns, self.held.double()).items())
-        return (f"forward finish: the unknowns held at {values}, the data weighted x {self.data_factor:g} "
-                f"from now on")
+    def started_text(self) -> str:
+        values = ", ".join(f"{unknown.name} = {float(value):.6g}"
+                           for unknown, value in zip(self.unknowns, self.values(self.held)))
+        return (f"forward finish: the unknowns held at {values} (they moved by less than {self.tolerance:g} "
+                f"over the last tenth of the run), the data weighted x {self.data_factor:g} from now on")
+
+    def state_dict(self) -> dict:
+        return {"held_unknowns": self.held, "finish_history": self.history}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.held, self.history = saved.get("held_unknowns"), list(saved.get("finish_history", []))
