@@ -347,7 +347,7 @@ class PINNTask:
         self.world = components.objective.world
         self.adaptivity = Adaptivity(self.settings, components.loss, self.objective, self.resample_every)
         self.growth = PointGrowth(self.settings.grow_points, self.settings.max_growth)
-        self.forward_finish = ForwardFinish.create(self.problem, self.settings)
+        self.forward_finish = ForwardFinish.create(self.problem, self.settings, self.resample_every)
         self.events: list[str] = []  # the growths of the points since the loop last took them
         # the adaptive draws get a generator of their own, so that the uniform draws stay those of a plain run
         self.generator_names = ("points", "zo", "stein") + (("adaptive",) if self.adaptivity.active else ())
@@ -391,8 +391,7 @@ class PINNTask:
         With adaptivity on, a fresh batch gets RAD's interior points and new term weights at ``theta``
         (adaptive.py). Once an inverse problem's forward finish starts (``done``: the share of the run
         behind; unknowns.ForwardFinish), every batch holds the unknowns and weighs the data down."""
-        starts = self.forward_finish is not None and self.forward_finish.starts(done, theta)
-        if starts:
+        if self.forward_finish is not None and self.forward_finish.starts(done, theta, step):  # at a resample
             self.events.append(self.forward_finish.started_text())
         if self.batch is None or step % self.resample_every == 0:
             c, fitted = self.components, self._mine if self.batch is not None else None
@@ -403,8 +402,6 @@ class PINNTask:
             c.loss.backend.refresh(generators["stein"])
             if self.adaptivity.active:
                 self.batch = self.adaptivity.adapt(self.batch, theta, generators["adaptive"], step)
-            self._set_batch(self.batch)
-        elif starts:  # the points stay; their problem becomes the forward finish's
             self._set_batch(self.batch)
         return self._mine
 

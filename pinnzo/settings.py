@@ -168,7 +168,9 @@ class Settings(SettingsBase):
     # forward finish")
     forward_finish: float = 0.25
     forward_finish_weight: float = 0.01  # forward_finish: the factor of the data terms' weights, in (0, 1]
-    forward_finish_tolerance: float = 1e-3  # forward_finish: settled = moved by less than this (relative) over a tenth of the run
+    # forward_finish: settled = within this (relative) of their value at the ends of the point sets over the last tenth
+    # of the run (two sets at least)
+    forward_finish_tolerance: float = 1e-3
 
     def with_optimizer_defaults(self, given) -> "Settings":
         """A copy with its optimizer's defaults (OPTIMIZER_DEFAULTS) in every field not in ``given``."""

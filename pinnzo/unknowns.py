@@ -22,6 +22,7 @@ estimates and the data weighted down (``forward_finish``, ``forward_finish_weigh
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -118,15 +119,16 @@ class WithUnknowns(nn.Module):
 
 
 
-SETTLE_WINDOW = 0.1  # the unknowns must have settled over this share of the run before the finish holds them
+SETTLE_WINDOW = 0.1  # the unknowns must have settled over this share of the run (and two point sets) to be held
 
 
 @dataclass
 class ForwardFinish:
     """The end of a run of an inverse problem (``forward_finish``): once ``share`` of the run (of its steps,
-    or of its time budget) is left and the unknowns have settled (they moved by less than ``tolerance``,
-    relative, over the last tenth of the run: ``SETTLE_WINDOW``), every batch holds the unknowns at
-    their values then (``held``, raw (k,)) and weighs each data condition by ``data_factor`` more.
+    or of its time budget) is left and the unknowns have settled (``settled``: they moved by less than
+    ``tolerance``, relative, at the ends of the point sets over the last tenth of the run and two sets
+    at least), every batch holds the unknowns at their values then (``held``, raw (k,)) and weighs each
+    data condition by ``data_factor`` more.
 
     Why. The loss trades the equation's residual against the data's misfit, so with noisy data at
     weight 1 the network bends towards the noise between the measurements: on burgers1d-inverse u ends
@@ -136,14 +138,16 @@ class ForwardFinish:
     Gaussian noise. Weighted down from the start, though, the unknowns drift to values that make the
     equation easier for the network (heat10-inverse at weight 0.01: k = 0.9907 for 0.99856). So the
     unknowns are fitted with the data at full weight, then held while u settles on the equation's
-    solution for them. Unknowns still on the move are not held (a file's 60-step recipe, whose k
-    still moves by 1% a tenth of the run at three quarters of it): a run ends where they stand, and
-    holding settled ones forgoes at most the motion of the quarter left, about 2.5 x ``tolerance`` at
-    the settled pace. docs/method.md, "The forward finish".
+    solution for them. Unknowns still on the move are not held: a run ends where they stand. Each point
+    set has its own least-squares estimate, so the motion is measured across two point sets at least
+    (heat10-inverse's 60-step recipe: k creeps by 0.1% within a set of 10 steps and jumps by 0.5% to
+    the next), at the ends of the sets, where the unknowns are fitted to one. Holding settled ones
+    forgoes at most the motion of the quarter left, about 2.5 x ``tolerance`` at the settled pace.
+    docs/method.md, "The forward finish".
 
     ``measured``: per condition, whether it is a data condition; ``unknowns``: the problem's, whose raw
-    coordinates are the last k of theta; ``history``: (done, values (k,) float64) of the steps since
-    the settling window before the finish could start (for the settling test).
+    coordinates are the last k of theta; ``resample_every``: the steps of a point set; ``history``:
+    (done, step, the values) at the ends of the point sets since the settling test's reference.
     """
 
     share: float
@@ -151,45 +155,53 @@ class ForwardFinish:
     tolerance: float
     measured: tuple[bool, ...]
     unknowns: tuple[Unknown, ...]
+    resample_every: int = 1
     held: torch.Tensor | None = None
-    history: list = dataclasses.field(default_factory=list)
+    history: collections.deque = dataclasses.field(default_factory=collections.deque)
 
     @classmethod
-    def create(cls, problem, settings) -> "ForwardFinish | None":
-        """The finish of a run of ``problem`` with ``settings``; None for a forward problem or
-        ``forward_finish`` 0."""
+    def create(cls, problem, settings, resample_every: int) -> "ForwardFinish | None":
+        """The finish of a run of ``problem`` with ``settings`` and point sets of ``resample_every`` steps;
+        None for a forward problem or ``forward_finish`` 0."""
         if not problem.unknowns or settings.forward_finish == 0:
             return None
         measured = tuple(condition.kind == "measured" for condition in problem.conditions)
         return cls(settings.forward_finish, settings.forward_finish_weight, settings.forward_finish_tolerance,
-                   measured, tuple(problem.unknowns))
+                   measured, tuple(problem.unknowns), resample_every)
 
     def values(self, theta: torch.Tensor) -> torch.Tensor:
         """The unknowns' values (k,) float64 at theta (d,)."""
         raw = theta[-len(self.unknowns):].detach().double().cpu()
         return torch.stack([unknown.value(raw[k]) for k, unknown in enumerate(self.unknowns)])
 
-    def starts(self, done: float, theta: torch.Tensor) -> bool:
-        """Whether the finish starts now, ``done`` (in [0, 1]) of the run behind: then it holds the
-        unknowns at theta's (d,). It starts at the first step at which ``share`` of the run is left
-        and the unknowns have settled (``settled``)."""
-        if self.held is not None or done < 1 - self.share - SETTLE_WINDOW:
+    def starts(self, done: float, theta: torch.Tensor, step: int) -> bool:
+        """Whether the finish starts at ``step``, ``done`` (in [0, 1]) of the run behind: then it holds
+        the unknowns at theta's (d,). It starts at the first fresh point set (a step that is a multiple of
+        ``resample_every``) at which ``share`` of the run is left and the unknowns have settled
+        (``settled``), so that each point set is fitted with one loss."""
+        if self.held is not None or step % self.resample_every != 0:
             return False
-        self.history.append((done, self.values(theta)))
-        if done < 1 - self.share or not self.settled(done):
+        self.history.append((done, step, tuple(self.values(theta).tolist())))
+        if not self.settled(done, step) or done < 1 - self.share:
             return False
-        self.held, self.history = theta[-len(self.unknowns):].detach().clone(), []
+        self.held, self.history = theta[-len(self.unknowns):].detach().clone(), collections.deque()
         return True
 
-    def settled(self, done: float) -> bool:
-        """Whether every unknown moved by less than ``tolerance`` times its value since the last step
-        at least ``SETTLE_WINDOW`` of the run ago (False when no step is that old)."""
-        earlier = [values for at, values in self.history if at <= done - SETTLE_WINDOW]
-        if not earlier:
+    def settled(self, done: float, step: int) -> bool:
+        """Whether every unknown stayed within ``tolerance`` times its value of the reference at the end of
+        every point set since it: the reference is the last end of a set at least ``SETTLE_WINDOW`` of the
+        run and two sets before ``step`` (False when none is that old). Keeps only the reference and the
+        ends after it."""
+        def old(entry) -> bool:
+            return entry[0] <= done - SETTLE_WINDOW and entry[1] <= step - 2 * self.resample_every
+
+        while len(self.history) > 1 and old(self.history[1]):
+            self.history.popleft()
+        if not old(self.history[0]):
             return False
-        self.history = self.history[len(earlier) - 1:]  # the reference and the steps after it
-        reference, now = earlier[-1], self.history[-1][1]
-        return bool(((now - reference).abs() < self.tolerance * reference.abs()).all())
+        reference = self.history[0][2]
+        return all(abs(b - a) < self.tolerance * abs(a) for _, _, values in self.history
+                   for a, b in zip(reference, values))
 
     def apply(self, batch):
         """``batch`` (residual.Batch) with the held unknowns and the data conditions' weights times
@@ -219,7 +231,8 @@ class ForwardFinish:
                 f"over the last tenth of the run), the data weighted x {self.data_factor:g} from now on")
 
     def state_dict(self) -> dict:
-        return {"held_unknowns": self.held, "finish_history": self.history}
+        return {"held_unknowns": self.held, "finish_history": list(self.history)}
 
     def load_state_dict(self, saved: dict) -> None:
-        self.held, self.history = saved.get("held_unknowns"), list(saved.get("finish_history", []))
+        self.held = saved.get("held_unknowns")
+        self.history = collections.deque(tuple(entry) for entry in saved.get("finish_history", []))

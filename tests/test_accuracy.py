@@ -127,7 +127,9 @@ def test_an_interrupted_cell_resumes_with_the_rest_of_its_budget(tmp_path, monke
     run_accuracy([POISSON], ["adam"], BUDGET, out, lines.append)
     assert ": finished in " in lines[0]
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["steps"] > 4 and summary["stopped_by"] == "time budget"
+    # at least one step beyond the interrupted one (more at any load would make this a timed test: under
+    # two other jobs on 2 cores the 1.5 s budget left room for 3 steps in all)
+    assert summary["steps"] > 1 and summary["stopped_by"] == "time budget"
     assert summary["wall_time_s"] >= BUDGET
     steps = [row["step"] for row in metrics_rows(folder)]
     assert steps == sorted(set(steps))  # one history, continued, not restarted

@@ -410,13 +410,13 @@ def test_a_held_batch_takes_its_unknowns_and_weighs_its_data_down(line):
     settings = resolve_settings(line, {"optimizer": "zo-gn", "backend": "fd", "width": 5})
     components = build(line, settings)
     objective, loss = components.objective, components.loss
-    finish = ForwardFinish.create(line, settings.replace({"forward_finish": 0.5, "forward_finish_weight": 0.1}))
+    finish = ForwardFinish.create(line, settings.replace({"forward_finish": 0.5, "forward_finish_weight": 0.1}), 1)
     theta = objective.flatten() + 0.1 * torch.randn(objective.dim, dtype=torch.float64,
                                                     generator=torch.Generator().manual_seed(1))
     batch = sample_batch(line, 8, 4, torch.Generator().manual_seed(0), torch.float64)
-    assert not finish.starts(0.42, theta) and not finish.starts(0.49, theta)  # not before half the run is behind
+    assert not finish.starts(0.42, theta, 42) and not finish.starts(0.49, theta, 49)  # not before half the run
     assert finish.apply(batch) is batch and torch.equal(finish.constrain(theta), theta)
-    assert finish.starts(0.55, theta) and not finish.starts(0.9, theta + 1)  # it starts once, at theta's values
+    assert finish.starts(0.55, theta, 55) and not finish.starts(0.9, theta + 1, 90)  # once, at theta's values
     held = finish.apply(batch)
     moved = theta.clone()
     moved[-1] += 0.3  # another k
@@ -435,18 +435,24 @@ def test_a_held_batch_takes_its_unknowns_and_weighs_its_data_down(line):
 
 def test_the_finish_holds_only_settled_unknowns(line):
     """It starts at the first step with a quarter of the run left at which the unknown moved by less
-    than the tolerance (relative) since the last step at least a tenth of the run before."""
-    settings = resolve_settings(line, {"optimizer": "zo-gn", "backend": "fd", "width": 5, "forward_finish_tolerance": 0.01})
-    finish = ForwardFinish.create(line, settings)
+    than the tolerance (relative) since the last step at least a tenth of the run and two point sets
+    before (here a run of 100 steps)."""
+    settings = resolve_settings(line, {"optimizer": "zo-gn", "backend": "fd", "width": 5,
+                                       "forward_finish_tolerance": 0.01})
     theta = build(line, settings).objective.flatten()
     k = lambda value: torch.cat([theta[:-1], torch.tensor([line.unknowns[0].raw(value)], dtype=theta.dtype)])
     moves = [(0.60, 0.80), (0.66, 0.90), (0.70, 0.95), (0.76, 0.97), (0.80, 0.98), (0.86, 0.99), (0.90, 0.992),
              (0.97, 0.995)]
-    started = [finish.starts(done, k(value)) for done, value in moves]
+    finish = ForwardFinish.create(line, settings, resample_every=1)
+    started = [finish.starts(done, k(value), round(100 * done)) for done, value in moves]
     # before 0.75 never; then against the last value at least 0.1 earlier: 7.8% (0.90 at 0.66), 3.2%, 2.1%,
     # 1.2% (0.98 at 0.80), and at 0.97 0.5% (0.99 at 0.86): held
     assert started == [False] * 7 + [True], started
     assert finish.values(finish.constrain(theta)).item() == pytest.approx(0.995, rel=1e-12)
+    # with point sets of 20 steps the reference must be 40 steps old: at step 97 that is 0.80 at step 60,
+    # 24% off, and nothing is held
+    finish = ForwardFinish.create(line, settings, resample_every=20)
+    assert not any(finish.starts(done, k(value), round(100 * done)) for done, value in moves)
 
 
 @pytest.mark.parametrize("optimizer, backend", [("zo-gn", "fd"), ("adam", "ad")])
@@ -477,11 +483,12 @@ def test_the_forward_finish_brings_u_onto_the_equations_solution_for_the_estimat
 
 
 def test_resume_across_the_forward_finish_is_bit_identical(line, tmp_path):
-    # interrupted after step 15 of 20: the settling test's history (from step 14) must survive the resume
-    settings = resolve_settings(line, {"optimizer": "zo-gn", "backend": "fd", "steps": 20, "resample_every": 5,
+    # interrupted after step 15 of 20: the settling test's history (the ends of the point sets of 2 steps)
+    # must survive the resume; the finish starts at step 17 (index 16, the first set end past 3/4)
+    settings = resolve_settings(line, {"optimizer": "zo-gn", "backend": "fd", "steps": 20, "resample_every": 2,
                                        "eval_every": 1, "forward_finish_tolerance": 0.05})
     (straight, resumed), (a, b) = interrupted_and_straight(line, settings, tmp_path, at_step=14)
-    assert straight == resumed and len({row["k"] for row in straight[-6:]}) == 1  # held from step 16 on
+    assert straight == resumed and len({row["k"] for row in straight[-5:]}) == 1  # held from step 17 on
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
