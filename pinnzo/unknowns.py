@@ -171,8 +171,8 @@ class ForwardFinish:
 
     def values(self, theta: torch.Tensor) -> torch.Tensor:
         """The unknowns' values (k,) float64 at theta (d,)."""
-        raw = theta[-len(self.unknowns):].detach().double().cpu()
-        return torch.stack([unknown.value(raw[k]) for k, unknown in enumerate(self.unknowns)])
+        return torch.stack(list(unknown_values(self.unknowns, theta[-len(self.unknowns):].detach().double().cpu())
+                                .values()))
 
     def starts(self, done: float, theta: torch.Tensor, step: int) -> bool:
         """Whether the finish starts at ``step``, ``done`` (in [0, 1]) of the run behind: then it holds
@@ -220,15 +220,15 @@ class ForwardFinish:
         return torch.cat([theta[:-len(self.unknowns)], self.held.to(theta)])
 
     def describe(self) -> str:
-        return (f"; from {1 - self.share:.0%} of the run on, once the unknowns move by less than "
-                f"{self.tolerance:g} (relative) over a tenth of it, they are held and the data weighed x "
+        return (f"; from {1 - self.share:.0%} of the run on, once the unknowns stay within {self.tolerance:g} "
+                f"(relative) at the ends of the point sets of a tenth of it, they are held and the data weighed x "
                 f"{self.data_factor:g} (forward finish)")
 
     def started_text(self) -> str:
         values = ", ".join(f"{unknown.name} = {float(value):.6g}"
                            for unknown, value in zip(self.unknowns, self.values(self.held)))
-        return (f"forward finish: the unknowns held at {values} (they moved by less than {self.tolerance:g} "
-                f"over the last tenth of the run), the data weighted x {self.data_factor:g} from now on")
+        return (f"forward finish: the unknowns held at {values} (within {self.tolerance:g} at the ends of the "
+                f"point sets of the last tenth of the run), the data weighted x {self.data_factor:g} from now on")
 
     def state_dict(self) -> dict:
         return {"held_unknowns": self.held, "finish_history": list(self.history)}

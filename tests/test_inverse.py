@@ -133,7 +133,7 @@ def test_first_order_and_coordinate_optimizers_move_the_unknown_towards_its_valu
 
 @pytest.mark.parametrize("optimizer", ["zo-signrge", "zo-rge", "zo-adam"])
 def test_random_direction_optimizers_update_the_unknown_at_every_step(line, tmp_path, optimizer):
-    raw = []  # (no forward finish: it would hold the unknown in the last step)
+    raw = []  # (no forward finish: it could hold the unknown in the last steps)
     solve(line, optimizer=optimizer, backend="fd", steps=5, lr=0.01, forward_finish=0.0, out=tmp_path / "run",
           callbacks=[lambda step, state: raw.append(state.theta[-1].item())])
     moves = np.diff([load_problem(LINE, tmp_path).unknowns[0].raw(0.5)] + raw)
